@@ -1,0 +1,119 @@
+"""Image classification datasets from TFDS, decoded once into memory.
+
+`load_split("cifar10", "train")` returns uint8 NHWC images and int32 labels. The records come
+from `tfds.data_source` (array_record, random access, no TensorFlow) and are decoded by a grain
+pipeline. Records are put back in the order of their TFDS `id` when the dataset has one, so a
+split's arrays do not depend on how TFDS shuffled the shards.
+
+Where the data come from, in order:
+  1. a TFDS dataset already prepared in `data_dir` (`--data_dir`, else `$TFDS_DATA_DIR`, else
+     TFDS's default `~/tensorflow_datasets`);
+  2. for cifar10, a manual directory (`--manual_dir`, else `$ADAPTIVE_JAX_MANUAL_DIR`) holding the
+     official binary layout: the TFDS dataset is built from it offline (tfds_cifar.py);
+  3. a normal TFDS download, when `download=True` and a network is there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+MANUAL_DIR_ENV = "ADAPTIVE_JAX_MANUAL_DIR"
+SUPPORTED = ("cifar10", "cifar100", "fashion_mnist")
+# Per-channel statistics used for normalisation (methods.md 1.1; fashion_mnist computed on train).
+CHANNEL_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409),
+                "fashion_mnist": (0.2860,)}
+CHANNEL_STD = {"cifar10": (0.2023, 0.1994, 0.2010), "cifar100": (0.2673, 0.2564, 0.2762),
+               "fashion_mnist": (0.3530,)}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is neither prepared, nor buildable from a manual dir, nor downloadable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A whole split in memory. images: uint8 (N, H, W, C); labels: int32 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def default_data_dir(data_dir: str | None = None) -> str:
+    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR")
+                              or os.path.join("~", "tensorflow_datasets"))
+
+
+def default_manual_dir(manual_dir: str | None = None) -> str | None:
+    return manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
+
+
+def _missing_message(name: str, data_dir: str, manual_dir: str | None, reason: str) -> str:
+    return (
+        f"dataset {name!r} is not prepared in {data_dir} ({reason}). Two ways to get it:\n"
+        f"  1. with a network: allow the TFDS download (data.download=True), or run\n"
+        f"     `python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
+        f"data_dir='{data_dir}').download_and_prepare()\"`;\n"
+        f"  2. offline (cifar10): put the official binary layout (cifar-10-batches-bin/ or "
+        f"cifar-10-binary.tar.gz) in a directory and pass it as --manual_dir or ${MANUAL_DIR_ENV}"
+        + (f" (now {manual_dir!r}, which holds no such data)" if manual_dir else "")
+        + ";\n     `../shared/data/cifar10/prepare DIR` writes that layout from the bundled copy.")
+
+
+def data_source(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+                download: bool = False):
+    """TFDS random-access sources for `name`, a dict split -> source; builds or downloads if needed."""
+    if name not in SUPPORTED:
+        raise ValueError(f"unknown dataset {name!r}; supported: {SUPPORTED}")
+    data_dir = default_data_dir(data_dir)
+    manual_dir = default_manual_dir(manual_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        from adaptive_jax.data import cifar_binary, tfds_cifar
+        has_manual = bool(manual_dir) and cifar_binary.find_binary_source(manual_dir) is not None
+        if name == "cifar10" and has_manual:
+            tfds_cifar.build_cifar10_from_manual_dir(data_dir, manual_dir)
+        elif download:
+            try:
+                builder.download_and_prepare()
+            except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+                raise DataNotFoundError(_missing_message(name, data_dir, manual_dir,
+                                                         f"download failed: {e}")) from e
+        else:
+            raise DataNotFoundError(_missing_message(name, data_dir, manual_dir, "download is off"))
+    return tfds.data_source(name, data_dir=data_dir, download=False)
+
+
+def _decode(record) -> tuple[np.ndarray, int, str]:
+    return record["image"], record["label"], record.get("id", b"")
+
+
+def load_split(name: str, split: str, data_dir: str | None = None,
+               manual_dir: str | None = None, download: bool = False,
+               num_threads: int = 2) -> Split:
+    """Decodes one split of `name` into memory (see module docstring for where data come from)."""
+    sources = data_source(name, data_dir, manual_dir, download)
+    if split not in sources:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(sources)}")
+    source = sources[split]
+    dataset = (grain.MapDataset.source(source).map(_decode)
+               .to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=256)))
+    images, labels, ids = zip(*dataset)
+    images = np.stack(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = np.asarray(labels, np.int32)
+    if ids[0]:
+        order = np.argsort(np.asarray(ids))
+        images, labels = images[order], labels[order]
+    num_classes = tfds.builder(name, data_dir=default_data_dir(data_dir)).info.features[
+        "label"].num_classes
+    return Split(np.ascontiguousarray(images), labels, num_classes)

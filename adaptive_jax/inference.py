@@ -1,0 +1,29 @@
+"""Compiled inference of a trained model: a pure function of (state, images) under `jax.jit`.
+
+`nnx.jit` costs milliseconds of Python per call (design.md), so latency-critical paths split the
+model once and jit a pure function instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+
+def make_predict_fn(graphdef, mean=None, std=None) -> Callable:
+    """jit'd (params, batch_stats, images) -> logits in inference mode (running BN statistics).
+
+    With `mean` / `std`, takes uint8 images and normalises them inside the compiled function.
+    """
+    from adaptive_jax.data.augment import normalize
+
+    def predict(params, batch_stats, images):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        if mean is not None:
+            images = normalize(images, mean, std)
+        return model(images)
+
+    return jax.jit(predict)

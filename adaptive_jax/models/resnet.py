@@ -1,0 +1,212 @@
+"""CIFAR ResNets of depth 6n+2 (He et al. 2016), built so each residual block can be skipped.
+
+Layout (methods.md section 1.1): a 3x3 stem conv (3 -> 16) + BN + ReLU, three stages of n basic
+blocks with widths 16/32/64 (stride 2 at the first block of stages 2 and 3), global average pool
+and a linear classifier. Images are NHWC.
+
+Each stage keeps its first block (which may change resolution and width) apart and stores its
+other n - 1 blocks, all of identical shape, *stacked* along a leading axis and applies them with
+`lax.scan`. design.md measured a scan over identical blocks compiling ~7x faster than a flat graph
+of ResNet-110 and running 13-23 % faster; a stacked layout is also what lets later executors pick
+blocks by index (`lax.cond` inside the scan, or a loop over active block indices).
+
+Two shortcut kinds at a stage transition:
+  * "projection": 1x1 conv (stride 2) + BN, as in SkipNet and OFAS;
+  * "pad": 2x2 average pool and zero-padded channels, parameter-free, as in BlockDrop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+SHORTCUT_KINDS = ("projection", "pad")
+DEPTHS = (20, 32, 38, 44, 56, 74, 110)
+STAGE_WIDTHS = (16, 32, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+    """Static description of a CIFAR ResNet; hashable, so it can key compiled executables."""
+
+    depth: int = 20
+    num_classes: int = 10
+    shortcut: str = "projection"
+    widths: tuple[int, ...] = STAGE_WIDTHS
+    in_channels: int = 3
+
+    def __post_init__(self):
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {self.depth}")
+        if self.shortcut not in SHORTCUT_KINDS:
+            raise ValueError(f"unknown shortcut kind {self.shortcut!r}; expected one of {SHORTCUT_KINDS}")
+        if len(self.widths) != 3:
+            raise ValueError(f"a CIFAR ResNet has 3 stage widths, got {self.widths}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+    @property
+    def num_blocks(self) -> int:
+        return 3 * self.blocks_per_stage
+
+
+def _conv3x3(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(cin, cout, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
+                    kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+
+
+def _batch_norm(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # PyTorch's defaults (momentum 0.1 there is 0.9 here), so recipes transfer.
+    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+def pad_shortcut(x: jax.Array, out_channels: int) -> jax.Array:
+    """BlockDrop's parameter-free shortcut: 2x2 average pool, then zero channels on both sides."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    extra = out_channels - c
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class Projection(nnx.Module):
+    """1x1 strided conv + BN shortcut (SkipNet / OFAS)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=False,
+                             kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+        self.bn = _batch_norm(cout, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.bn(self.conv(x))
+
+
+class BasicBlock(nnx.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str, *, rngs: nnx.Rngs):
+        self.conv1 = _conv3x3(cin, cout, stride, rngs)
+        self.bn1 = _batch_norm(cout, rngs)
+        self.conv2 = _conv3x3(cout, cout, 1, rngs)
+        self.bn2 = _batch_norm(cout, rngs)
+        self.changes_shape = stride != 1 or cin != cout
+        self.out_channels = cout
+        self.shortcut_kind = shortcut
+        if self.changes_shape and shortcut == "projection":
+            self.projection = Projection(cin, cout, stride, rngs=rngs)
+        else:
+            self.projection = None
+
+    def shortcut(self, x: jax.Array) -> jax.Array:
+        """What the block adds its residual to; also what a skipped block outputs."""
+        if not self.changes_shape:
+            return x
+        if self.projection is not None:
+            return self.projection(x)
+        return pad_shortcut(x, self.out_channels)
+
+    def residual(self, x: jax.Array) -> jax.Array:
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(y))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.relu(self.shortcut(x) + self.residual(x))
+
+
+def _stack_blocks(blocks: list[BasicBlock]) -> BasicBlock:
+    """One BasicBlock whose every variable gains a leading axis over `blocks`."""
+    graphdef, _ = nnx.split(blocks[0])
+    states = [nnx.split(b)[1] for b in blocks]
+    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+
+
+class Stage(nnx.Module):
+    """The first (possibly transition) block, then n - 1 identical blocks applied by `lax.scan`."""
+
+    def __init__(self, cin: int, cout: int, num_blocks: int, stride: int, shortcut: str,
+                 *, rngs: nnx.Rngs):
+        self.first = BasicBlock(cin, cout, stride, shortcut, rngs=rngs)
+        self.num_rest = num_blocks - 1
+        if self.num_rest:
+            self.rest = _stack_blocks(
+                [BasicBlock(cout, cout, 1, shortcut, rngs=rngs) for _ in range(self.num_rest)])
+        else:
+            self.rest = None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.first(x)
+        if self.rest is None:
+            return x
+        graphdef, state = nnx.split(self.rest)
+        # Only training mode moves batch statistics; in inference the scan writes nothing back,
+        # so the stage is also callable under a plain jax transform.
+        training = not self.rest.bn1.use_running_average
+
+        def step(h, block_state):
+            block = nnx.merge(graphdef, block_state)
+            h = block(h)
+            return h, (nnx.state(block, nnx.BatchStat) if training else None)
+
+        x, new_stats = jax.lax.scan(step, x, state)
+        if training:
+            nnx.update(self.rest, new_stats)
+        return x
+
+
+class CifarResNet(nnx.Module):
+    """CIFAR ResNet 6n+2. `__call__(images)` takes float NHWC (B, 32, 32, 3), returns logits."""
+
+    def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs):
+        self.spec = spec
+        w = spec.widths
+        self.stem_conv = _conv3x3(spec.in_channels, w[0], 1, rngs)
+        self.stem_bn = _batch_norm(w[0], rngs)
+        n = spec.blocks_per_stage
+        self.stages = nnx.List([
+            Stage(w[0], w[0], n, 1, spec.shortcut, rngs=rngs),
+            Stage(w[0], w[1], n, 2, spec.shortcut, rngs=rngs),
+            Stage(w[1], w[2], n, 2, spec.shortcut, rngs=rngs),
+        ])
+        self.head = nnx.Linear(w[2], spec.num_classes, rngs=rngs)
+
+    def stem(self, images: jax.Array) -> jax.Array:
+        return nnx.relu(self.stem_bn(self.stem_conv(images)))
+
+    def classify(self, features: jax.Array) -> jax.Array:
+        return self.head(features.mean(axis=(1, 2)))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        check_images(images, self.spec.in_channels)
+        x = self.stem(images)
+        for stage in self.stages:
+            x = stage(x)
+        return self.classify(x)
+
+
+def check_images(images: jax.Array, channels: int = 3) -> None:
+    """Clear errors for the usual mistakes: NCHW input, uint8 pixels, a missing batch axis."""
+    shape = tuple(images.shape)
+    if len(shape) != 4 or shape[-1] != channels:
+        hint = ("; this looks like NCHW, transpose to NHWC"
+                if len(shape) == 4 and shape[1] == channels else "")
+        raise ValueError(f"expected images of shape (batch, height, width, {channels}) (NHWC), "
+                         f"got shape {shape}{hint}")
+    if shape[1] % 4 or shape[2] % 4:
+        raise ValueError(f"image height and width must be multiples of 4 (two stride-2 stages), "
+                         f"got {shape[1]}x{shape[2]}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(
+            f"expected floating-point (normalised) images, got dtype {images.dtype}; "
+            "use adaptive_jax.data.normalize() on uint8 pixels first")
+
+
+def resnet(depth: int = 20, num_classes: int = 10, shortcut: str = "projection",
+           seed: int = 0) -> CifarResNet:
+    """Convenience constructor: `resnet(110, shortcut="pad")`."""
+    return CifarResNet(ResNetSpec(depth, num_classes, shortcut), rngs=nnx.Rngs(seed))

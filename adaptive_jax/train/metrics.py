@@ -1,0 +1,36 @@
+"""Metrics written as JSON lines: one object per event, easy to read back, plot or grep."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+def _plain(value):
+    if isinstance(value, (np.generic, np.ndarray)) or hasattr(value, "__array__"):
+        value = np.asarray(value)
+        return value.item() if value.ndim == 0 else value.tolist()
+    return value
+
+
+class MetricsWriter:
+    """Appends `{"step": s, "time": t, **metrics}` lines to `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(self, step: int, **metrics) -> dict:
+        record = {"step": int(step), "time": time.time(),
+                  **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        return record
+
+
+def read_metrics(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,89 @@
+"""Pure, jit-compiled supervised train and eval steps.
+
+State is a plain pytree (`TrainState`), and the NNX model enters only as its graph definition,
+so the compiled step is a pure function: no Python work per call, donated buffers, and the same
+function runs on one device or sharded over a mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from adaptive_jax.data.augment import augment, normalize
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any            # nnx.State of nnx.Param
+    batch_stats: Any       # nnx.State of nnx.BatchStat
+    opt_state: Any
+    rng: jax.Array         # uint32 (2,) raw key; step keys are fold_in(rng, step)
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int):
+    """Splits `model` into (graphdef, TrainState)."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params), rng=jax.random.PRNGKey(seed))
+    return graphdef, state
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example cross-entropy (nats) against (optionally smoothed) one-hot labels."""
+    targets = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: int,
+                    mean, std, label_smoothing: float = 0.0) -> Callable:
+    """(state, images uint8 (B,H,W,C), labels int32 (B,)) -> (state, metrics); augments on device."""
+
+    def loss_fn(params, batch_stats, images, labels):
+        # NNX states hold Variables; batch_stats is not differentiated, so it still belongs to the
+        # outer (jit) trace. Re-wrap it so BatchNorm may update its statistics inside `grad`.
+        batch_stats = jax.tree.map(lambda x: x, batch_stats)
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.train()
+        logits = model(images)
+        loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+        new_batch_stats = nnx.state(model, nnx.BatchStat)
+        return loss, (logits, new_batch_stats)
+
+    def train_step(state: TrainState, images_u8, labels):
+        key = jax.random.fold_in(state.rng, state.step)
+        images = augment(key, images_u8, mean, std)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, images, labels)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "accuracy": (logits.argmax(-1) == labels).mean()}
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, *, num_classes: int, mean, std) -> Callable:
+    """(params, batch_stats, images uint8, labels, mask) -> summed loss / correct / count."""
+
+    def eval_step(params, batch_stats, images_u8, labels, mask):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        logits = model(normalize(images_u8, mean, std))
+        loss = cross_entropy(logits, labels, num_classes)
+        return {"loss_sum": (loss * mask).sum(),
+                "correct": ((logits.argmax(-1) == labels) * mask).sum(),
+                "count": mask.sum()}
+
+    return jax.jit(eval_step)

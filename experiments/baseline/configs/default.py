@@ -1,0 +1,37 @@
+"""Baseline ResNet on CIFAR-10.
+
+    --config=experiments/baseline/configs/default.py          # demo: ResNet-20, 2 epochs (~10 min, 2 CPU cores)
+    --config=experiments/baseline/configs/default.py:cpu      # the CPU recipe: 15 epochs, one-cycle
+    --config=experiments/baseline/configs/default.py:long     # the long recipe (GPU): 160 epochs, cosine
+    --config=experiments/baseline/configs/default.py:smoke    # tests: ResNet-8 on 256 images
+"""
+
+from adaptive_jax.train import default_config
+
+VARIANTS = ("demo", "cpu", "long", "smoke")
+
+
+def get_config(variant: str = "demo"):
+    variant = variant or "demo"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")
+    config = default_config()  # the CPU recipe
+    if variant == "demo":
+        config.num_epochs = 2
+    elif variant == "long":
+        # He et al.'s 64k iterations at batch 128 (~164 epochs), with a cosine schedule.
+        config.num_epochs = 160
+        config.optimizer.schedule = "cosine"
+        config.optimizer.learning_rate = 0.1
+        config.optimizer.warmup_epochs = 1.0
+        config.eval_every_epochs = 10
+    elif variant == "smoke":
+        config.model.depth = 8
+        config.num_epochs = 2
+        config.batch_size = 32
+        config.eval_batch_size = 50
+        config.num_train_examples = 256
+        config.num_eval_examples = 100
+        config.log_every_steps = 2
+        config.progress_bar = False
+    return config

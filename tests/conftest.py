@@ -1,0 +1,31 @@
+"""Test set-up: two fake CPU devices (for the sharding tests) before JAX initialises."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from adaptive_jax.data import Split  # noqa: E402
+from adaptive_jax.data import cifar_binary  # noqa: E402
+
+jax.config.update("jax_platforms", "cpu")
+
+
+def random_split(n: int, seed: int = 0, num_classes: int = 10) -> Split:
+    rng = np.random.default_rng(seed)
+    return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 rng.integers(0, num_classes, n).astype(np.int32), num_classes)
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar_manual_dir(tmp_path_factory):
+    """A manual dir in the official binary layout: 100 train + 40 test random images."""
+    root = tmp_path_factory.mktemp("manual")
+    train, test = random_split(100, seed=1), random_split(40, seed=2)
+    cifar_binary.write_binary_dir(str(root), {"train": (train.images, train.labels),
+                                              "test": (test.images, test.labels)})
+    return str(root), train, test

@@ -1,0 +1,82 @@
+"""CIFAR ResNets: structure, both shortcut kinds, input checks, scan equals a plain loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive_jax.models import CifarResNet, ResNetSpec, resnet
+from adaptive_jax.models.resnet import pad_shortcut
+
+
+@pytest.mark.parametrize("depth,blocks", [(20, 9), (32, 15), (38, 18), (56, 27), (110, 54)])
+def test_block_counts(depth, blocks):
+    assert ResNetSpec(depth).num_blocks == blocks
+
+
+@pytest.mark.parametrize("shortcut", ["projection", "pad"])
+def test_forward_shape_and_params(shortcut):
+    model = resnet(20, shortcut=shortcut)
+    logits = model(jnp.zeros((2, 32, 32, 3)))
+    assert logits.shape == (2, 10)
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    # Hand count: ResNet-20 with the parameter-free shortcut has 269,722 parameters (He et al.'s
+    # option A, "0.27M"); the two 1x1 projections add 16*32 + 32*64 weights and 2 BNs (2*(32+64)).
+    assert params == 269_722 + (shortcut == "projection") * (16 * 32 + 32 * 64 + 2 * (32 + 64))
+
+
+def test_stacked_stage_equals_applying_blocks_one_by_one():
+    model = resnet(20)
+    model.eval()
+    stage = model.stages[1]
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 16))
+    expected = stage.first(x)
+    graphdef, state = nnx.split(stage.rest)
+    for i in range(stage.num_rest):
+        block = nnx.merge(graphdef, jax.tree.map(lambda v: v[i], state))
+        expected = block(expected)
+    np.testing.assert_allclose(stage(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pad_shortcut_pools_and_zero_pads():
+    x = jnp.arange(2 * 4 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 4, 2)
+    y = pad_shortcut(x, 6)
+    assert y.shape == (2, 2, 2, 6)
+    np.testing.assert_allclose(y[..., 2:4], x.reshape(2, 2, 2, 2, 2, 2).mean(axis=(2, 4)))
+    assert float(jnp.abs(y[..., :2]).sum()) == 0 and float(jnp.abs(y[..., 4:]).sum()) == 0
+
+
+def test_training_mode_updates_batch_stats_of_every_block():
+    model = resnet(20)
+    before = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))  # a copy, not the Variables
+    model.train()
+    model(jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3)))
+    after = nnx.state(model, nnx.BatchStat)
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after))
+    assert changed and all(changed)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (jnp.zeros((2, 3, 32, 32)), "NCHW"),
+    (jnp.zeros((32, 32, 3)), "shape"),
+    (jnp.zeros((2, 30, 30, 3)), "multiples of 4"),
+    (jnp.zeros((2, 32, 32, 3), jnp.uint8), "floating-point"),
+])
+def test_bad_images_are_clear_errors(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        resnet(8)(bad)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(depth=21), "6n\\+2"), (dict(shortcut="conv"), "unknown shortcut"),
+    (dict(num_classes=0), "num_classes"),
+])
+def test_bad_specs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNetSpec(**kwargs)
+
+
+def test_single_channel_model():
+    model = CifarResNet(ResNetSpec(8, in_channels=1), rngs=nnx.Rngs(0))
+    assert model(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
