@@ -18,6 +18,18 @@ def _flat_keys(config, prefix: str = "") -> dict[str, object]:
     return keys
 
 
+def _closest(key: str, known: list[str]) -> str | None:
+    """The known key a typo most likely meant: an abbreviation (lr -> learning_rate) in the same
+    section first, then the closest spelling."""
+    parent, _, leaf = key.rpartition(".")
+    for candidate in known:
+        c_parent, _, c_leaf = candidate.rpartition(".")
+        if c_parent == parent and "_" in c_leaf and leaf == "".join(w[0] for w in c_leaf.split("_")):
+            return candidate
+    close = difflib.get_close_matches(key, known, n=1)
+    return close[0] if close else None
+
+
 def check_config_keys(config, reference) -> None:
     """Raises ValueError if `config` has a key that `reference` does not (suggesting the closest)."""
     known = _flat_keys(reference)
@@ -25,6 +37,22 @@ def check_config_keys(config, reference) -> None:
     for key in _flat_keys(config):
         if key in known or key in known_prefixes:
             continue
-        close = difflib.get_close_matches(key, list(known), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = _closest(key, list(known))
+        hint = f"; did you mean {close!r}?" if close else ""
         raise ValueError(f"unknown config key {key!r}{hint} Known keys: {sorted(known)}")
+
+
+def check_override_flags(argv: list[str], reference, flag_name: str = "config") -> None:
+    """Checks `--config.a.b=value` command-line overrides against `reference` before absl parses
+    them, so a misspelt key fails with its name instead of ml_collections' bare AttributeError."""
+    prefix = f"--{flag_name}."
+    overrides = {}
+    for arg in argv:
+        if arg.startswith(prefix):
+            key = arg[len(prefix):].split("=", 1)[0]
+            node = overrides
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = None
+    check_config_keys(overrides, reference)

@@ -8,14 +8,23 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from adaptive_jax import report
-from adaptive_jax.train import train_and_evaluate
+from adaptive_jax.config import check_override_flags
+from adaptive_jax.train import default_config, train_and_evaluate
 
 FLAGS = flags.FLAGS
+if __name__ == "__main__":
+    # config_flags applies --config.* overrides as soon as the flag is defined, and a misspelt
+    # key then dies with a bare AttributeError; check them against the known keys first.
+    try:
+        check_override_flags(sys.argv, default_config())
+    except ValueError as e:
+        sys.exit(f"error: {e}")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
 flags.DEFINE_list("latency_batch_sizes", ["1", "128"], "Batch sizes to time inference at.")
 config_flags.DEFINE_config_file(

@@ -1,0 +1,160 @@
+"""Training: exact resume, data parallelism on 2 fake devices, config and checkpoint errors."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from adaptive_jax.train import (CheckpointError, Checkpointer, default_config, read_metrics,
+                                train_and_evaluate)
+from adaptive_jax.train import optim
+from tests.conftest import random_split
+
+
+def tiny_config(**overrides):
+    c = default_config()
+    c.model.depth = 8
+    c.num_epochs = 2
+    c.batch_size = 16
+    c.eval_batch_size = 20
+    c.log_every_steps = 1
+    c.progress_bar = False
+    c.num_devices = 1
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return random_split(64, seed=10), random_split(40, seed=11)
+
+
+def train_metrics(workdir):
+    return {r["step"]: r for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+            if "train_loss" in r}
+
+
+def test_interrupt_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_data):
+    straight = str(tmp_path / "straight")
+    final_straight = train_and_evaluate(tiny_config(), straight, data=tiny_data)
+
+    resumed = str(tmp_path / "resumed")
+    # 6 steps: past the end-of-epoch checkpoint (4 steps per epoch) and mid-way through epoch 2.
+    stopped = train_and_evaluate(tiny_config(stop_after_steps=6), resumed, data=tiny_data)
+    assert stopped == {"stopped_at_step": 6}
+    final_resumed = train_and_evaluate(tiny_config(), resumed, data=tiny_data)
+
+    a, b = train_metrics(straight), train_metrics(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for step in (7, 8):  # the steps after the interruption
+        assert a[step]["train_loss"] == b[step]["train_loss"]
+        assert a[step]["train_accuracy"] == b[step]["train_accuracy"]
+    assert final_straight["test_accuracy"] == final_resumed["test_accuracy"]
+    leaves_a = jax.tree.leaves(final_straight["state"].params)
+    leaves_b = jax.tree.leaves(final_resumed["state"].params)
+    assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+
+
+def test_resuming_a_finished_run_evaluates_without_training(tmp_path, tiny_data):
+    workdir = str(tmp_path / "done")
+    first = train_and_evaluate(tiny_config(), workdir, data=tiny_data)
+    again = train_and_evaluate(tiny_config(), workdir, data=tiny_data)
+    assert again["step"] == first["step"] == 8
+    assert again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_training_learns_a_separable_toy_problem(tmp_path):
+    # Each class is a distinct flat colour: a working loop gets this right within 2 epochs.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 128).astype(np.int32)
+    palette = rng.integers(0, 256, (4, 3)).astype(np.uint8)
+    images = np.broadcast_to(palette[labels][:, None, None, :], (128, 32, 32, 3)).copy()
+    from adaptive_jax.data import Split
+    data = Split(images, labels, 4)
+    result = train_and_evaluate(tiny_config(num_epochs=3, **{"optimizer.learning_rate": 0.05}),
+                                str(tmp_path / "toy"), data=(data, data))
+    assert result["test_accuracy"] == 1.0
+
+
+def test_data_parallel_over_two_devices_matches_one(tmp_path, tiny_data):
+    assert len(jax.devices()) == 2, "conftest fakes 2 CPU devices"
+    one = train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path / "one"), data=tiny_data)
+    two = train_and_evaluate(tiny_config(num_epochs=1, num_devices=2), str(tmp_path / "two"),
+                             data=tiny_data)
+    sharding = jax.tree.leaves(two["state"].params)[0].sharding
+    assert len(sharding.device_set) == 2
+    a, b = train_metrics(str(tmp_path / "one")), train_metrics(str(tmp_path / "two"))
+    for step in a:  # same maths, different reduction order: equal to float32 rounding
+        np.testing.assert_allclose(a[step]["train_loss"], b[step]["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(one["test_loss"], two["test_loss"], rtol=1e-3)
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error(tmp_path, tiny_data):
+    with pytest.raises(ValueError, match="not divisible by the 2 devices"):
+        train_and_evaluate(tiny_config(batch_size=15, num_devices=2), str(tmp_path), data=tiny_data)
+
+
+def test_unknown_config_key_is_named(tmp_path, tiny_data):
+    config = tiny_config()
+    config.unlock()
+    config.optimizer.lr = 0.1
+    with pytest.raises(ValueError, match="unknown config key 'optimizer.lr'"):
+        train_and_evaluate(config, str(tmp_path), data=tiny_data)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    ckpt = Checkpointer(str(tmp_path / "none"))
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        ckpt.restore({"x": np.zeros(3)})
+    ckpt.save(1, {"x": np.zeros(3)}, {"epoch": 0, "batch": 1})
+    ckpt.wait()
+    with pytest.raises(CheckpointError, match="no checkpoint for step 7"):
+        ckpt.restore({"x": np.zeros(3)}, step=7)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, tiny_data):
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config(stop_after_steps=2), workdir, data=tiny_data)
+    step_dir = os.path.join(workdir, "checkpoints", "2", "state")
+    # Destroy the array data, keep the directory that says "step 2 is here".
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            if name != "_METADATA":
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train_and_evaluate(tiny_config(), workdir, data=tiny_data)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, tiny_data):
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(tiny_config(stop_after_steps=1), workdir, data=tiny_data)
+    with pytest.raises(CheckpointError, match="does not match|expects"):
+        train_and_evaluate(tiny_config(**{"model.depth": 14}), workdir, data=tiny_data)
+
+
+def test_schedules():
+    one = optim.learning_rate_schedule("onecycle", 0.2, 100)
+    assert float(one(30)) == pytest.approx(0.2, rel=1e-3) and float(one(100)) < 1e-3
+    cos = optim.learning_rate_schedule("cosine", 0.1, 100, warmup_steps=10)
+    assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(0.1) and float(cos(100)) < 1e-6
+    with pytest.raises(ValueError, match="unknown schedule"):
+        optim.learning_rate_schedule("step", 0.1, 10)
+
+
+def test_weight_decay_only_on_kernels():
+    from flax import nnx
+    from adaptive_jax.models import resnet
+    params = nnx.state(resnet(20), nnx.Param)
+    mask = optim._decay_mask(params)
+    paths = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    assert all(m == ("kernel" in p) for p, m in paths.items())
+    # stem, head, 4 per stage (first block's 2 convs, the stacked rest's 2), 2 projections
+    assert sum(paths.values()) == 16
