@@ -147,13 +147,16 @@ class Stage(nnx.Module):
         # Only training mode moves batch statistics; in inference the scan writes nothing back,
         # so the stage is also callable under a plain jax transform.
         training = not self.rest.bn1.use_running_average
+        # Training unrolls the scan: XLA:CPU runs convolution gradients inside a while loop ~14x
+        # slower (ResNet-20, batch 16, one core: 2.79 s per gradient scanned, 0.20 s unrolled).
+        # Inference keeps the loop, which compiles faster and runs as fast.
 
         def step(h, block_state):
             block = nnx.merge(graphdef, block_state)
             h = block(h)
             return h, (nnx.state(block, nnx.BatchStat) if training else None)
 
-        x, new_stats = jax.lax.scan(step, x, state)
+        x, new_stats = jax.lax.scan(step, x, state, unroll=training)
         if training:
             nnx.update(self.rest, new_stats)
         return x
