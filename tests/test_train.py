@@ -46,8 +46,10 @@ def test_interrupt_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_data):
     final_straight = train_and_evaluate(tiny_config(), straight, data=tiny_data)
 
     resumed = str(tmp_path / "resumed")
-    # 6 steps: past the end-of-epoch checkpoint (4 steps per epoch) and mid-way through epoch 2.
-    stopped = train_and_evaluate(tiny_config(stop_after_steps=6), resumed, data=tiny_data)
+    # 6 steps: past the end of epoch 1 (4 steps per epoch), mid-way through epoch 2; periodic
+    # checkpoints at steps 2, 4 and 6 coincide with the epoch end and with the stop.
+    stopped = train_and_evaluate(tiny_config(stop_after_steps=6, checkpoint_every_steps=2),
+                                 resumed, data=tiny_data)
     assert stopped == {"stopped_at_step": 6}
     final_resumed = train_and_evaluate(tiny_config(), resumed, data=tiny_data)
 

@@ -120,7 +120,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    config.max_checkpoints_to_keep)
     if ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(state)
+        try:
+            state, data_state = ckpt.restore(state)
+        except checkpoint.CheckpointError:
+            ckpt.close()  # release orbax's background threads before the error propagates
+            raise
         iterator.state = pipeline.IteratorState.from_dict(data_state)
     state = sharding.replicate(state, mesh)
 
@@ -131,6 +135,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
     step = int(state.step)
+    saved = {step}
+
+    def save():  # at most once per step: a step's checkpoint can coincide with an epoch end
+        if step not in saved:
+            ckpt.save(step, state, iterator.state.to_dict())
+            saved.add(step)
+
     result = {}
     pending = []  # device metrics since the last log: no host sync per step
     start = time.perf_counter()
@@ -152,16 +163,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              **{f"train_{k}": v for k, v in means.items()})
                 bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-                ckpt.save(step, state, iterator.state.to_dict())
+                save()
             if config.stop_after_steps and step >= config.stop_after_steps:
                 bar.close()
-                ckpt.save(step, state, iterator.state.to_dict())
+                save()
                 ckpt.wait()
                 ckpt.close()
                 return {"stopped_at_step": step}
         bar.close()
         epoch_time = time.perf_counter() - epoch_start
-        ckpt.save(step, state, iterator.state.to_dict())
+        save()
         last = epoch + 1 == config.num_epochs
         if not (last or (epoch + 1) % config.eval_every_epochs == 0):
             continue

@@ -58,8 +58,8 @@ def state_image_shape(config) -> tuple[int, int, int]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every step of their work at INFO
     run(FLAGS.config, FLAGS.workdir, tuple(int(b) for b in FLAGS.latency_batch_sizes))
 
 

@@ -22,6 +22,7 @@ def get_config(variant: str = "demo"):
         config.num_epochs = 2
         config.num_train_examples = 12_800
         config.eval_every_epochs = 2
+        config.log_every_steps = 10
     elif variant == "long":
         # He et al.'s 64k iterations at batch 128 (~164 epochs), with a cosine schedule.
         config.num_epochs = 160

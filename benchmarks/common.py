@@ -1,0 +1,80 @@
+"""Shared benchmark plumbing: machine and version facts, and appending results.
+
+Every benchmark run appends a human table to `benchmarks/RESULTS.md` and one JSON object per
+figure to `benchmarks/results.jsonl` (keys: benchmark, metric, value, unit, model, date, command,
+plus context such as machine and threads).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_MD = os.path.join(HERE, "RESULTS.md")
+RESULTS_JSONL = os.path.join(HERE, "results.jsonl")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def command_line() -> str:
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    prefix = f"taskset -c {','.join(map(str, affinity))} " if affinity and len(affinity) < os.cpu_count() else ""
+    return prefix + "python -m " + " ".join(shlex.quote(a) for a in [_module()] + sys.argv[1:])
+
+
+def _module() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec else os.path.basename(sys.argv[0])
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    import jax
+    info = {"cpu": cpu_model(), "cpus_visible": os.cpu_count(),
+            "cpus_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "jax_backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "python": platform.python_version(), "jax": jax.__version__}
+    for name in ("flax", "optax", "torch"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = module.__version__
+    return info
+
+
+def append_results(benchmark: str, figures: list[dict], table: str, notes: str = "",
+                   command: str | None = None, machine_info: dict | None = None) -> None:
+    """figures: dicts with metric, value, unit, model (+ any context keys).
+
+    machine_info replaces this machine's facts for figures measured elsewhere.
+    """
+    date, command = now(), command or command_line()
+    context = machine_info or machine()
+    with open(RESULTS_JSONL, "a") as f:
+        for fig in figures:
+            f.write(json.dumps({"benchmark": benchmark, **fig, "date": date, "command": command,
+                                "machine": context}) + "\n")
+    versions = ", ".join(f"{k} {v}" for k, v in context.items() if k != "cpu")
+    with open(RESULTS_MD, "a") as f:
+        f.write(f"\n## {benchmark}: {date}\n\n- command: `{command}`\n"
+                f"- machine: {context.get('cpu', '')}; {versions}\n")
+        if notes:
+            f.write(f"- notes: {notes}\n")
+        f.write(f"\n```\n{table}\n```\n")
