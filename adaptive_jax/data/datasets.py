@@ -8,8 +8,10 @@ split's arrays do not depend on how TFDS shuffled the shards.
 Where the data come from, in order:
   1. a TFDS dataset already prepared in `data_dir` (`--data_dir`, else `$TFDS_DATA_DIR`, else
      TFDS's default `~/tensorflow_datasets`);
-  2. for cifar10, a manual directory (`--manual_dir`, else `$ADAPTIVE_JAX_MANUAL_DIR`) holding the
-     official binary layout: the TFDS dataset is built from it offline (tfds_cifar.py);
+  2. for cifar10 and fashion_mnist, a manual directory (`--manual_dir`, else
+     `$ADAPTIVE_JAX_MANUAL_DIR`) holding the official files (CIFAR-10 binary layout, Fashion-MNIST
+     IDX files; for fashion_mnist also Debian's /usr/share/datasets/fashion-mnist): the TFDS
+     dataset is built from them offline (offline.py);
   3. a normal TFDS download, when `download=True` and a network is there.
 """
 
@@ -62,10 +64,15 @@ def _missing_message(name: str, data_dir: str, manual_dir: str | None, reason: s
         f"  1. with a network: allow the TFDS download (data.download=True), or run\n"
         f"     `python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
         f"data_dir='{data_dir}').download_and_prepare()\"`;\n"
-        f"  2. offline (cifar10): put the official binary layout (cifar-10-batches-bin/ or "
-        f"cifar-10-binary.tar.gz) in a directory and pass it as --manual_dir or ${MANUAL_DIR_ENV}"
-        + (f" (now {manual_dir!r}, which holds no such data)" if manual_dir else "")
-        + ";\n     `../shared/data/cifar10/prepare DIR` writes that layout from the bundled copy.")
+        f"  2. offline: put {_offline_files(name)} in a directory and pass it as --manual_dir or "
+        f"${MANUAL_DIR_ENV}" + (f" (now {manual_dir!r}, which holds no such data)" if manual_dir else "")
+        + ";\n     for cifar10, `../shared/data/cifar10/prepare DIR` writes that layout from the "
+        "bundled copy.")
+
+
+def _offline_files(name: str) -> str:
+    from adaptive_jax.data import offline
+    return offline.MANUAL_INSTRUCTIONS.get(name, "(no offline builder for this dataset yet)")
 
 
 def data_source(name: str, data_dir: str | None = None, manual_dir: str | None = None,
@@ -77,10 +84,10 @@ def data_source(name: str, data_dir: str | None = None, manual_dir: str | None =
     manual_dir = default_manual_dir(manual_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        from adaptive_jax.data import cifar_binary, tfds_cifar
-        has_manual = bool(manual_dir) and cifar_binary.find_binary_source(manual_dir) is not None
-        if name == "cifar10" and has_manual:
-            tfds_cifar.build_cifar10_from_manual_dir(data_dir, manual_dir)
+        from adaptive_jax.data import offline
+        local = offline.find_local_source(name, manual_dir)
+        if local is not None:
+            offline.build_from_local_files(name, data_dir, local)
         elif download:
             try:
                 builder.download_and_prepare()
