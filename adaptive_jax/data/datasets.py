@@ -61,7 +61,7 @@ def default_manual_dir(manual_dir: str | None = None) -> str | None:
 def _missing_message(name: str, data_dir: str, manual_dir: str | None, reason: str) -> str:
     return (
         f"dataset {name!r} is not prepared in {data_dir} ({reason}). Two ways to get it:\n"
-        f"  1. with a network: allow the TFDS download (data.download=True), or run\n"
+        f"  1. with a network: allow the TFDS download (--config.download=True), or run\n"
         f"     `python -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', "
         f"data_dir='{data_dir}').download_and_prepare()\"`;\n"
         f"  2. offline: put {_offline_files(name)} in a directory and pass it as --manual_dir or "
