@@ -80,3 +80,21 @@ def test_bad_specs(kwargs, match):
 def test_single_channel_model():
     model = CifarResNet(ResNetSpec(8, in_channels=1), rngs=nnx.Rngs(0))
     assert model(jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
+
+
+def test_unrolled_training_equals_scanned_training():
+    images = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 32, 3))
+
+    def grads(unroll):
+        model = CifarResNet(ResNetSpec(14, unroll_training=unroll), rngs=nnx.Rngs(0))
+        graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+        def loss(params):
+            m = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, stats))
+            m.train()
+            return (m(images) ** 2).sum()
+
+        return jax.grad(loss)(params)
+
+    for a, b in zip(jax.tree.leaves(grads(True)), jax.tree.leaves(grads(False))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

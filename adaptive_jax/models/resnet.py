@@ -37,6 +37,8 @@ class ResNetSpec:
     shortcut: str = "projection"
     widths: tuple[int, ...] = STAGE_WIDTHS
     in_channels: int = 3
+    # Unroll each stage's scan in training (see Stage.__call__); False keeps the loop, to measure.
+    unroll_training: bool = True
 
     def __post_init__(self):
         if self.depth < 8 or (self.depth - 2) % 6:
@@ -130,8 +132,9 @@ class Stage(nnx.Module):
     """The first (possibly transition) block, then n - 1 identical blocks applied by `lax.scan`."""
 
     def __init__(self, cin: int, cout: int, num_blocks: int, stride: int, shortcut: str,
-                 *, rngs: nnx.Rngs):
+                 *, rngs: nnx.Rngs, unroll_training: bool = True):
         self.first = BasicBlock(cin, cout, stride, shortcut, rngs=rngs)
+        self.unroll_training = unroll_training
         self.num_rest = num_blocks - 1
         if self.num_rest:
             self.rest = _stack_blocks(
@@ -147,16 +150,16 @@ class Stage(nnx.Module):
         # Only training mode moves batch statistics; in inference the scan writes nothing back,
         # so the stage is also callable under a plain jax transform.
         training = not self.rest.bn1.use_running_average
-        # Training unrolls the scan: XLA:CPU runs convolution gradients inside a while loop ~14x
-        # slower (ResNet-20, batch 16, one core: 2.79 s per gradient scanned, 0.20 s unrolled).
-        # Inference keeps the loop, which compiles faster and runs as fast.
+        # Training unrolls the scan: XLA:CPU runs convolution gradients inside a while loop an
+        # order of magnitude slower (`python -m benchmarks.stage_scan`). Inference keeps the
+        # loop, which compiles faster and runs as fast.
 
         def step(h, block_state):
             block = nnx.merge(graphdef, block_state)
             h = block(h)
             return h, (nnx.state(block, nnx.BatchStat) if training else None)
 
-        x, new_stats = jax.lax.scan(step, x, state, unroll=training)
+        x, new_stats = jax.lax.scan(step, x, state, unroll=training and self.unroll_training)
         if training:
             nnx.update(self.rest, new_stats)
         return x
@@ -170,11 +173,11 @@ class CifarResNet(nnx.Module):
         w = spec.widths
         self.stem_conv = _conv3x3(spec.in_channels, w[0], 1, rngs)
         self.stem_bn = _batch_norm(w[0], rngs)
-        n = spec.blocks_per_stage
+        n, u = spec.blocks_per_stage, spec.unroll_training
         self.stages = nnx.List([
-            Stage(w[0], w[0], n, 1, spec.shortcut, rngs=rngs),
-            Stage(w[0], w[1], n, 2, spec.shortcut, rngs=rngs),
-            Stage(w[1], w[2], n, 2, spec.shortcut, rngs=rngs),
+            Stage(w[0], w[0], n, 1, spec.shortcut, rngs=rngs, unroll_training=u),
+            Stage(w[0], w[1], n, 2, spec.shortcut, rngs=rngs, unroll_training=u),
+            Stage(w[1], w[2], n, 2, spec.shortcut, rngs=rngs, unroll_training=u),
         ])
         self.head = nnx.Linear(w[2], spec.num_classes, rngs=rngs)
 
