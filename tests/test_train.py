@@ -1,7 +1,6 @@
 """Training: exact resume, data parallelism on 2 fake devices, config and checkpoint errors."""
 
 import os
-import shutil
 
 import jax
 import numpy as np

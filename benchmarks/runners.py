@@ -1,0 +1,63 @@
+"""Train-step runners shared by the benchmarks: each returns `run(n) -> seconds for n steps`.
+
+adaptive_jax's compiled step (augmenting on device) and PyTorch eager on the identical ResNet
+(benchmarks/torch_resnet.py), both already compiled / warmed up.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+
+from adaptive_jax.models import resnet
+from adaptive_jax.train import create_train_state, make_optimizer, make_train_step
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def jax_train_runner(depth: int, batch: int):
+    tx = make_optimizer(learning_rate=0.1)
+    graphdef, state = create_train_state(resnet(depth), tx, seed=0)
+    step = make_train_step(graphdef, tx, num_classes=10, mean=MEAN, std=STD)
+    rng = np.random.default_rng(0)
+    images = jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
+    labels = jax.device_put(rng.integers(0, 10, batch).astype(np.int32))
+    holder = {"state": state}
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            holder["state"], metrics = step(holder["state"], images, labels)
+        jax.block_until_ready(metrics)
+        return time.perf_counter() - start
+
+    run(2)  # compile and warm up
+    return run
+
+
+def torch_train_runner(depth: int, batch: int, channels_last: bool):
+    import torch
+    from benchmarks.torch_resnet import resnet as torch_resnet
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    model = torch_resnet(depth)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    images = torch.randn(batch, 3, 32, 32).to(memory_format=fmt)
+    labels = torch.randint(0, 10, (batch,))
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    run(2)
+    return run

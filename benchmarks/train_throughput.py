@@ -1,0 +1,129 @@
+"""Training throughput against PyTorch, per model, and where the time goes per conv shape.
+
+    taskset -c 0 python -m benchmarks.train_throughput            # one core pinned
+    python -m benchmarks.train_throughput --depths=20              # all visible cores
+
+Part 1: img/s of adaptive_jax's train step and of PyTorch eager (NCHW and channels-last) on the
+same ResNets, variants interleaved in rounds; medians and [min, max].
+Part 2: for every 3x3 / 1x1 conv shape the CIFAR ResNets use, the forward, input-gradient and
+weight-gradient time of XLA and of PyTorch, side by side (medians), at the training batch size.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from adaptive_jax import report
+from benchmarks import common
+from benchmarks.runners import jax_train_runner, torch_train_runner
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("depths", ["20", "32", "110"], "ResNet depths for part 1.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
+flags.DEFINE_integer("steps_per_round", 2, "Timed steps per variant per round.")
+flags.DEFINE_bool("shapes", True, "Run part 2 (per conv shape).")
+
+# (spatial size of the input, in channels, out channels, kernel, stride) of the CIFAR ResNets.
+CONV_SHAPES = [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (16, 32, 32, 3, 1),
+               (32, 16, 32, 1, 2), (16, 32, 64, 3, 2), (8, 64, 64, 3, 1), (16, 32, 64, 1, 2)]
+
+
+def _median_ms(fn, rounds: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def jax_conv_times(batch: int, hw: int, cin: int, cout: int, k: int, stride: int) -> dict:
+    pad = k // 2
+    x = jax.random.normal(jax.random.PRNGKey(0), (batch, hw, hw, cin))
+    w = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout)) * 0.1
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    dy = jnp.ones_like(conv(x, w))
+    fwd = jax.jit(conv)
+    igrad = jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+    wgrad = jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+    return {"forward": _median_ms(lambda: jax.block_until_ready(fwd(x, w))),
+            "input_grad": _median_ms(lambda: jax.block_until_ready(igrad(x, w, dy))),
+            "weight_grad": _median_ms(lambda: jax.block_until_ready(wgrad(x, w, dy)))}
+
+
+def torch_conv_times(batch: int, hw: int, cin: int, cout: int, k: int, stride: int) -> dict:
+    import torch
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    pad = k // 2
+    x = torch.randn(batch, cin, hw, hw)
+    w = torch.randn(cout, cin, k, k) * 0.1
+    dy = torch.ones_like(torch.nn.functional.conv2d(x, w, stride=stride, padding=pad))
+    grad = torch.nn.grad
+    return {
+        "forward": _median_ms(lambda: torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)),
+        "input_grad": _median_ms(lambda: grad.conv2d_input(x.shape, w, dy, stride=stride, padding=pad)),
+        "weight_grad": _median_ms(lambda: grad.conv2d_weight(x, w.shape, dy, stride=stride, padding=pad)),
+    }
+
+
+def main(argv):
+    del argv
+    threads = len(os.sched_getaffinity(0))
+    rows, figures = [], []
+    for depth in (int(d) for d in FLAGS.depths):
+        runners = {"adaptive_jax": jax_train_runner(depth, FLAGS.batch_size),
+                   "torch_eager": torch_train_runner(depth, FLAGS.batch_size, channels_last=False),
+                   "torch_channels_last": torch_train_runner(depth, FLAGS.batch_size, channels_last=True)}
+        rates = {name: [] for name in runners}
+        for _ in range(FLAGS.rounds):
+            for name, run in runners.items():
+                rates[name].append(FLAGS.batch_size * FLAGS.steps_per_round / run(FLAGS.steps_per_round))
+        medians = {name: float(np.median(r)) for name, r in rates.items()}
+        for name, r in rates.items():
+            rows.append({"what": f"train img/s {name}", "model": f"resnet{depth}",
+                         "value": f"{medians[name]:.1f} [{min(r):.1f}, {max(r):.1f}]"})
+        ratio = medians["adaptive_jax"] / max(medians["torch_eager"], medians["torch_channels_last"])
+        rows.append({"what": "train_throughput_vs_torch", "model": f"resnet{depth}", "value": f"{ratio:.3f}"})
+        figures.append({"metric": "train_throughput_vs_torch", "value": round(ratio, 3), "unit": "ratio",
+                        "model": f"resnet{depth}", "threads": threads, "batch_size": FLAGS.batch_size,
+                        **{f"{k}_img_s": round(v, 1) for k, v in medians.items()}})
+    table = report.format_table(rows, [("what", "measure", "s"), ("model", "model", "s"),
+                                       ("value", "median [min, max]", "s")])
+    print(table)
+    if FLAGS.shapes:
+        shape_rows = []
+        for shape in CONV_SHAPES:
+            hw, cin, cout, k, stride = shape
+            ours = jax_conv_times(FLAGS.batch_size, *shape)
+            peer = torch_conv_times(FLAGS.batch_size, *shape)
+            for part in ("forward", "input_grad", "weight_grad"):
+                shape_rows.append({"shape": f"{hw}x{hw} {cin}->{cout} k{k} s{stride}", "part": part,
+                                   "xla_ms": ours[part], "torch_ms": peer[part],
+                                   "ratio": ours[part] / peer[part]})
+                figures.append({"metric": f"conv_{part}_ms", "value": round(ours[part], 2), "unit": "ms",
+                                "model": f"conv{hw}x{hw}_{cin}to{cout}_k{k}_s{stride}",
+                                "torch_ms": round(peer[part], 2), "threads": threads,
+                                "batch_size": FLAGS.batch_size})
+        shape_table = report.format_table(shape_rows, [
+            ("shape", "conv (NHWC in)", "s"), ("part", "part", "s"), ("xla_ms", "XLA ms", ".1f"),
+            ("torch_ms", "torch ms", ".1f"), ("ratio", "XLA / torch", ".2f")])
+        print(shape_table)
+        table += "\n\n" + shape_table
+    common.append_results("train_throughput", figures, table,
+                          notes=f"batch {FLAGS.batch_size}, {threads} thread(s), rounds {FLAGS.rounds}")
+
+
+if __name__ == "__main__":
+    app.run(main)
