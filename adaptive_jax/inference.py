@@ -12,18 +12,12 @@ import jax
 from flax import nnx
 
 
-def make_predict_fn(graphdef, mean=None, std=None) -> Callable:
-    """jit'd (params, batch_stats, images) -> logits in inference mode (running BN statistics).
-
-    With `mean` / `std`, takes uint8 images and normalises them inside the compiled function.
-    """
-    from adaptive_jax.data.augment import normalize
+def make_predict_fn(graphdef) -> Callable:
+    """jit'd (params, batch_stats, float images) -> logits, in inference mode (running BN stats)."""
 
     def predict(params, batch_stats, images):
         model = nnx.merge(graphdef, params, batch_stats)
         model.eval()
-        if mean is not None:
-            images = normalize(images, mean, std)
         return model(images)
 
     return jax.jit(predict)

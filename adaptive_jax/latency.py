@@ -18,9 +18,6 @@ class LatencyStats:
     cv: float          # coefficient of variation (std / mean) of the timed calls
     repeats: int
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def measure_latency(fn: Callable, *args, warmup: int = 3, repeats: int = 20,
                     min_time_s: float = 0.0) -> LatencyStats:

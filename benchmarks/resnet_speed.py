@@ -23,7 +23,7 @@ from adaptive_jax.latency import measure_latency
 from adaptive_jax.models import resnet
 from adaptive_jax.train import create_train_state, make_optimizer
 from benchmarks import common
-from benchmarks.runners import jax_train_runner, torch_train_runner
+from benchmarks.runners import train_throughput
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Fewer rounds and only ResNet-20 (under 5 minutes).")
@@ -32,19 +32,6 @@ flags.DEFINE_integer("rounds", 5, "Interleaved rounds of timed training steps.")
 flags.DEFINE_integer("steps_per_round", 3, "Timed training steps per variant per round.")
 flags.DEFINE_list("latency_depths", ["20", "56", "110"], "ResNet depths to time inference for.")
 flags.DEFINE_bool("torch", True, "Time PyTorch alongside (needs the benchmark extra).")
-
-def train_throughput(depth: int, batch: int, rounds: int, steps: int, with_torch: bool) -> dict:
-    runners = {"adaptive_jax": jax_train_runner(depth, batch)}
-    if with_torch:
-        runners["torch_eager"] = torch_train_runner(depth, batch, channels_last=False)
-        runners["torch_channels_last"] = torch_train_runner(depth, batch, channels_last=True)
-    rates = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            rates[name].append(batch * steps / run(steps))
-    return {name: (float(np.median(r)), float(np.min(r)), float(np.max(r)))
-            for name, r in rates.items()}
-
 
 def inference_latency(depth: int) -> dict:
     model = resnet(depth)

@@ -61,3 +61,18 @@ def torch_train_runner(depth: int, batch: int, channels_last: bool):
 
     run(2)
     return run
+
+
+def train_throughput(depth: int, batch: int, rounds: int, steps: int,
+                     with_torch: bool = True) -> dict[str, tuple[float, float, float]]:
+    """img/s of each runner, variants interleaved in `rounds`: name -> (median, min, max)."""
+    runners = {"adaptive_jax": jax_train_runner(depth, batch)}
+    if with_torch:
+        runners["torch_eager"] = torch_train_runner(depth, batch, channels_last=False)
+        runners["torch_channels_last"] = torch_train_runner(depth, batch, channels_last=True)
+    rates = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            rates[name].append(batch * steps / run(steps))
+    return {name: (float(np.median(r)), float(np.min(r)), float(np.max(r)))
+            for name, r in rates.items()}

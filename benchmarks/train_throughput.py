@@ -21,7 +21,7 @@ from absl import app, flags
 
 from adaptive_jax import report
 from benchmarks import common
-from benchmarks.runners import jax_train_runner, torch_train_runner
+from benchmarks.runners import train_throughput
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("depths", ["20", "32", "110"], "ResNet depths for part 1.")
@@ -83,17 +83,11 @@ def main(argv):
     threads = len(os.sched_getaffinity(0))
     rows, figures = [], []
     for depth in (int(d) for d in FLAGS.depths):
-        runners = {"adaptive_jax": jax_train_runner(depth, FLAGS.batch_size),
-                   "torch_eager": torch_train_runner(depth, FLAGS.batch_size, channels_last=False),
-                   "torch_channels_last": torch_train_runner(depth, FLAGS.batch_size, channels_last=True)}
-        rates = {name: [] for name in runners}
-        for _ in range(FLAGS.rounds):
-            for name, run in runners.items():
-                rates[name].append(FLAGS.batch_size * FLAGS.steps_per_round / run(FLAGS.steps_per_round))
-        medians = {name: float(np.median(r)) for name, r in rates.items()}
-        for name, r in rates.items():
+        stats = train_throughput(depth, FLAGS.batch_size, FLAGS.rounds, FLAGS.steps_per_round)
+        medians = {name: s[0] for name, s in stats.items()}
+        for name, (median, low, high) in stats.items():
             rows.append({"what": f"train img/s {name}", "model": f"resnet{depth}",
-                         "value": f"{medians[name]:.1f} [{min(r):.1f}, {max(r):.1f}]"})
+                         "value": f"{median:.1f} [{low:.1f}, {high:.1f}]"})
         ratio = medians["adaptive_jax"] / max(medians["torch_eager"], medians["torch_channels_last"])
         rows.append({"what": "train_throughput_vs_torch", "model": f"resnet{depth}", "value": f"{ratio:.3f}"})
         figures.append({"metric": "train_throughput_vs_torch", "value": round(ratio, 3), "unit": "ratio",

@@ -121,6 +121,5 @@ def load_split(name: str, split: str, data_dir: str | None = None,
     if ids[0]:
         order = np.argsort(np.asarray(ids))
         images, labels = images[order], labels[order]
-    num_classes = tfds.builder(name, data_dir=default_data_dir(data_dir)).info.features[
-        "label"].num_classes
+    num_classes = source.dataset_info.features["label"].num_classes
     return Split(np.ascontiguousarray(images), labels, num_classes)
