@@ -11,16 +11,18 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
-from adaptive_jax.models import resnet
+from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.train import create_train_state, make_optimizer, make_train_step
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-def jax_train_runner(depth: int, batch: int):
+def jax_train_runner(depth: int, batch: int, conv_lowering: str = "auto"):
     tx = make_optimizer(learning_rate=0.1)
-    graphdef, state = create_train_state(resnet(depth), tx, seed=0)
+    model = CifarResNet(ResNetSpec(depth, conv_lowering=conv_lowering), rngs=nnx.Rngs(0))
+    graphdef, state = create_train_state(model, tx, seed=0)
     step = make_train_step(graphdef, tx, num_classes=10, mean=MEAN, std=STD)
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
@@ -65,8 +67,13 @@ def torch_train_runner(depth: int, batch: int, channels_last: bool):
 
 def train_throughput(depth: int, batch: int, rounds: int, steps: int,
                      with_torch: bool = True) -> dict[str, tuple[float, float, float]]:
-    """img/s of each runner, variants interleaved in `rounds`: name -> (median, min, max)."""
-    runners = {"adaptive_jax": jax_train_runner(depth, batch)}
+    """img/s of each runner, variants interleaved in `rounds`: name -> (median, min, max).
+
+    "adaptive_jax" is the project's step as shipped (conv weight gradients lowered for the
+    backend); "adaptive_jax_xla_conv" the same step with XLA's own conv gradients, the before.
+    """
+    runners = {"adaptive_jax": jax_train_runner(depth, batch),
+               "adaptive_jax_xla_conv": jax_train_runner(depth, batch, conv_lowering="xla")}
     if with_torch:
         runners["torch_eager"] = torch_train_runner(depth, batch, channels_last=False)
         runners["torch_channels_last"] = torch_train_runner(depth, batch, channels_last=True)

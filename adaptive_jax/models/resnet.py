@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adaptive_jax.nn import LOWERINGS, conv_general_dilated_fn
+
 SHORTCUT_KINDS = ("projection", "pad")
 DEPTHS = (20, 32, 38, 44, 56, 74, 110)
 STAGE_WIDTHS = (16, 32, 64)
@@ -39,6 +41,9 @@ class ResNetSpec:
     in_channels: int = 3
     # Unroll each stage's scan in training (see Stage.__call__); False keeps the loop, to measure.
     unroll_training: bool = True
+    # Weight-gradient lowering of every conv (adaptive_jax.nn.conv): "auto" = fast matmuls on
+    # CPU, XLA's own elsewhere; "xla" everywhere, to compare.
+    conv_lowering: str = "auto"
 
     def __post_init__(self):
         if self.depth < 8 or (self.depth - 2) % 6:
@@ -49,6 +54,8 @@ class ResNetSpec:
             raise ValueError(f"a CIFAR ResNet has 3 stage widths, got {self.widths}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+        if self.conv_lowering not in LOWERINGS:
+            raise ValueError(f"unknown conv_lowering {self.conv_lowering!r}; expected one of {LOWERINGS}")
 
     @property
     def blocks_per_stage(self) -> int:
@@ -59,9 +66,11 @@ class ResNetSpec:
         return 3 * self.blocks_per_stage
 
 
-def _conv3x3(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(cin, cout, (3, 3), strides=stride, padding=((1, 1), (1, 1)), use_bias=False,
-                    kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+def _conv(cin: int, cout: int, size: int, stride: int, lowering: str, rngs: nnx.Rngs) -> nnx.Conv:
+    pad = size // 2
+    return nnx.Conv(cin, cout, (size, size), strides=stride, padding=((pad, pad), (pad, pad)),
+                    use_bias=False, kernel_init=nnx.initializers.he_normal(),
+                    conv_general_dilated=conv_general_dilated_fn(lowering), rngs=rngs)
 
 
 def _batch_norm(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -80,9 +89,8 @@ def pad_shortcut(x: jax.Array, out_channels: int) -> jax.Array:
 class Projection(nnx.Module):
     """1x1 strided conv + BN shortcut (SkipNet / OFAS)."""
 
-    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv = nnx.Conv(cin, cout, (1, 1), strides=stride, padding="VALID", use_bias=False,
-                             kernel_init=nnx.initializers.he_normal(), rngs=rngs)
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, lowering: str = "auto"):
+        self.conv = _conv(cin, cout, 1, stride, lowering, rngs)
         self.bn = _batch_norm(cout, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -92,16 +100,17 @@ class Projection(nnx.Module):
 class BasicBlock(nnx.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int, shortcut: str, *, rngs: nnx.Rngs):
-        self.conv1 = _conv3x3(cin, cout, stride, rngs)
+    def __init__(self, cin: int, cout: int, stride: int, shortcut: str, *, rngs: nnx.Rngs,
+                 lowering: str = "auto"):
+        self.conv1 = _conv(cin, cout, 3, stride, lowering, rngs)
         self.bn1 = _batch_norm(cout, rngs)
-        self.conv2 = _conv3x3(cout, cout, 1, rngs)
+        self.conv2 = _conv(cout, cout, 3, 1, lowering, rngs)
         self.bn2 = _batch_norm(cout, rngs)
         self.changes_shape = stride != 1 or cin != cout
         self.out_channels = cout
         self.shortcut_kind = shortcut
         if self.changes_shape and shortcut == "projection":
-            self.projection = Projection(cin, cout, stride, rngs=rngs)
+            self.projection = Projection(cin, cout, stride, rngs=rngs, lowering=lowering)
         else:
             self.projection = None
 
@@ -132,13 +141,14 @@ class Stage(nnx.Module):
     """The first (possibly transition) block, then n - 1 identical blocks applied by `lax.scan`."""
 
     def __init__(self, cin: int, cout: int, num_blocks: int, stride: int, shortcut: str,
-                 *, rngs: nnx.Rngs, unroll_training: bool = True):
-        self.first = BasicBlock(cin, cout, stride, shortcut, rngs=rngs)
+                 *, rngs: nnx.Rngs, unroll_training: bool = True, lowering: str = "auto"):
+        self.first = BasicBlock(cin, cout, stride, shortcut, rngs=rngs, lowering=lowering)
         self.unroll_training = unroll_training
         self.num_rest = num_blocks - 1
         if self.num_rest:
             self.rest = _stack_blocks(
-                [BasicBlock(cout, cout, 1, shortcut, rngs=rngs) for _ in range(self.num_rest)])
+                [BasicBlock(cout, cout, 1, shortcut, rngs=rngs, lowering=lowering)
+                 for _ in range(self.num_rest)])
         else:
             self.rest = None
 
@@ -171,13 +181,14 @@ class CifarResNet(nnx.Module):
     def __init__(self, spec: ResNetSpec, *, rngs: nnx.Rngs):
         self.spec = spec
         w = spec.widths
-        self.stem_conv = _conv3x3(spec.in_channels, w[0], 1, rngs)
+        self.stem_conv = _conv(spec.in_channels, w[0], 3, 1, spec.conv_lowering, rngs)
         self.stem_bn = _batch_norm(w[0], rngs)
-        n, u = spec.blocks_per_stage, spec.unroll_training
+        n = spec.blocks_per_stage
+        common = dict(rngs=rngs, unroll_training=spec.unroll_training, lowering=spec.conv_lowering)
         self.stages = nnx.List([
-            Stage(w[0], w[0], n, 1, spec.shortcut, rngs=rngs, unroll_training=u),
-            Stage(w[0], w[1], n, 2, spec.shortcut, rngs=rngs, unroll_training=u),
-            Stage(w[1], w[2], n, 2, spec.shortcut, rngs=rngs, unroll_training=u),
+            Stage(w[0], w[0], n, 1, spec.shortcut, **common),
+            Stage(w[0], w[1], n, 2, spec.shortcut, **common),
+            Stage(w[1], w[2], n, 2, spec.shortcut, **common),
         ])
         self.head = nnx.Linear(w[2], spec.num_classes, rngs=rngs)
 

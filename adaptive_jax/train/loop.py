@@ -36,6 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.depth = 20
     c.model.shortcut = "projection"
+    c.model.conv_lowering = "auto"  # conv weight gradients: "auto" (by backend) or "xla"
 
     c.seed = 0
     c.num_epochs = 15
@@ -62,7 +63,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def build_model(config, num_classes: int, in_channels: int) -> CifarResNet:
     spec = ResNetSpec(depth=config.model.depth, num_classes=num_classes,
-                      shortcut=config.model.shortcut, in_channels=in_channels)
+                      shortcut=config.model.shortcut, in_channels=in_channels,
+                      conv_lowering=config.model.conv_lowering)
     return CifarResNet(spec, rngs=nnx.Rngs(config.seed))
 
 
