@@ -1,0 +1,137 @@
+"""Plans: which residual blocks a network runs, as plain data (design.md: decide -> plan -> execute).
+
+Two kinds, one per way a plan reaches an executor:
+  * a **block plan** array, per sample `(B, L)` or shared by the batch `(L,)`, of bools, True =
+    execute block l. It is traced data: one compiled executor serves every plan.
+  * a `StaticBlockPlan`: one plan as a frozen, hashable value, baked in at trace time; it keys
+    the static executor's cache of compiled executables.
+
+Both are checked against a `BlockLayout` (blocks per stage of the model they are meant for), so
+a plan made for ResNet-110 fed to ResNet-38, a plan of 0/1 floats, or a plan of the wrong length is
+an error that names the problem instead of silently running something else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockLayout:
+    """The residual blocks a plan addresses: how many in each stage, and of which model."""
+
+    blocks_per_stage: tuple[int, ...]
+    model: str = ""
+
+    def __post_init__(self):
+        counts = tuple(int(n) for n in self.blocks_per_stage)
+        if not counts or min(counts) < 1:
+            raise ValueError(f"every stage needs at least one block, got {self.blocks_per_stage}")
+        object.__setattr__(self, "blocks_per_stage", counts)
+
+    @classmethod
+    def of(cls, spec) -> BlockLayout:
+        """The layout of a CIFAR ResNet (`adaptive_jax.models.ResNetSpec`)."""
+        return cls((spec.blocks_per_stage,) * len(spec.widths), f"resnet{spec.depth}")
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.blocks_per_stage)
+
+    def stage_slices(self) -> list[slice]:
+        """The plan columns of each stage, in order."""
+        ends = np.cumsum(self.blocks_per_stage)
+        return [slice(int(e - n), int(e)) for n, e in zip(self.blocks_per_stage, ends)]
+
+    def describe(self) -> str:
+        stages = "+".join(str(n) for n in self.blocks_per_stage)
+        return f"{self.model or 'a model'} ({self.num_blocks} blocks: {stages})"
+
+
+def check_block_plan(plan, layout: BlockLayout, batch_size: int | None = None):
+    """Returns `plan` if it is a valid block plan for `layout`, else raises naming the problem.
+
+    Accepts (L,) (one plan for the whole batch) or (B, L) (one per sample) arrays of bools; works
+    on numpy arrays and on jax arrays / tracers alike (only shape and dtype are read).
+    """
+    shape, dtype = getattr(plan, "shape", None), getattr(plan, "dtype", None)
+    if shape is None or dtype is None:
+        raise TypeError(f"a block plan is an array of bools, got {type(plan).__name__}")
+    if dtype != np.bool_:
+        raise TypeError(f"a block plan must have dtype bool (True = run the block), got {dtype}; "
+                        "threshold probabilities first, e.g. `probs > 0.5`")
+    if len(shape) not in (1, 2):
+        raise ValueError(f"a block plan has shape (num_blocks,) or (batch, num_blocks), got {shape}")
+    if shape[-1] != layout.num_blocks:
+        raise ValueError(f"block plan of shape {tuple(shape)} has {shape[-1]} block bits, but "
+                         f"{layout.describe()} needs {layout.num_blocks}")
+    if batch_size is not None and len(shape) == 2 and shape[0] != batch_size:
+        raise ValueError(f"per-sample block plan has {shape[0]} rows for a batch of {batch_size}")
+    return plan
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticBlockPlan:
+    """One block plan as a hashable value, for executables compiled per plan."""
+
+    layout: BlockLayout
+    active: tuple[bool, ...]
+
+    def __post_init__(self):
+        bits = tuple(self.active)
+        if not all(isinstance(b, (bool, np.bool_)) for b in bits):
+            raise TypeError(f"StaticBlockPlan.active must hold bools, got {bits}")
+        if len(bits) != self.layout.num_blocks:
+            raise ValueError(f"static plan has {len(bits)} block bits, but "
+                             f"{self.layout.describe()} needs {self.layout.num_blocks}")
+        object.__setattr__(self, "active", tuple(bool(b) for b in bits))
+
+    @classmethod
+    def from_array(cls, plan, layout: BlockLayout) -> StaticBlockPlan:
+        """From a concrete (L,) bool array (not a tracer: a static plan is fixed at trace time)."""
+        if isinstance(plan, jax.core.Tracer):
+            raise TypeError("a StaticBlockPlan needs a concrete plan, got a traced value; "
+                            "use a traced block plan with the masked / cond / bucketed executors")
+        plan = np.asarray(check_block_plan(np.asarray(plan), layout))
+        if plan.ndim != 1:
+            raise ValueError(f"a static plan is one plan of shape (num_blocks,), got {plan.shape}")
+        return cls(layout, tuple(bool(b) for b in plan))
+
+    def to_array(self) -> np.ndarray:
+        return np.array(self.active, dtype=bool)
+
+    def check_for(self, layout: BlockLayout) -> StaticBlockPlan:
+        if layout != self.layout:
+            raise ValueError(f"this plan was made for {self.layout.describe()}, "
+                             f"not for {layout.describe()}")
+        return self
+
+    def active_in_stages(self) -> tuple[tuple[int, ...], ...]:
+        """Per stage, the indices (within the stage) of the blocks that run."""
+        return tuple(tuple(i for i, on in enumerate(self.active[s]) if on)
+                     for s in self.layout.stage_slices())
+
+    @property
+    def fraction_active(self) -> float:
+        return sum(self.active) / len(self.active)
+
+    def to_json(self) -> str:
+        return json.dumps({"model": self.layout.model,
+                           "blocks_per_stage": list(self.layout.blocks_per_stage),
+                           "active": "".join("1" if b else "0" for b in self.active)})
+
+    @classmethod
+    def from_json(cls, text: str) -> StaticBlockPlan:
+        try:
+            record = json.loads(text)
+            bits = record["active"]
+            layout = BlockLayout(tuple(record["blocks_per_stage"]), record.get("model", ""))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"not a serialised StaticBlockPlan: {text[:80]!r} ({e})") from None
+        if set(bits) - {"0", "1"}:
+            raise ValueError(f"static plan bits must be a string of 0 and 1, got {bits!r}")
+        return cls(layout, tuple(b == "1" for b in bits))

@@ -1,0 +1,103 @@
+"""Executors: every one returns what the masked executor returns for the same plan."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive_jax.execution import make_predict_fn, masked
+from adaptive_jax.models import CifarResNet, ResNetSpec
+from adaptive_jax.plans import BlockLayout
+
+DEPTH = 14  # two blocks per stage: a transition block and one stacked block in each
+
+
+@pytest.fixture(scope="module", params=["projection", "pad"])
+def net(request):
+    # rbg keys: threefry takes seconds to compile per weight shape on XLA:CPU.
+    model = CifarResNet(ResNetSpec(DEPTH, shortcut=request.param),
+                        rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    # non-trivial running statistics, so inference-mode BN is exercised
+    rng = np.random.default_rng(1)
+    stats = jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype), stats)
+    return graphdef, params, stats
+
+
+def _images(batch, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, 32, 32, 3), np.float32))
+
+
+def _plans(batch, seed):
+    layout = BlockLayout.of(ResNetSpec(DEPTH))
+    rng = np.random.default_rng(seed)
+    transitions = np.zeros(layout.num_blocks, bool)
+    transitions[[s.start for s in layout.stage_slices()]] = True
+    return {"all on": np.ones((batch, layout.num_blocks), bool),
+            "all off": np.zeros((batch, layout.num_blocks), bool),
+            "transitions off": np.broadcast_to(~transitions, (batch, layout.num_blocks)),
+            "random": rng.random((batch, layout.num_blocks)) < 0.5}
+
+
+def test_masked_all_on_is_the_plain_network(net):
+    graphdef, params, stats = net
+    images = _images(4)
+    model = nnx.merge(graphdef, params, stats)
+    model.eval()
+    plan = np.ones((4, 3 * (DEPTH - 2) // 6), bool)
+    np.testing.assert_allclose(make_predict_fn(graphdef, "masked")(params, stats, images, plan),
+                               model(images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cond_equals_masked_for_a_shared_plan(net, batch):
+    graphdef, params, stats = net
+    run_masked, run_cond = make_predict_fn(graphdef, "masked"), make_predict_fn(graphdef, "cond")
+    images = _images(batch)
+    for name, plans in _plans(batch, seed=batch).items():
+        shared = plans[0]
+        want = run_masked(params, stats, images, np.broadcast_to(shared, plans.shape))
+        got = run_cond(params, stats, images, shared)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_masked_per_sample_plans_equal_each_sample_alone(net):
+    graphdef, params, stats = net
+    run_masked, run_cond = make_predict_fn(graphdef, "masked"), make_predict_fn(graphdef, "cond")
+    images = _images(5)
+    plans = _plans(5, seed=7)["random"]
+    batched = run_masked(params, stats, images, plans)
+    for i in range(5):
+        alone = run_cond(params, stats, images[i:i + 1], plans[i])
+        np.testing.assert_allclose(batched[i:i + 1], alone, rtol=1e-5, atol=1e-5, err_msg=f"sample {i}")
+
+
+def test_masked_float_gates_are_differentiable(net):
+    graphdef, params, stats = net
+    images = _images(2)
+
+    def loss(gates):
+        model = nnx.merge(graphdef, params, stats)
+        model.eval()
+        return masked.forward(model, images, gates).sum()
+
+    grads = jax.grad(loss)(jnp.full((2, 6), 0.5))
+    assert grads.shape == (2, 6) and bool(jnp.all(jnp.isfinite(grads)))
+    assert float(jnp.abs(grads).min()) > 0  # every gate moves the output
+
+
+def test_bad_plans_and_modes_are_named(net):
+    graphdef, params, stats = net
+    run_cond = make_predict_fn(graphdef, "cond")
+    with pytest.raises(ValueError, match="one plan per call.*3 samples"):
+        run_cond(params, stats, _images(3), np.ones((3, 6), bool))
+    with pytest.raises(ValueError, match=r"5 block bits, but resnet14 \(6 blocks"):
+        run_cond(params, stats, _images(1), np.ones(5, bool))
+    with pytest.raises(ValueError, match="unknown executor 'fast'"):
+        make_predict_fn(graphdef, "fast")
+    model = nnx.merge(graphdef, params, stats)
+    model.train()
+    from adaptive_jax.execution import cond
+    with pytest.raises(ValueError, match="for inference: call model.eval"):
+        cond.forward(model, _images(1), np.ones(6, bool))
