@@ -135,3 +135,63 @@ def xla_flops(fn: Callable, *args) -> float:
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0]
     return float(analysis["flops"])
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCosts:
+    """Per-example MACs of a block-skipping ResNet, for pricing block plans.
+
+    base_macs: stem and classifier (always run); run_macs[l]: block l when it runs; skip_macs[l]:
+    block l when skipped (its shortcut: 0, or the 1x1 projection of a stage transition).
+    """
+
+    base_macs: int
+    run_macs: tuple[int, ...]
+    skip_macs: tuple[int, ...]
+
+    @property
+    def full_macs(self) -> int:
+        return self.base_macs + sum(self.run_macs)
+
+    def plan_macs(self, plan) -> np.ndarray:
+        """MACs per example of a (L,) or (B, L) bool plan: a scalar or one per sample."""
+        plan = np.asarray(plan)
+        if plan.dtype != np.bool_ or plan.shape[-1] != len(self.run_macs):
+            raise ValueError(f"expected a bool plan of {len(self.run_macs)} blocks, "
+                             f"got {plan.dtype} {plan.shape}")
+        per_block = np.where(plan, np.asarray(self.run_macs), np.asarray(self.skip_macs))
+        return self.base_macs + per_block.sum(-1)
+
+    def block_fraction(self, plan) -> np.ndarray:
+        """The share of the blocks' MACs a plan spends (stem and head left out)."""
+        return (self.plan_macs(plan) - self.base_macs) / sum(self.run_macs)
+
+
+def block_costs(model: nnx.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> BlockCosts:
+    """MACs of each part of a `CifarResNet`, each counted from the jaxpr of that part."""
+
+    def macs_and_shape(module: nnx.Module, method: str, x):
+        graphdef, state = nnx.split(module)
+
+        def run(state, x):
+            m = nnx.merge(graphdef, state)
+            m.eval()
+            return getattr(m, method)(x)
+
+        return function_macs(run, state, x), jax.eval_shape(run, state, x)
+
+    per = input_shape[0]
+    x = jax.ShapeDtypeStruct(input_shape, np.float32)
+    base, x = macs_and_shape(model, "stem", x)
+    run, skip = [], []
+    for stage in model.stages:
+        blocks = [stage.first]
+        if stage.rest is not None:  # the stacked blocks share one shape: price the first of them
+            graphdef, state = nnx.split(stage.rest)
+            blocks += [nnx.merge(graphdef, jax.tree.map(lambda v: v[0], state))] * stage.num_rest
+        for block in blocks:
+            skip.append(macs_and_shape(block, "shortcut", x)[0] // per)
+            block_macs, x = macs_and_shape(block, "__call__", x)
+            run.append(block_macs // per)
+    base += macs_and_shape(model, "classify", x)[0]
+    return BlockCosts(base // per, tuple(run), tuple(skip))

@@ -57,6 +57,19 @@ class CifarResNet(nn.Module):
         x = self.blocks(self.stem(x))
         return self.head(x.mean(dim=(2, 3)))
 
+    def forward_plan(self, x, plan, skip: bool):
+        """Under a block plan (sequence of bools shared by the batch). skip=False is what the
+        reference implementations do (every block runs, its output multiplied by the bit);
+        skip=True leaves skipped blocks out of the Python loop."""
+        x = self.stem(x)
+        for block, on in zip(self.blocks, plan):
+            if skip:
+                x = block(x) if on else block.shortcut(x)
+            else:
+                shortcut = block.shortcut(x)
+                x = shortcut + float(on) * (block(x) - shortcut)
+        return self.head(x.mean(dim=(2, 3)))
+
 
 def resnet(depth: int = 20, num_classes: int = 10, shortcut: str = "projection") -> CifarResNet:
     return CifarResNet(depth, num_classes, shortcut)

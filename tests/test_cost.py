@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from adaptive_jax import cost
-from adaptive_jax.models import resnet
+from adaptive_jax.models import CifarResNet, ResNetSpec, resnet
 
 
 def hand_count_macs(depth: int, shortcut: str = "projection", num_classes: int = 10) -> int:
@@ -76,3 +76,22 @@ def test_dense_and_grouped_conv_counts():
     assert cost.function_macs(lambda a: a @ jnp.zeros((5, 7)), jnp.zeros((3, 5))) == 3 * 5 * 7
     assert cost.param_count(resnet(8)) == int(sum(np.prod(v.shape) for v in jax.tree.leaves(
         nnx.state(resnet(8), nnx.Param))))
+
+
+@pytest.mark.parametrize("shortcut", ["projection", "pad"])
+def test_block_costs_price_plans(shortcut):
+    model = CifarResNet(ResNetSpec(14, shortcut=shortcut), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    costs = cost.block_costs(model)
+    assert costs.full_macs == cost.model_cost(model).macs  # all blocks on = the plain network
+    assert len(costs.run_macs) == 6
+    # a skipped transition still runs its projection; identity and pooled shortcuts are free
+    projection_macs = 16 * 32 * 16 * 16 + 32 * 64 * 8 * 8  # the two 1x1 convs, per example
+    assert sum(costs.skip_macs) == (projection_macs if shortcut == "projection" else 0)
+    plans = np.array([[True] * 6, [False] * 6, [True, False, True, False, True, False]])
+    macs = costs.plan_macs(plans)
+    assert macs[0] == costs.full_macs and macs[1] == costs.base_macs + sum(costs.skip_macs)
+    assert macs[2] == costs.base_macs + sum(
+        r if on else s for r, s, on in zip(costs.run_macs, costs.skip_macs, plans[2]))
+    np.testing.assert_allclose(costs.block_fraction(plans[0]), 1.0)
+    with pytest.raises(ValueError, match="bool plan of 6 blocks"):
+        costs.plan_macs(np.ones(5, bool))
