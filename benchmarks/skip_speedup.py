@@ -1,4 +1,4 @@
-"""Does skipping blocks save time in proportion to the MACs it saves? Batch 1, random plans.
+"""Does skipping blocks save time in proportion to the MACs it saves? Batch 1 and 64, random plans.
 
     taskset -c 0 python -m benchmarks.skip_speedup            # ResNet-110 and ResNet-38
     taskset -c 0 python -m benchmarks.skip_speedup --quick    # ResNet-110, fewer rounds (< 5 min)
@@ -6,11 +6,13 @@
 For 75 / 50 / 25 % of blocks active (random plans, seeded), times at batch 1: the plain network
 (all blocks), the masked executor (every block runs, as the references do), the cond executor
 (skipped blocks do not run), and PyTorch eager on the same ResNet and plan, both masked and truly
-skipped. Variants interleaved in rounds; medians. speedup = full / cond; ideal = full MACs / plan
-MACs (stem, head and kept projections included, `cost.block_costs`); realized/ideal = their ratio.
+skipped; at batch 64 with an independent plan per sample: the plain network and the bucketed
+executor. Variants interleaved in rounds; medians. speedup = full / executor; ideal = full MACs /
+plan MACs (mean over samples; stem, head and kept projections included, `cost.block_costs`);
+realized/ideal = their ratio.
 
-Built so far (issue 4): batch 1 and the masked / cond executors. The bucketed and static executors,
-batch 64 and plans from a trained OFAS policy come with them; their keys in the last line are null.
+Built so far (issue 4): the masked / cond / bucketed executors. The static executor and plans
+from a trained OFAS policy come later; `policy_overhead_frac_b1` in the last line is null.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("depths", ["110", "38"], "ResNet depths.")
 flags.DEFINE_list("fractions", ["0.75", "0.5", "0.25"], "Shares of blocks active.")
 flags.DEFINE_integer("rounds", 7, "Interleaved rounds.")
-flags.DEFINE_integer("calls", 10, "Timed calls per variant per round (their median counts).")
+flags.DEFINE_integer("calls", 10, "Timed calls per variant per round at batch 1 (median counts).")
+flags.DEFINE_integer("calls_b64", 3, "Timed calls per variant per round at batch 64.")
+flags.DEFINE_integer("buckets", 32, "Bucketed executor: capacities are multiples of 64 / buckets.")
 flags.DEFINE_bool("torch", True, "Time PyTorch eager on the same plans.")
 flags.DEFINE_bool("quick", False, "ResNet-110 only, 3 rounds.")
 
@@ -54,6 +58,10 @@ def _median_call_ms(fn, calls: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+def _min_max(values) -> tuple[float, float]:
+    return float(np.min(values)), float(np.max(values))
+
+
 def jax_variants(depth: int, plans: dict[float, np.ndarray]) -> tuple[dict, cost.BlockCosts]:
     model = CifarResNet(ResNetSpec(depth), rngs=nnx.Rngs(0))
     costs = cost.block_costs(model)
@@ -68,6 +76,26 @@ def jax_variants(depth: int, plans: dict[float, np.ndarray]) -> tuple[dict, cost
         variants[("cond", fraction)] = lambda p=plan: jax.block_until_ready(
             cond(params, stats, image, p))
     return variants, costs
+
+
+def batch64_variants(depth: int, fractions: list[float]) -> tuple[dict, dict, float]:
+    model = CifarResNet(ResNetSpec(depth), rngs=nnx.Rngs(0))
+    costs = cost.block_costs(model)
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    images = np.zeros((64, 32, 32, 3), np.float32)
+    plain = make_plain_predict_fn(graphdef)
+    run = make_predict_fn(graphdef, "bucketed", buckets=FLAGS.buckets)
+    variants = {("full_b64", 1.0): lambda: jax.block_until_ready(plain(params, stats, images))}
+    ideal = {}
+    for fraction in fractions:
+        rng = np.random.default_rng(depth + int(100 * fraction))
+        plans = rng.random((64, len(costs.run_macs))) < fraction
+        ideal[fraction] = costs.full_macs / float(costs.plan_macs(plans).mean())
+        variants[("bucketed", fraction)] = lambda p=plans: jax.block_until_ready(
+            run(params, stats, images, p))
+    start = time.perf_counter()
+    jax.block_until_ready(variants[("bucketed", fractions[0])]())
+    return variants, ideal, time.perf_counter() - start
 
 
 def torch_variants(depth: int, plans: dict[float, np.ndarray]) -> dict:
@@ -109,7 +137,7 @@ def main(argv):
             for key, fn in variants.items():
                 samples[key].append(_median_call_ms(fn, FLAGS.calls))
         ms = {key: float(np.median(v)) for key, v in samples.items()}
-        spread = {key: (float(np.min(v)), float(np.max(v))) for key, v in samples.items()}
+        spread = {key: _min_max(v) for key, v in samples.items()}
         full = ms[("full", 1.0)]
         for fraction, plan in plans.items():
             ideal = costs.full_macs / float(costs.plan_macs(plan))
@@ -132,15 +160,42 @@ def main(argv):
                         ms[("torch_skip", fraction)] / ms[("cond", fraction)], 3)
         rows.append({"model": f"resnet{depth}", "active": "100%", "variant": "full", "ms": full,
                      "range": "[{:.2f}, {:.2f}]".format(*spread[("full", 1.0)])})
+
+        variants, ideal, compile_s = batch64_variants(depth, fractions)
+        for fn in variants.values():
+            fn()
+        samples = {key: [] for key in variants}
+        for _ in range(rounds):
+            for key, fn in variants.items():
+                samples[key].append(_median_call_ms(fn, FLAGS.calls_b64))
+        ms = {key: float(np.median(v)) for key, v in samples.items()}
+        full = ms[("full_b64", 1.0)]
+        for fraction in fractions:
+            speedup = full / ms[("bucketed", fraction)]
+            realized = speedup / ideal[fraction]
+            rows.append({"model": f"resnet{depth}", "active": f"{fraction:.0%}",
+                         "variant": f"bucketed b64 ({FLAGS.buckets})", "ms": ms[("bucketed", fraction)],
+                         "range": "[{:.1f}, {:.1f}]".format(*_min_max(samples[("bucketed", fraction)])),
+                         "speedup": speedup, "ideal": ideal[fraction], "realized": realized})
+            figures.append({"metric": "realized_over_ideal", "value": round(realized, 3), "unit": "ratio",
+                            "model": f"resnet{depth}", "executor": "bucketed", "buckets": FLAGS.buckets,
+                            "batch_size": 64, "active_blocks": fraction,
+                            "latency_ms": round(ms[("bucketed", fraction)], 2),
+                            "compile_s": round(compile_s, 1)})
+            if depth == 110 and fraction == 0.5:
+                last["realized_over_ideal_b64_50"] = round(realized, 3)
+        rows.append({"model": f"resnet{depth}", "active": "100%", "variant": "full b64", "ms": full})
     table = report.format_table(rows, [
         ("model", "model", "s"), ("active", "blocks on", "s"), ("variant", "executor", "s"),
-        ("ms", "b1 ms", ".2f"), ("range", "[min, max]", "s"), ("speedup", "speedup", ".2f"),
+        ("ms", "ms", ".2f"), ("range", "[min, max]", "s"), ("speedup", "speedup", ".2f"),
         ("ideal", "ideal", ".2f"), ("realized", "realized/ideal", ".3f")])
     print(table)
     common.append_results("skip_speedup", figures, table,
-                          notes=f"batch 1, random plans, rounds {rounds}, calls {FLAGS.calls}")
-    last.update({"realized_over_ideal_b64_50": None, "policy_overhead_frac_b1": None})
+                          notes=f"random plans, rounds {rounds}, calls {FLAGS.calls} (b1) / {FLAGS.calls_b64} (b64), "
+                                f"buckets {FLAGS.buckets}")
+    last.setdefault("realized_over_ideal_b64_50", None)
     last.setdefault("speedup_vs_torch_eager_b1", None)
+    last["policy_overhead_frac_b1"] = None
     print(json.dumps(last))
 
 

@@ -73,6 +73,22 @@ def test_masked_per_sample_plans_equal_each_sample_alone(net):
         np.testing.assert_allclose(batched[i:i + 1], alone, rtol=1e-5, atol=1e-5, err_msg=f"sample {i}")
 
 
+@pytest.mark.parametrize("batch", [8])
+def test_bucketed_equals_masked_for_per_sample_plans(net, batch):
+    graphdef, params, stats = net
+    run_masked = make_predict_fn(graphdef, "masked")
+    run_bucketed = make_predict_fn(graphdef, "bucketed")
+    images = _images(batch, seed=batch)
+    for name, plans in _plans(batch, seed=batch).items():
+        want = run_masked(params, stats, images, plans)
+        np.testing.assert_allclose(run_bucketed(params, stats, images, plans), want,
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+    shared = _plans(batch, seed=3)["random"][0]  # one (L,) plan for the whole batch
+    np.testing.assert_allclose(run_bucketed(params, stats, images, shared),
+                               run_masked(params, stats, images, np.broadcast_to(shared, (batch, 6))),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_masked_float_gates_are_differentiable(net):
     graphdef, params, stats = net
     images = _images(2)
@@ -94,6 +110,8 @@ def test_bad_plans_and_modes_are_named(net):
         run_cond(params, stats, _images(3), np.ones((3, 6), bool))
     with pytest.raises(ValueError, match=r"5 block bits, but resnet14 \(6 blocks"):
         run_cond(params, stats, _images(1), np.ones(5, bool))
+    with pytest.raises(ValueError, match="batch 12 is not a multiple of buckets=8"):
+        make_predict_fn(graphdef, "bucketed")(params, stats, _images(12), np.ones((12, 6), bool))
     with pytest.raises(ValueError, match="unknown executor 'fast'"):
         make_predict_fn(graphdef, "fast")
     model = nnx.merge(graphdef, params, stats)

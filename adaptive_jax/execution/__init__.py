@@ -2,9 +2,13 @@
 
   masked: every block runs, the plan blends block and shortcut; differentiable, the training path.
   cond:   one plan per call (batch 1); skipped blocks do not run.
+  bucketed: one plan per sample; each block runs on its active rows only, gathered to a capacity
+          from a menu of multiples of B/8.
 
-`make_predict_fn(graphdef, executor)` gives a jit-compiled pure function
-(params, batch_stats, images, plan) -> logits in inference mode.
+`make_predict_fn(graphdef, executor, **options)` gives a jit-compiled pure function
+(params, batch_stats, images, plan) -> logits in inference mode; options go to the executor
+(e.g. `buckets=32` for bucketed: a finer capacity menu, closer to the ideal speedup, longer to
+compile).
 """
 
 from collections.abc import Callable
@@ -12,12 +16,12 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from adaptive_jax.execution import cond, masked
+from adaptive_jax.execution import bucketed, cond, masked
 
-EXECUTORS = {"masked": masked.forward, "cond": cond.forward}
+EXECUTORS = {"masked": masked.forward, "cond": cond.forward, "bucketed": bucketed.forward}
 
 
-def make_predict_fn(graphdef, executor: str) -> Callable:
+def make_predict_fn(graphdef, executor: str, **options) -> Callable:
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; expected one of {sorted(EXECUTORS)}")
     forward = EXECUTORS[executor]
@@ -25,9 +29,9 @@ def make_predict_fn(graphdef, executor: str) -> Callable:
     def predict(params, batch_stats, images, plan):
         model = nnx.merge(graphdef, params, batch_stats)
         model.eval()
-        return forward(model, images, plan)
+        return forward(model, images, plan, **options)
 
     return jax.jit(predict)
 
 
-__all__ = ["EXECUTORS", "cond", "make_predict_fn", "masked"]
+__all__ = ["EXECUTORS", "bucketed", "cond", "make_predict_fn", "masked"]
