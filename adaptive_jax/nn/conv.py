@@ -126,6 +126,7 @@ def conv2d(x: jax.Array, w: jax.Array, strides: Sequence[int] = (1, 1),
     return _conv2d(x, w, strides, padding, lowering)
 
 
+@functools.cache  # one function per lowering: equal model specs give equal graph definitions
 def conv_general_dilated_fn(lowering: str = "auto"):
     """A drop-in for `lax.conv_general_dilated` as `nnx.Conv(conv_general_dilated=...)` calls it.
 
