@@ -5,14 +5,14 @@
 
 For 75 / 50 / 25 % of blocks active (random plans, seeded), times at batch 1: the plain network
 (all blocks), the masked executor (every block runs, as the references do), the cond executor
-(skipped blocks do not run), and PyTorch eager on the same ResNet and plan, both masked and truly
+(skipped blocks do not run), the static executor (one compiled executable per plan), and PyTorch eager on the same ResNet and plan, both masked and truly
 skipped; at batch 64 with an independent plan per sample: the plain network and the bucketed
 executor. Variants interleaved in rounds; medians. speedup = full / executor; ideal = full MACs /
 plan MACs (mean over samples; stem, head and kept projections included, `cost.block_costs`);
 realized/ideal = their ratio.
 
-Built so far (issue 4): the masked / cond / bucketed executors. The static executor and plans
-from a trained OFAS policy come later; `policy_overhead_frac_b1` in the last line is null.
+Built so far (issue 4): the masked / cond / bucketed / static executors. Plans from a trained OFAS
+policy come later; `policy_overhead_frac_b1` in the last line is null.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from absl import app, flags
 from flax import nnx
 
 from adaptive_jax import cost, report
-from adaptive_jax.execution import make_predict_fn
+from adaptive_jax.execution import StaticExecutor, make_predict_fn
 from adaptive_jax.inference import make_predict_fn as make_plain_predict_fn
 from adaptive_jax.models import CifarResNet, ResNetSpec
+from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 from benchmarks import common
 
 FLAGS = flags.FLAGS
@@ -69,8 +70,12 @@ def jax_variants(depth: int, plans: dict[float, np.ndarray]) -> tuple[dict, cost
     image = np.zeros((1, 32, 32, 3), np.float32)
     plain = make_plain_predict_fn(graphdef)
     masked, cond = make_predict_fn(graphdef, "masked"), make_predict_fn(graphdef, "cond")
+    static = StaticExecutor(graphdef, params, stats)
+    layout = BlockLayout.of(model.spec)
     variants = {("full", 1.0): lambda: jax.block_until_ready(plain(params, stats, image))}
     for fraction, plan in plans.items():
+        static_plan = StaticBlockPlan.from_array(plan, layout)
+        variants[("static", fraction)] = lambda p=static_plan: jax.block_until_ready(static(image, p))
         variants[("masked", fraction)] = lambda p=plan: jax.block_until_ready(
             masked(params, stats, image, p[None]))
         variants[("cond", fraction)] = lambda p=plan: jax.block_until_ready(
@@ -141,7 +146,8 @@ def main(argv):
         full = ms[("full", 1.0)]
         for fraction, plan in plans.items():
             ideal = costs.full_macs / float(costs.plan_macs(plan))
-            for name in ("masked", "cond") + (("torch_masked", "torch_skip") if FLAGS.torch else ()):
+            names = ("masked", "cond", "static") + (("torch_masked", "torch_skip") if FLAGS.torch else ())
+            for name in names:
                 reference = ms[("torch_full", 1.0)] if name.startswith("torch") else full
                 speedup = reference / ms[(name, fraction)]
                 rows.append({"model": f"resnet{depth}", "active": f"{fraction:.0%}", "variant": name,
@@ -154,7 +160,8 @@ def main(argv):
                                 "latency_ms": round(ms[(name, fraction)], 3),
                                 "plan_macs": int(costs.plan_macs(plan)), "full_macs": costs.full_macs})
             if depth == 110 and fraction == 0.5:
-                last["realized_over_ideal_b1_50"] = round(rows[-3 if FLAGS.torch else -1]["realized"], 3)
+                last["realized_over_ideal_b1_50"] = round(
+                    next(r for r in rows[::-1] if r["variant"] == "cond")["realized"], 3)
                 if FLAGS.torch:
                     last["speedup_vs_torch_eager_b1"] = round(
                         ms[("torch_skip", fraction)] / ms[("cond", fraction)], 3)

@@ -8,7 +8,7 @@ from flax import nnx
 
 from adaptive_jax.execution import make_predict_fn, masked
 from adaptive_jax.models import CifarResNet, ResNetSpec
-from adaptive_jax.plans import BlockLayout
+from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 
 DEPTH = 14  # two blocks per stage: a transition block and one stacked block in each
 
@@ -119,3 +119,28 @@ def test_bad_plans_and_modes_are_named(net):
     from adaptive_jax.execution import cond
     with pytest.raises(ValueError, match="for inference: call model.eval"):
         cond.forward(model, _images(1), np.ones(6, bool))
+
+
+def test_static_executor_equals_masked_and_caches(net):
+    from adaptive_jax.execution.static import StaticExecutor
+    graphdef, params, stats = net
+    layout = BlockLayout.of(ResNetSpec(DEPTH))
+    run_masked = make_predict_fn(graphdef, "masked")
+    executor = StaticExecutor(graphdef, params, stats, max_executables=2)
+    images = _images(2)
+    plans = [StaticBlockPlan.from_array(p[0], layout) for p in _plans(1, seed=11).values()]
+    for plan in plans:  # all on, all off, transitions off, random
+        want = run_masked(params, stats, images, np.broadcast_to(plan.to_array(), (2, 6)))
+        np.testing.assert_allclose(executor(images, plan), want, rtol=1e-5, atol=1e-5)
+    assert executor.stats() == {"compilations": 4, "hits": 0, "evictions": 2, "live": 2}
+    executor(images, plans[-1])  # the most recent plan is still cached
+    assert executor.stats()["hits"] == 1 and executor.stats()["compilations"] == 4
+    executor.warm_up(plans[:2], batch_sizes=(2,))
+    before = executor.stats()["compilations"]
+    executor(images, plans[1])
+    assert executor.stats()["compilations"] == before  # served from the warm cache
+    other = StaticBlockPlan(BlockLayout.of(ResNetSpec(20)), (True,) * 9)
+    with pytest.raises(ValueError, match="made for resnet20.*not for resnet14"):
+        executor(images, other)
+    with pytest.raises(ValueError, match="max_executables must be at least 1"):
+        StaticExecutor(graphdef, params, stats, max_executables=0)

@@ -4,6 +4,8 @@
   cond:   one plan per call (batch 1); skipped blocks do not run.
   bucketed: one plan per sample; each block runs on its active rows only, gathered to a capacity
           from a menu of multiples of B/8.
+  static: a `StaticBlockPlan` baked in at trace time; `StaticExecutor` keeps one AOT-compiled
+          executable per plan in a bounded LRU cache, with warm-up.
 
 `make_predict_fn(graphdef, executor, **options)` gives a jit-compiled pure function
 (params, batch_stats, images, plan) -> logits in inference mode; options go to the executor
@@ -16,7 +18,8 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from adaptive_jax.execution import bucketed, cond, masked
+from adaptive_jax.execution import bucketed, cond, masked, static
+from adaptive_jax.execution.static import StaticExecutor
 
 EXECUTORS = {"masked": masked.forward, "cond": cond.forward, "bucketed": bucketed.forward}
 
@@ -34,4 +37,4 @@ def make_predict_fn(graphdef, executor: str, **options) -> Callable:
     return jax.jit(predict)
 
 
-__all__ = ["EXECUTORS", "bucketed", "cond", "make_predict_fn", "masked"]
+__all__ = ["EXECUTORS", "StaticExecutor", "bucketed", "cond", "make_predict_fn", "masked", "static"]
