@@ -12,11 +12,23 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_MD = os.path.join(HERE, "RESULTS.md")
 RESULTS_JSONL = os.path.join(HERE, "results.jsonl")
+
+
+def median_call_ms(fn, calls: int) -> float:
+    """Median wall time of `calls` calls of `fn()` (which must block until done), in ms."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 def now() -> str:

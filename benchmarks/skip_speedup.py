@@ -50,15 +50,6 @@ def random_plan(num_blocks: int, fraction: float, seed: int) -> np.ndarray:
     return plan
 
 
-def _median_call_ms(fn, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def _min_max(values) -> tuple[float, float]:
     return float(np.min(values)), float(np.max(values))
 
@@ -140,7 +131,7 @@ def main(argv):
         samples = {key: [] for key in variants}
         for _ in range(rounds):
             for key, fn in variants.items():
-                samples[key].append(_median_call_ms(fn, FLAGS.calls))
+                samples[key].append(common.median_call_ms(fn, FLAGS.calls))
         ms = {key: float(np.median(v)) for key, v in samples.items()}
         spread = {key: _min_max(v) for key, v in samples.items()}
         full = ms[("full", 1.0)]
@@ -174,7 +165,7 @@ def main(argv):
         samples = {key: [] for key in variants}
         for _ in range(rounds):
             for key, fn in variants.items():
-                samples[key].append(_median_call_ms(fn, FLAGS.calls_b64))
+                samples[key].append(common.median_call_ms(fn, FLAGS.calls_b64))
         ms = {key: float(np.median(v)) for key, v in samples.items()}
         full = ms[("full_b64", 1.0)]
         for fraction in fractions:

@@ -14,11 +14,9 @@ side (medians), at the training batch size.
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from adaptive_jax import report
@@ -39,13 +37,8 @@ CONV_SHAPES = [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (16, 3
 
 
 def _median_ms(fn, rounds: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    fn()  # warm-up
+    return common.median_call_ms(fn, rounds)
 
 
 def jax_conv_times(batch: int, hw: int, cin: int, cout: int, k: int, stride: int) -> dict:
