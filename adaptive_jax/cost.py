@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -142,15 +143,18 @@ class BlockCosts:
     """Per-example MACs of a block-skipping ResNet, for pricing block plans.
 
     base_macs: stem and classifier (always run); run_macs[l]: block l when it runs; skip_macs[l]:
-    block l when skipped (its shortcut: 0, or the 1x1 projection of a stage transition).
+    block l when skipped (its shortcut: 0, or the 1x1 projection of a stage transition);
+    policy_macs: a policy that plans every input (the OFAS head), counted in every plan's MACs.
     """
 
     base_macs: int
     run_macs: tuple[int, ...]
     skip_macs: tuple[int, ...]
+    policy_macs: int = 0
 
     @property
     def full_macs(self) -> int:
+        """The plain backbone, every block run and no policy."""
         return self.base_macs + sum(self.run_macs)
 
     def plan_macs(self, plan) -> np.ndarray:
@@ -160,38 +164,59 @@ class BlockCosts:
             raise ValueError(f"expected a bool plan of {len(self.run_macs)} blocks, "
                              f"got {plan.dtype} {plan.shape}")
         per_block = np.where(plan, np.asarray(self.run_macs), np.asarray(self.skip_macs))
-        return self.base_macs + per_block.sum(-1)
+        return self.base_macs + self.policy_macs + per_block.sum(-1)
 
     def block_fraction(self, plan) -> np.ndarray:
-        """The share of the blocks' MACs a plan spends (stem and head left out)."""
-        return (self.plan_macs(plan) - self.base_macs) / sum(self.run_macs)
+        """The share of the blocks' MACs a plan spends (stem, head and policy left out)."""
+        return (self.plan_macs(plan) - self.base_macs - self.policy_macs) / sum(self.run_macs)
+
+    def plan_macs_jnp(self, plan: jax.Array) -> jax.Array:
+        """`plan_macs` inside a compiled function (float32 per sample; exact below 2**24 MACs
+        per block, and the sum's rounding is far below a block's MACs)."""
+        per_block = jnp.where(plan, jnp.asarray(self.run_macs, jnp.float32),
+                              jnp.asarray(self.skip_macs, jnp.float32))
+        return self.base_macs + self.policy_macs + per_block.sum(-1)
+
+
+def _first_of_stack(v):
+    # abstract models (nnx.eval_shape) hold ShapeDtypeStructs, which cannot be indexed
+    if isinstance(v, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
+    return v[0]
+
+
+def _macs_and_shape(module: nnx.Module, method: str, x):
+    """MACs and output shape of `module.<method>(x)` in inference mode."""
+    graphdef, state = nnx.split(module)
+
+    def run(state, x):
+        m = nnx.merge(graphdef, state)
+        m.eval()
+        return getattr(m, method)(x)
+
+    return function_macs(run, state, x), jax.eval_shape(run, state, x)
 
 
 def block_costs(model: nnx.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> BlockCosts:
-    """MACs of each part of a `CifarResNet`, each counted from the jaxpr of that part."""
-
-    def macs_and_shape(module: nnx.Module, method: str, x):
-        graphdef, state = nnx.split(module)
-
-        def run(state, x):
-            m = nnx.merge(graphdef, state)
-            m.eval()
-            return getattr(m, method)(x)
-
-        return function_macs(run, state, x), jax.eval_shape(run, state, x)
-
+    """MACs of each part of a `CifarResNet`, each counted from the jaxpr of that part; for a model
+    with a `backbone` and a `policy` reading the stem's output (OFASNet), the policy's too."""
     per = input_shape[0]
     x = jax.ShapeDtypeStruct(input_shape, np.float32)
-    base, x = macs_and_shape(model, "stem", x)
+    if hasattr(model, "backbone"):
+        costs = block_costs(model.backbone, input_shape)
+        stem_out = _macs_and_shape(model.backbone, "stem", x)[1]
+        policy = _macs_and_shape(model.policy, "__call__", stem_out)[0]
+        return dataclasses.replace(costs, policy_macs=policy // per)
+    base, x = _macs_and_shape(model, "stem", x)
     run, skip = [], []
     for stage in model.stages:
         blocks = [stage.first]
         if stage.rest is not None:  # the stacked blocks share one shape: price the first of them
             graphdef, state = nnx.split(stage.rest)
-            blocks += [nnx.merge(graphdef, jax.tree.map(lambda v: v[0], state))] * stage.num_rest
+            blocks += [nnx.merge(graphdef, jax.tree.map(_first_of_stack, state))] * stage.num_rest
         for block in blocks:
-            skip.append(macs_and_shape(block, "shortcut", x)[0] // per)
-            block_macs, x = macs_and_shape(block, "__call__", x)
+            skip.append(_macs_and_shape(block, "shortcut", x)[0] // per)
+            block_macs, x = _macs_and_shape(block, "__call__", x)
             run.append(block_macs // per)
-    base += macs_and_shape(model, "classify", x)[0]
+    base += _macs_and_shape(model, "classify", x)[0]
     return BlockCosts(base // per, tuple(run), tuple(skip))

@@ -11,8 +11,15 @@ executor. Variants interleaved in rounds; medians. speedup = full / executor; id
 plan MACs (mean over samples; stem, head and kept projections included, `cost.block_costs`);
 realized/ideal = their ratio.
 
-Built so far (issue 4): the masked / cond / bucketed / static executors. Plans from a trained OFAS
-policy come later; `policy_overhead_frac_b1` in the last line is null.
+Policy overhead at batch 1: the same plan produced by a policy inside the compiled call, against
+the cond executor given that plan: the OFAS head (once after the stem, then the loop over active
+blocks) and per-block gates (SkipNet / ConvNet-AIG style: a gate and a `lax.cond` at every block).
+The policies' last layers are set to emit the benchmark's plan, so all three run the same blocks;
+overhead = (policy path - cond) / full network. `policy_overhead_frac_b1` is the OFAS head's.
+
+`--ofas_workdir=DIR` (a stage-B directory written by experiments/ofas, e.g. RUN/penalty_4, with
+`--ofas_depth`) also times plans from that trained policy on CIFAR-10 test images: batch 1 (cond,
+one image at a time) and batch 64 (bucketed), against the full network and the plans' MACs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from adaptive_jax import cost, report
 from adaptive_jax.execution import StaticExecutor, make_predict_fn
 from adaptive_jax.inference import make_predict_fn as make_plain_predict_fn
 from adaptive_jax.models import CifarResNet, ResNetSpec
+from adaptive_jax.models.gated import GatedResNet
+from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.policies import OFAS_VARIANTS
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 from benchmarks import common
 
@@ -42,6 +52,9 @@ flags.DEFINE_integer("calls_b64", 3, "Timed calls per variant per round at batch
 flags.DEFINE_integer("buckets", 32, "Bucketed executor: capacities are multiples of 64 / buckets.")
 flags.DEFINE_bool("torch", True, "Time PyTorch eager on the same plans.")
 flags.DEFINE_bool("quick", False, "ResNet-110 only, 3 rounds.")
+flags.DEFINE_string("ofas_workdir", "", "A trained OFAS stage-B workdir whose plans to time.")
+flags.DEFINE_integer("ofas_depth", 32, "Depth of the ResNet in --ofas_workdir.")
+flags.DEFINE_integer("ofas_images", 32, "Test images timed one at a time (batch 1).")
 
 
 def random_plan(num_blocks: int, fraction: float, seed: int) -> np.ndarray:
@@ -52,6 +65,45 @@ def random_plan(num_blocks: int, fraction: float, seed: int) -> np.ndarray:
 
 def _min_max(values) -> tuple[float, float]:
     return float(np.min(values)), float(np.max(values))
+
+
+def _emitting(logit_layer: nnx.Linear, bits: np.ndarray) -> None:
+    """Makes a policy's last layer emit `bits` whatever its input: zero weights, +-8 biases."""
+    logit_layer.kernel[...] = np.zeros(logit_layer.kernel[...].shape, np.float32)
+    logit_layer.bias[...] = np.where(bits, 8.0, -8.0).astype(np.float32).reshape(
+        logit_layer.bias[...].shape)
+
+
+def policy_variants(model: CifarResNet, plan: np.ndarray, image: np.ndarray) -> dict:
+    """Batch-1 calls of the OFAS head and of per-block gates, each emitting `plan`."""
+    depth = model.spec.depth
+    variant = OFAS_VARIANTS["II_rl" if depth >= 110 else "I"]
+    ofas_net = OFASNet(model, variant, rngs=nnx.Rngs(1))
+    _emitting(ofas_net.policy.layers[-1], plan)
+    gated_net = GatedResNet(model, rngs=nnx.Rngs(2))
+    layout = BlockLayout.of(model.spec)
+    for gates, cols in zip(gated_net.gates, layout.stage_slices()):
+        bits = plan[cols]
+        _emitting(gates.first.out, bits[:1])
+        if gates.rest is not None:
+            gates.rest.out.kernel[...] = np.zeros(gates.rest.out.kernel[...].shape, np.float32)
+            gates.rest.out.bias[...] = np.where(bits[1:], 8.0, -8.0).astype(np.float32)[:, None]
+
+    def predictor(net):
+        graphdef, state = nnx.split(net)
+
+        @jax.jit
+        def predict(state, image):
+            m = nnx.merge(graphdef, state)
+            m.eval()
+            return m.predict(image)
+
+        logits, got = predict(state, image)
+        if not np.array_equal(np.asarray(got).reshape(-1), plan):
+            raise AssertionError(f"{type(net).__name__} did not emit the benchmark's plan")
+        return lambda: jax.block_until_ready(predict(state, image))
+
+    return {"ofas_cond": predictor(ofas_net), "gated_cond": predictor(gated_net)}
 
 
 def jax_variants(depth: int, plans: dict[float, np.ndarray]) -> tuple[dict, cost.BlockCosts]:
@@ -71,6 +123,9 @@ def jax_variants(depth: int, plans: dict[float, np.ndarray]) -> tuple[dict, cost
             masked(params, stats, image, p[None]))
         variants[("cond", fraction)] = lambda p=plan: jax.block_until_ready(
             cond(params, stats, image, p))
+    if 0.5 in plans:
+        for name, fn in policy_variants(model, plans[0.5], image).items():
+            variants[(name, 0.5)] = fn
     return variants, costs
 
 
@@ -114,6 +169,70 @@ def torch_variants(depth: int, plans: dict[float, np.ndarray]) -> dict:
     return variants
 
 
+def trained_policy_rows(workdir: str, depth: int, rounds: int) -> tuple[list, list]:
+    """Batch-1 cond and batch-64 bucketed latency of a trained OFAS policy's own plans."""
+    from adaptive_jax.data import load_split, normalize, CHANNEL_MEAN, CHANNEL_STD
+    from adaptive_jax.train import Checkpointer, create_train_state, ofas
+
+    config = ofas.default_config()
+    config.model.depth = depth
+    model = ofas.build_model(config, 10, 3)
+    tx, _ = ofas.make_stage_b_tx(config, 1, 1)
+    graphdef, state = create_train_state(model, tx, 0)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    state, _ = ckpt.restore(state)
+    ckpt.close()
+    test = load_split("cifar10", "test")
+    images = np.asarray(normalize(test.images[:64], CHANNEL_MEAN["cifar10"], CHANNEL_STD["cifar10"]))
+    params, stats = state.params, state.batch_stats
+    costs = cost.block_costs(nnx.merge(graphdef, params, stats))
+
+    def call(fn):
+        jitted = jax.jit(fn)
+        return lambda *a: jitted(params, stats, *a)
+
+    def merged(p, s):
+        m = nnx.merge(graphdef, p, s)
+        m.eval()
+        return m
+
+    full = call(lambda p, s, x: merged(p, s).backbone(x))
+    planned = call(lambda p, s, x: merged(p, s).predict(x, "cond")[0])
+    planned64 = call(lambda p, s, x: merged(p, s).predict(x, "bucketed",
+                                                          buckets=FLAGS.buckets)[0])
+    plans = np.asarray(call(lambda p, s, x: merged(p, s).plan(x))(images))
+    ideal_b64 = costs.full_macs / float(costs.plan_macs(plans).mean())
+    one = [images[i:i + 1] for i in range(min(FLAGS.ofas_images, 64))]
+    ideal_b1 = costs.full_macs / float(costs.plan_macs(plans[:len(one)]).mean())
+    variants = {"full b1": lambda: [jax.block_until_ready(full(x)) for x in one],
+                "ofas cond b1": lambda: [jax.block_until_ready(planned(x)) for x in one],
+                "full b64": lambda: jax.block_until_ready(full(images)),
+                "ofas bucketed b64": lambda: jax.block_until_ready(planned64(images))}
+    for fn in variants.values():
+        fn(), fn()
+    samples = {k: [] for k in variants}
+    for _ in range(rounds):
+        for key, fn in variants.items():
+            samples[key].append(common.median_call_ms(fn, 3))
+    ms = {k: float(np.median(v)) for k, v in samples.items()}
+    name = f"ofas_resnet{depth} ({os.path.basename(os.path.normpath(workdir))})"
+    rows, figures = [], []
+    for exe, full_key, ideal, batch in [("ofas cond b1", "full b1", ideal_b1, 1),
+                                        ("ofas bucketed b64", "full b64", ideal_b64, 64)]:
+        speedup = ms[full_key] / ms[exe]
+        per = len(one) if batch == 1 else 1
+        rows.append({"model": name, "active": f"{float(costs.block_fraction(plans).mean()):.0%} MACs",
+                     "variant": f"{exe} (trained plans)", "ms": ms[exe] / per,
+                     "range": "[{:.2f}, {:.2f}]".format(*(np.array(_min_max(samples[exe])) / per)),
+                     "speedup": speedup, "ideal": ideal, "realized": speedup / ideal})
+        figures.append({"metric": "realized_over_ideal", "value": round(speedup / ideal, 3),
+                        "unit": "ratio", "model": f"ofas_resnet{depth}", "executor": exe.split()[1],
+                        "batch_size": batch, "plans": "trained OFAS policy", "workdir": workdir,
+                        "mean_block_macs_frac": round(float(costs.block_fraction(plans).mean()), 4),
+                        "latency_ms": round(ms[exe] / per, 3)})
+    return rows, figures
+
+
 def main(argv):
     del argv
     depths = [110] if FLAGS.quick else [int(d) for d in FLAGS.depths]
@@ -150,6 +269,20 @@ def main(argv):
                                 "batch_size": 1, "active_blocks": fraction,
                                 "latency_ms": round(ms[(name, fraction)], 3),
                                 "plan_macs": int(costs.plan_macs(plan)), "full_macs": costs.full_macs})
+            if fraction == 0.5:
+                for name in ("ofas_cond", "gated_cond"):
+                    overhead = (ms[(name, fraction)] - ms[("cond", fraction)]) / full
+                    rows.append({"model": f"resnet{depth}", "active": "50%", "variant": name,
+                                 "ms": ms[(name, fraction)],
+                                 "range": "[{:.2f}, {:.2f}]".format(*spread[(name, fraction)]),
+                                 "overhead": overhead})
+                    figures.append({"metric": "policy_overhead_frac", "value": round(overhead, 4),
+                                    "unit": "fraction of full b1 latency", "model": f"resnet{depth}",
+                                    "policy": name.removesuffix("_cond"), "batch_size": 1,
+                                    "active_blocks": fraction, "latency_ms": round(ms[(name, fraction)], 3),
+                                    "cond_latency_ms": round(ms[("cond", fraction)], 3)})
+                    if depth == 110 and name == "ofas_cond":
+                        last["policy_overhead_frac_b1"] = round(overhead, 4)
             if depth == 110 and fraction == 0.5:
                 last["realized_over_ideal_b1_50"] = round(
                     next(r for r in rows[::-1] if r["variant"] == "cond")["realized"], 3)
@@ -183,17 +316,22 @@ def main(argv):
             if depth == 110 and fraction == 0.5:
                 last["realized_over_ideal_b64_50"] = round(realized, 3)
         rows.append({"model": f"resnet{depth}", "active": "100%", "variant": "full b64", "ms": full})
+    if FLAGS.ofas_workdir:
+        more_rows, more_figures = trained_policy_rows(FLAGS.ofas_workdir, FLAGS.ofas_depth, rounds)
+        rows += more_rows
+        figures += more_figures
     table = report.format_table(rows, [
         ("model", "model", "s"), ("active", "blocks on", "s"), ("variant", "executor", "s"),
         ("ms", "ms", ".2f"), ("range", "[min, max]", "s"), ("speedup", "speedup", ".2f"),
-        ("ideal", "ideal", ".2f"), ("realized", "realized/ideal", ".3f")])
+        ("ideal", "ideal", ".2f"), ("realized", "realized/ideal", ".3f"),
+        ("overhead", "policy overhead", "+.4f")])
     print(table)
     common.append_results("skip_speedup", figures, table,
                           notes=f"random plans, rounds {rounds}, calls {FLAGS.calls} (b1) / {FLAGS.calls_b64} (b64), "
                                 f"buckets {FLAGS.buckets}")
     last.setdefault("realized_over_ideal_b64_50", None)
     last.setdefault("speedup_vs_torch_eager_b1", None)
-    last["policy_overhead_frac_b1"] = None
+    last.setdefault("policy_overhead_frac_b1", None)
     print(json.dumps(last))
 
 

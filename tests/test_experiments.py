@@ -51,3 +51,30 @@ def test_unknown_config_variant_is_rejected():
         default.get_config("fast")
     for variant in default.VARIANTS:
         default.get_config(variant)
+
+
+def test_ofas_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
+    manual_dir, _, _ = tiny_cifar_manual_dir
+    workdir = tmp_path / "work"
+    proc = run_experiment(
+        "experiments.ofas.main", f"--workdir={workdir}",
+        "--config=experiments/ofas/configs/default.py:smoke",
+        f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
+        "--config.num_eval_examples=0", "--latency_images=2",
+        # 100 training images: 3 steps per epoch; give the policy 9 steps and a bolder rate to move
+        "--config.rl.num_epochs=3", "--config.rl.policy_learning_rate=0.03")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "block MACs" in proc.stdout and "penalty 8" in proc.stdout
+    report = json.loads((workdir / "report.json").read_text())
+    stage_a, low, high = report["points"]
+    assert [p["point"] for p in report["points"]] == ["stage A", "penalty 1", "penalty 8"]
+    assert report["policy_macs"] == 16 * 32 + 32 * 3  # ResNet-8: 3 blocks
+    for p in report["points"]:
+        assert 0.0 <= p["test_accuracy"] <= 1.0 and p["latency_b1_ms"] > 0
+    # Stage A has no compute term, so it keeps every block; a large skip bonus makes the policy skip.
+    assert stage_a["test_block_macs_frac"] == 1.0
+    assert stage_a["test_macs"] == report["full_macs"] + report["policy_macs"]
+    assert high["test_block_macs_frac"] < 0.9
+    assert high["test_block_macs_frac"] <= low["test_block_macs_frac"]
+    assert (workdir / "curve.png").stat().st_size > 1000
+    assert (workdir / "penalty_8" / "checkpoints").is_dir()

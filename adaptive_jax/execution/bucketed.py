@@ -70,12 +70,23 @@ def _make(buckets: int):
     return run_first, run_rest
 
 
-def forward(model: CifarResNet, images: jax.Array, plan: jax.Array,
-            buckets: int = DEFAULT_BUCKETS) -> jax.Array:
-    """Logits with per-sample plans ((B, L) bools, or (L,) shared). The model must be in eval mode."""
+def _check_eval(model: CifarResNet) -> None:
     if not model.stem_bn.use_running_average:
         raise ValueError("the bucketed executor is for inference: call model.eval() first "
                          "(training uses adaptive_jax.execution.masked)")
+
+
+def run_blocks(model: CifarResNet, features: jax.Array, plan: jax.Array,
+               buckets: int = DEFAULT_BUCKETS) -> jax.Array:
+    """The blocks from the stem's output on, each on the rows of `plan` that run it."""
+    _check_eval(model)
+    capacities(features.shape[0], buckets)
+    return blocks.run_blocks(model, features, plan, *_make(buckets))
+
+
+def forward(model: CifarResNet, images: jax.Array, plan: jax.Array,
+            buckets: int = DEFAULT_BUCKETS) -> jax.Array:
+    """Logits with per-sample plans ((B, L) bools, or (L,) shared). The model must be in eval mode."""
+    _check_eval(model)
     capacities(images.shape[0], buckets)  # a clear error before tracing the blocks
-    run_first, run_rest = _make(buckets)
-    return blocks.forward(model, images, plan, run_first, run_rest)
+    return blocks.forward(model, images, plan, *_make(buckets))

@@ -43,9 +43,19 @@ def _run_rest(stage: Stage, x: jax.Array, bits: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, bits.sum(), body, x)
 
 
-def forward(model: CifarResNet, images: jax.Array, plan: jax.Array) -> jax.Array:
-    """Logits, running only the blocks `plan` turns on. The model must be in eval mode."""
+def _check_eval(model: CifarResNet) -> None:
     if not model.stem_bn.use_running_average:
         raise ValueError("the cond executor is for inference: call model.eval() first "
                          "(training uses adaptive_jax.execution.masked)")
+
+
+def run_blocks(model: CifarResNet, features: jax.Array, plan: jax.Array) -> jax.Array:
+    """The blocks from the stem's output on, running only those `plan` turns on."""
+    _check_eval(model)
+    return blocks.run_blocks(model, features, plan, _run_first, _run_rest)
+
+
+def forward(model: CifarResNet, images: jax.Array, plan: jax.Array) -> jax.Array:
+    """Logits, running only the blocks `plan` turns on. The model must be in eval mode."""
+    _check_eval(model)
     return blocks.forward(model, images, plan, _run_first, _run_rest)

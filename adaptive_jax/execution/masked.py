@@ -38,6 +38,11 @@ def _run_rest(stage: Stage, x: jax.Array, gates: jax.Array) -> jax.Array:
     return x
 
 
+def run_blocks(model: CifarResNet, features: jax.Array, plan: jax.Array) -> jax.Array:
+    """The blocks from the stem's output on, each blended by its plan bit or float gate."""
+    return blocks.run_blocks(model, features, plan, _blend, _run_rest, float_gates=True)
+
+
 def forward(model: CifarResNet, images: jax.Array, plan: jax.Array) -> jax.Array:
     """Logits with each block blended by its plan bit: bools, or float gates in [0, 1] (training)."""
     return blocks.forward(model, images, plan, _blend, _run_rest, float_gates=True)

@@ -7,8 +7,10 @@ Resuming from `workdir` continues exactly where the last checkpoint left off.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -83,27 +85,81 @@ def _prefix(split: datasets.Split, n: int) -> datasets.Split:
 
 
 def evaluate(eval_step, state, split: datasets.Split, batch_size: int, mesh) -> dict:
+    """Test-set means: an eval step returns per-batch sums `<name>_sum` and `count`; each becomes
+    `test_<name>` = sum / count (`loss_sum` -> test_loss, `accuracy_sum` -> test_accuracy, ...)."""
     totals = None
     for images, labels, mask in pipeline.eval_batches(split, batch_size):
         out = eval_step(state.params, state.batch_stats, *sharding.shard_batch((images, labels, mask), mesh))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
-    return {"test_loss": float(totals["loss_sum"] / totals["count"]),
-            "test_accuracy": float(totals["correct"] / totals["count"])}
+    return {f"test_{k.removesuffix('_sum')}": float(v / totals["count"])
+            for k, v in totals.items() if k.endswith("_sum")}
+
+
+def make_tx(config, steps_per_epoch: int, total_steps: int):
+    """(optax transformation, learning-rate schedule) of `config.optimizer`."""
+    schedule = optim.learning_rate_schedule(
+        config.optimizer.schedule, config.optimizer.learning_rate, total_steps,
+        int(config.optimizer.warmup_epochs * steps_per_epoch))
+    tx = optim.make_optimizer(learning_rate=schedule, momentum=config.optimizer.momentum,
+                              nesterov=config.optimizer.nesterov,
+                              weight_decay=config.optimizer.weight_decay)
+    return tx, schedule
+
+
+def _supervised_train_step(graphdef, tx, config, **common):
+    return steps.make_train_step(graphdef, tx, label_smoothing=config.optimizer.label_smoothing,
+                                 **common)
+
+
+def _supervised_eval_step(graphdef, config, **common):
+    return steps.make_eval_step(graphdef, **common)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What `train_and_evaluate` trains: the pieces a method replaces, the loop around them stays.
+
+    build_model(config, num_classes, in_channels) -> nnx.Module
+    make_tx(config, steps_per_epoch, total_steps) -> (optax transformation, schedule)
+    make_train_step(graphdef, tx, config, num_classes=, mean=, std=) -> jit'd
+        (state, images uint8, labels) -> (state, metrics)
+    make_eval_step(graphdef, config, num_classes=, mean=, std=) -> jit'd
+        (params, batch_stats, images uint8, labels, mask) -> {"<name>_sum": ..., "count": ...}
+    init_state(state) -> state: e.g. start from another run's weights (applied to a fresh run only,
+        never over a restored checkpoint)
+    reference_config: the config whose keys are the known ones (unknown keys are errors)
+    """
+
+    build_model: Callable = None
+    make_tx: Callable = make_tx
+    make_train_step: Callable = _supervised_train_step
+    make_eval_step: Callable = _supervised_eval_step
+    init_state: Callable | None = None
+    reference_config: Callable = None
+
+    def __post_init__(self):
+        if self.build_model is None:
+            object.__setattr__(self, "build_model", build_model)
+        if self.reference_config is None:
+            object.__setattr__(self, "reference_config", default_config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data: tuple[datasets.Split, datasets.Split] | None = None) -> dict:
+                       data: tuple[datasets.Split, datasets.Split] | None = None,
+                       task: Task | None = None) -> dict:
     """Trains, evaluates after every epoch, checkpoints into `workdir`; returns the final metrics.
 
-    `data` (train, test) bypasses TFDS, for users with their own arrays and for tests.
+    `data` (train, test) bypasses TFDS, for users with their own arrays and for tests. `task`
+    (default: supervised classification of `config.model`) is what a method plugs in.
     """
-    check_config_keys(config, default_config())
+    task = task or Task()
+    check_config_keys(config, task.reference_config())
     os.makedirs(workdir, exist_ok=True)
     train_split, test_split = data if data is not None else load_data(config)
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
 
-    model = build_model(config, train_split.num_classes, train_split.images.shape[-1])
+    model = task.build_model(config, train_split.num_classes, train_split.images.shape[-1])
     mesh = sharding.data_mesh(config.num_devices or None)
     sharding.check_batch_divides(config.batch_size, mesh)
     sharding.check_batch_divides(config.eval_batch_size, mesh)
@@ -111,12 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     iterator = pipeline.EpochIterator(train_split, config.batch_size, config.seed)
     steps_per_epoch = iterator.batches_per_epoch
     total_steps = steps_per_epoch * config.num_epochs
-    schedule = optim.learning_rate_schedule(
-        config.optimizer.schedule, config.optimizer.learning_rate, total_steps,
-        int(config.optimizer.warmup_epochs * steps_per_epoch))
-    tx = optim.make_optimizer(learning_rate=schedule, momentum=config.optimizer.momentum,
-                              nesterov=config.optimizer.nesterov,
-                              weight_decay=config.optimizer.weight_decay)
+    tx, schedule = task.make_tx(config, steps_per_epoch, total_steps)
     graphdef, state = steps.create_train_state(model, tx, config.seed)
 
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -128,12 +179,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             ckpt.close()  # release orbax's background threads before the error propagates
             raise
         iterator.state = pipeline.IteratorState.from_dict(data_state)
+    elif task.init_state is not None:
+        state = task.init_state(state)
     state = sharding.replicate(state, mesh)
 
     common = dict(num_classes=train_split.num_classes, mean=mean, std=std)
-    train_step = steps.make_train_step(graphdef, tx, label_smoothing=config.optimizer.label_smoothing,
-                                       **common)
-    eval_step = steps.make_eval_step(graphdef, **common)
+    train_step = task.make_train_step(graphdef, tx, config, **common)
+    eval_step = task.make_eval_step(graphdef, config, **common)
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
     step = int(state.step)

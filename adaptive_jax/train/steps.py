@@ -75,7 +75,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: 
 
 
 def make_eval_step(graphdef, *, num_classes: int, mean, std) -> Callable:
-    """(params, batch_stats, images uint8, labels, mask) -> summed loss / correct / count."""
+    """(params, batch_stats, images uint8, labels, mask) -> summed loss / accuracy, and count."""
 
     def eval_step(params, batch_stats, images_u8, labels, mask):
         model = nnx.merge(graphdef, params, batch_stats)
@@ -83,7 +83,7 @@ def make_eval_step(graphdef, *, num_classes: int, mean, std) -> Callable:
         logits = model(normalize(images_u8, mean, std))
         loss = cross_entropy(logits, labels, num_classes)
         return {"loss_sum": (loss * mask).sum(),
-                "correct": ((logits.argmax(-1) == labels) * mask).sum(),
+                "accuracy_sum": ((logits.argmax(-1) == labels) * mask).sum(),
                 "count": mask.sum()}
 
     return jax.jit(eval_step)

@@ -1,0 +1,64 @@
+"""OFAS (methods.md 3): a CIFAR ResNet whose blocks are all planned by one head after the stem.
+
+`OFASNet(backbone, head)`: `model(images)` is the training / evaluation forward through the masked
+executor (straight-through decisions in training mode, thresholded in eval mode: stage A and the
+accuracy it reports); `plan(images)` gives the (B, L) bool plan, and `predict(images, executor)`
+runs it so that skipped blocks do not run (cond at batch 1 or a shared plan, bucketed for a batch).
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from adaptive_jax.execution import bucketed, cond, masked
+from adaptive_jax.models.resnet import CifarResNet, check_images
+from adaptive_jax.policies import OFASHead, decisions
+
+BLOCK_RUNNERS = {"masked": masked.run_blocks, "cond": cond.run_blocks,
+                 "bucketed": bucketed.run_blocks}
+
+
+class OFASNet(nnx.Module):
+    def __init__(self, backbone: CifarResNet, hidden: tuple[int, ...] = (32,), *,
+                 initial_execute_prob: float = 0.9, rngs: nnx.Rngs):
+        self.backbone = backbone
+        self.spec = backbone.spec
+        self.policy = OFASHead(backbone.spec.widths[0], backbone.spec.num_blocks, tuple(hidden),
+                               initial_execute_prob=initial_execute_prob, rngs=rngs)
+
+    @property
+    def training(self) -> bool:
+        return not self.backbone.stem_bn.use_running_average
+
+    def execute_probs(self, stem_features: jax.Array) -> jax.Array:
+        return jax.nn.sigmoid(self.policy(stem_features))
+
+    def plan(self, images: jax.Array) -> jax.Array:
+        """(B, L) bools: the blocks each image runs (threshold 0.5), decided once after the stem."""
+        check_images(images, self.spec.in_channels)
+        return decisions.threshold(self.execute_probs(self.backbone.stem(images)))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        check_images(images, self.spec.in_channels)
+        features = self.backbone.stem(images)
+        probs = self.execute_probs(features)
+        gates = decisions.straight_through(probs) if self.training else decisions.threshold(probs)
+        return self.backbone.classify(masked.run_blocks(self.backbone, features, gates))
+
+    def predict(self, images: jax.Array, executor: str = "cond", **options) -> tuple[jax.Array, jax.Array]:
+        """(logits, plan) in inference, running only the planned blocks; eval mode only.
+
+        executor "cond" takes one plan per call (batch 1), "bucketed" per-sample plans.
+        """
+        if executor not in BLOCK_RUNNERS:
+            raise ValueError(f"unknown executor {executor!r}; expected one of {sorted(BLOCK_RUNNERS)}")
+        check_images(images, self.spec.in_channels)
+        features = self.backbone.stem(images)
+        plan = decisions.threshold(self.execute_probs(features))
+        run = BLOCK_RUNNERS[executor]
+        if executor == "cond":
+            plan_for_run = plan.reshape(plan.shape[-1:]) if plan.shape[0] == 1 else plan
+        else:
+            plan_for_run = plan
+        return self.backbone.classify(run(self.backbone, features, plan_for_run, **options)), plan

@@ -1,0 +1,216 @@
+"""OFAS training (methods.md 3.3) as two tasks for `train_and_evaluate`.
+
+Stage A (`stage_a_task`): end-to-end supervised training of backbone and head, straight-through
+decisions, cross-entropy only: `OFASNet.__call__` in training mode is exactly that, so the
+supervised step is reused as is. Stage B (`stage_b_task`): policy gradient on the head (REINFORCE,
+self-critical greedy baseline, a reward shape from `policy_gradient`), while the backbone keeps
+learning by cross-entropy on the sampled plans (SkipNet's "hybrid" loss), starting from stage A's
+weights. Both evaluate the thresholded plans and report accuracy, the share of block MACs and the
+MACs per image (policy included), counted per test image.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from adaptive_jax import cost
+from adaptive_jax.data.augment import augment, normalize
+from adaptive_jax.execution import masked
+from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.policies import OFAS_VARIANTS, decisions
+from adaptive_jax.train import loop, optim, policy_gradient as pg, steps
+
+FIDELITIES = ("clean", "ofas_code")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The loop's keys (stage A's schedule) plus the policy head (`policy`) and stage B (`rl`)."""
+    c = loop.default_config()
+    c.model.depth = 32
+    c.policy = ml_collections.ConfigDict()
+    c.policy.variant = "I"                  # hidden widths of the linear stack, OFAS_VARIANTS
+    c.policy.initial_execute_prob = 0.9
+    c.rl = ml_collections.ConfigDict()
+    c.rl.num_epochs = 1
+    c.rl.fidelity = "clean"                 # "ofas_code": the reference code's estimator and rewards
+    c.rl.reward = "skipnet"                 # policy_gradient.REWARDS
+    c.rl.penalty = 0.5                      # weight of compute in the reward: the curve's knob
+    c.rl.penalties = (0.5,)                 # experiments/ofas runs stage B once per value
+    c.rl.wrong_penalty = 1.0                # blockdrop: reward of a wrong prediction is -this
+    c.rl.bound = 0.9                        # bounded Bernoulli: p' = b p + (1 - b)(1 - p)
+    c.rl.epsilon = 0.1                      # ofas_code's epsilon-greedy
+    c.rl.self_critical = True               # advantage = R(sampled) - R(greedy)
+    c.rl.entropy_weight = 0.0
+    c.rl.rl_weight = 1.0                    # loss = CE(sampled plan) + rl_weight * REINFORCE
+    c.rl.curriculum_steps_per_block = 0     # > 0: BlockDrop's curriculum, one block released per N steps
+    c.rl.backbone_learning_rate = 0.01      # SGD (the stage A optimiser's momentum / decay), cosine
+    c.rl.policy_learning_rate = 0.01        # Adam
+    return c
+
+
+def check_config(config) -> None:
+    if config.policy.variant not in OFAS_VARIANTS:
+        raise ValueError(f"unknown OFAS head variant {config.policy.variant!r}; "
+                         f"expected one of {sorted(OFAS_VARIANTS)}")
+    if config.rl.fidelity not in FIDELITIES:
+        raise ValueError(f"unknown rl.fidelity {config.rl.fidelity!r}; expected one of {FIDELITIES}")
+    if config.rl.reward not in pg.REWARDS:
+        raise ValueError(f"unknown rl.reward {config.rl.reward!r}; expected one of {pg.REWARDS}")
+    decisions.bound(jnp.zeros(()), config.rl.bound)  # the range check
+
+
+def build_model(config, num_classes: int, in_channels: int) -> OFASNet:
+    check_config(config)
+    backbone = loop.build_model(config, num_classes, in_channels)
+    return OFASNet(backbone, OFAS_VARIANTS[config.policy.variant],
+                   initial_execute_prob=config.policy.initial_execute_prob,
+                   rngs=nnx.Rngs(config.seed + 1))
+
+
+def model_costs(config, num_classes: int, in_channels: int) -> cost.BlockCosts:
+    """MACs per block and of the head, priced on an abstract model (no weights are made)."""
+    model = nnx.eval_shape(lambda: build_model(config, num_classes, in_channels))
+    return cost.block_costs(model, (1, 32, 32, in_channels))
+
+
+def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
+    """Thresholded plans through the masked executor (the same numbers the cond / bucketed
+    executors give, tested), with per-image block-MAC share and MACs summed."""
+    costs = model_costs(config, num_classes, len(mean))
+
+    def eval_step(params, batch_stats, images_u8, labels, mask):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        images = normalize(images_u8, mean, std)
+        features = model.backbone.stem(images)
+        plan = decisions.threshold(model.execute_probs(features))
+        logits = model.backbone.classify(masked.run_blocks(model.backbone, features, plan))
+        loss = steps.cross_entropy(logits, labels, num_classes)
+        macs = costs.plan_macs_jnp(plan)
+        block_frac = (macs - costs.base_macs - costs.policy_macs) / sum(costs.run_macs)
+        return {"loss_sum": (loss * mask).sum(),
+                "accuracy_sum": ((logits.argmax(-1) == labels) * mask).sum(),
+                "block_macs_frac_sum": (block_frac * mask).sum(),
+                "macs_sum": (macs * mask).sum(),
+                "count": mask.sum()}
+
+    return jax.jit(eval_step)
+
+
+def stage_a_task() -> loop.Task:
+    return loop.Task(build_model=build_model, make_eval_step=make_eval_step,
+                     reference_config=default_config)
+
+
+def make_stage_b_tx(config, steps_per_epoch: int, total_steps: int):
+    """SGD on the backbone (cosine from rl.backbone_learning_rate), Adam on the policy head."""
+    schedule = optim.learning_rate_schedule("cosine", config.rl.backbone_learning_rate, total_steps)
+    backbone = optim.make_optimizer(learning_rate=schedule, momentum=config.optimizer.momentum,
+                                    nesterov=config.optimizer.nesterov,
+                                    weight_decay=config.optimizer.weight_decay)
+    policy = optax.adam(config.rl.policy_learning_rate)
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "policy" if getattr(path[0], "key", None) == "policy" else "backbone",
+            params)
+
+    return optax.multi_transform({"backbone": backbone, "policy": policy}, labels), schedule
+
+
+def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std):
+    rl = config.rl
+    ofas_code = rl.fidelity == "ofas_code"
+    shape = "ofas_code" if ofas_code else rl.reward
+    self_critical = rl.self_critical and not ofas_code  # the reference code has no baseline
+    costs = model_costs(config, num_classes, len(mean))
+    run_macs = jnp.asarray(costs.run_macs, jnp.float32)
+
+    def outcome(model, features, actions, labels):
+        logits = model.backbone.classify(masked.run_blocks(model.backbone, features, actions))
+        return logits, steps.cross_entropy(logits, labels, num_classes)
+
+    def loss_fn(params, batch_stats, images, labels, key, step):
+        greedy_stats = jax.tree.map(lambda x: x, batch_stats)
+        batch_stats = jax.tree.map(lambda x: x, batch_stats)
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.train()
+        features = model.backbone.stem(images)
+        probs = model.execute_probs(features)
+        if ofas_code:
+            actions, log_prob, entropy = decisions.ofas_code_epsilon_greedy(key, probs, rl.epsilon)
+        else:
+            actions, log_prob, entropy = decisions.bounded_bernoulli(key, probs, rl.bound)
+        weights = pg.curriculum_weights(probs.shape[-1], step, rl.curriculum_steps_per_block)
+        forced = weights == 0
+        actions = actions | forced
+        logits, ce = outcome(model, features, actions, labels)
+        correct = logits.argmax(-1) == labels
+        kwargs = dict(penalty=rl.penalty, wrong_penalty=rl.wrong_penalty)
+        returns = pg.returns(shape, ce=jax.lax.stop_gradient(ce), correct=correct, actions=actions,
+                             **kwargs)
+        greedy = decisions.threshold(probs) | forced
+        metrics = {}
+        if self_critical:
+            # The greedy plan on the same images, with frozen weights; its batch-statistic
+            # updates are dropped (a second model over a copy of the statistics).
+            greedy_model = nnx.merge(graphdef, jax.lax.stop_gradient(params), greedy_stats)
+            greedy_model.train()
+            g_logits, g_ce = outcome(greedy_model, jax.lax.stop_gradient(features), greedy, labels)
+            g_correct = g_logits.argmax(-1) == labels
+            baseline = pg.returns(shape, ce=g_ce, correct=g_correct, actions=greedy, **kwargs)
+            metrics["greedy_accuracy"] = g_correct.mean()
+        else:
+            baseline = 0.0
+        policy_loss = pg.reinforce_loss(log_prob, returns - baseline, entropy, rl.entropy_weight,
+                                        weights)
+        loss = ce.mean() + rl.rl_weight * policy_loss
+        metrics.update(
+            loss=ce.mean(), accuracy=correct.mean(), policy_loss=policy_loss,
+            return_=returns[:, 0].mean(),
+            block_macs_frac=((actions * run_macs).sum(-1) / run_macs.sum()).mean(),
+            greedy_block_macs_frac=((greedy * run_macs).sum(-1) / run_macs.sum()).mean(),
+            execute_prob=probs.mean())
+        return loss, (metrics, nnx.state(model, nnx.BatchStat))
+
+    def train_step(state: steps.TrainState, images_u8, labels):
+        key = jax.random.fold_in(state.rng, state.step)
+        aug_key, policy_key = jax.random.split(key)
+        images = augment(aug_key, images_u8, mean, std)
+        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, images, labels, policy_key, state.step)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def stage_b_config(config, penalty: float) -> ml_collections.ConfigDict:
+    """Stage B's loop config: rl.num_epochs epochs at this penalty."""
+    b = copy.deepcopy(config)
+    with b.unlocked():
+        b.num_epochs = config.rl.num_epochs
+        b.rl.penalty = float(penalty)
+        b.optimizer.warmup_epochs = 0.0
+    return b
+
+
+def stage_b_task(stage_a_state: steps.TrainState) -> loop.Task:
+    """Stage B starting from stage A's weights and batch statistics (fresh optimiser, step 0)."""
+
+    def init_state(state):
+        # Copies: the train step donates its state, and stage A's arrays may start other runs.
+        return state.replace(params=jax.tree.map(jnp.copy, stage_a_state.params),
+                             batch_stats=jax.tree.map(jnp.copy, stage_a_state.batch_stats))
+
+    return loop.Task(build_model=build_model, make_tx=make_stage_b_tx,
+                     make_train_step=make_stage_b_step, make_eval_step=make_eval_step,
+                     init_state=init_state, reference_config=default_config)

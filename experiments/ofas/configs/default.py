@@ -1,0 +1,53 @@
+"""OFAS on CIFAR-10: stage A (straight-through, CE) once, then stage B (policy gradient) once per
+penalty in `rl.penalties`, each from stage A's weights: one point of the accuracy / MACs curve each.
+
+    --config=experiments/ofas/configs/default.py          # demo: ResNet-32, the baseline demo's
+                                                          # data (2 epochs of 12,800 images) + 1 RL epoch
+    --config=experiments/ofas/configs/default.py:cpu      # the whole training set, 15 + 3 epochs
+    --config=experiments/ofas/configs/default.py:long     # GPU: ResNet-110, 160 + 20 epochs
+    --config=experiments/ofas/configs/default.py:smoke    # tests: ResNet-8 on 256 images
+"""
+
+from adaptive_jax.train import ofas
+
+VARIANTS = ("demo", "cpu", "long", "smoke")
+
+
+def get_config(variant: str = "demo"):
+    variant = variant or "demo"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")
+    config = ofas.default_config()  # ResNet-32, the CPU recipe's stage A
+    config.rl.reward = "skipnet"
+    config.rl.penalties = (1.0, 2.0, 4.0)
+    if variant == "demo":
+        # The same data and stage-A schedule as the baseline demo (experiments/baseline), so the
+        # OFAS ResNet-32 is compared with that static ResNet-20 on equal terms; plus 1 RL epoch.
+        config.num_epochs = 2
+        config.num_train_examples = 12_800
+        config.eval_every_epochs = 2
+        config.log_every_steps = 10
+        config.rl.num_epochs = 1
+    elif variant == "long":
+        config.model.depth = 110
+        config.policy.variant = "II_rl"
+        config.num_epochs = 160
+        config.optimizer.schedule = "cosine"
+        config.optimizer.learning_rate = 0.1
+        config.eval_every_epochs = 10
+        config.rl.num_epochs = 20
+        config.rl.penalties = (0.5, 1.0, 2.0, 4.0)
+    elif variant == "cpu":
+        config.rl.num_epochs = 3
+    elif variant == "smoke":
+        config.model.depth = 8
+        config.num_epochs = 1
+        config.batch_size = 32
+        config.eval_batch_size = 50
+        config.num_train_examples = 256
+        config.num_eval_examples = 100
+        config.log_every_steps = 2
+        config.progress_bar = False
+        config.rl.num_epochs = 1
+        config.rl.penalties = (1.0, 8.0)
+    return config

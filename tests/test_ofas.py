@@ -1,0 +1,140 @@
+"""OFAS: the network planned by one head after the stem, its executors, its cost, and stage B."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive_jax import cost
+from adaptive_jax.models import CifarResNet, ResNetSpec
+from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.train import ofas, read_metrics, train_and_evaluate
+from tests.conftest import random_split
+
+DEPTH = 14
+
+
+@pytest.fixture(scope="module")
+def net():
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))  # rbg: threefry compiles slowly on XLA:CPU
+    model = OFASNet(CifarResNet(ResNetSpec(DEPTH), rngs=rngs), (32,), rngs=rngs)
+    # A head that plans something other than "all on": random biases around 0.
+    last = model.policy.layers[-1]
+    last.bias.value = jnp.asarray(np.random.default_rng(3).normal(0, 2, last.bias.value.shape),
+                                  jnp.float32)
+    model.eval()
+    return model
+
+
+def _images(batch, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, 32, 32, 3), np.float32))
+
+
+def test_plan_is_per_sample_and_mixed(net):
+    plan = np.asarray(net.plan(_images(8)))
+    assert plan.shape == (8, 6) and plan.dtype == bool
+    assert 0 < plan.mean() < 1
+
+
+def test_cond_and_bucketed_give_the_masked_logits(net):
+    images = _images(8)
+    want = net(images)  # eval mode: thresholded plan through the masked executor
+    logits, plan = net.predict(images, "bucketed", buckets=4)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(plan, net.plan(images))
+    for i in range(3):
+        one, one_plan = net.predict(images[i:i + 1], "cond")
+        np.testing.assert_allclose(one, want[i:i + 1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(one_plan, plan[i:i + 1])
+    with pytest.raises(ValueError, match="unknown executor 'vmap'"):
+        net.predict(images, "vmap")
+
+
+def test_training_forward_reaches_the_head_through_straight_through(net):
+    images = _images(4)
+    graphdef, params, stats = nnx.split(net, nnx.Param, nnx.BatchStat)
+
+    def loss(params):
+        model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, stats))
+        model.train()
+        return model(images).sum()
+
+    grads = jax.grad(loss)(params)
+    assert np.any(grads["policy"]["layers"][0]["kernel"].value)
+
+
+def test_plan_macs_count_the_head(net):
+    costs = cost.block_costs(net)
+    assert costs.policy_macs == 16 * 32 + 32 * 6
+    assert costs.full_macs == cost.model_cost(net.backbone).macs
+    plan = np.asarray(net.plan(_images(8)))
+    np.testing.assert_allclose(costs.plan_macs_jnp(jnp.asarray(plan)), costs.plan_macs(plan),
+                               rtol=1e-6)
+    assert costs.plan_macs(np.ones(6, bool)) == costs.full_macs + costs.policy_macs
+
+
+def _tiny_config(**rl):
+    c = ofas.default_config()
+    c.model.depth = 8
+    c.num_epochs = 1
+    c.batch_size = 16
+    c.eval_batch_size = 20
+    c.log_every_steps = 1
+    c.progress_bar = False
+    c.num_devices = 1
+    c.rl.update(rl)
+    return c
+
+
+def test_stage_b_resumes_exactly(tmp_path):
+    data = random_split(64, seed=10), random_split(40, seed=11)
+    config = _tiny_config()
+    stage_a = train_and_evaluate(config, str(tmp_path / "a"), data, ofas.stage_a_task())
+    b_config = ofas.stage_b_config(config, 4.0)
+    straight = train_and_evaluate(b_config, str(tmp_path / "straight"), data,
+                                  ofas.stage_b_task(stage_a["state"]))
+    stop = ofas.stage_b_config(config, 4.0)
+    stop.stop_after_steps = 2
+    train_and_evaluate(stop, str(tmp_path / "resumed"), data, ofas.stage_b_task(stage_a["state"]))
+    resumed = train_and_evaluate(b_config, str(tmp_path / "resumed"), data,
+                                 ofas.stage_b_task(stage_a["state"]))
+    for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"])):
+        np.testing.assert_array_equal(a, b)
+    assert straight["test_accuracy"] == resumed["test_accuracy"]
+    logged = [r for r in read_metrics(os.path.join(tmp_path / "straight", "metrics.jsonl"))
+              if "train_loss" in r]
+    assert {"train_greedy_accuracy", "train_block_macs_frac", "train_policy_loss"} <= set(logged[0])
+
+
+def test_bad_ofas_config_is_named(tmp_path):
+    data = random_split(32, seed=1), random_split(20, seed=2)
+    for key, value, match in [("reward", "a2c", "unknown rl.reward 'a2c'"),
+                              ("fidelity", "paper", "unknown rl.fidelity 'paper'"),
+                              ("bound", 0.2, "alpha must be in")]:
+        with pytest.raises(ValueError, match=match):
+            train_and_evaluate(_tiny_config(**{key: value}), str(tmp_path / key), data,
+                               ofas.stage_a_task())
+
+
+def test_per_block_gates_batch1_path_matches_their_blend():
+    from adaptive_jax.models.gated import GatedResNet
+    rngs = nnx.Rngs(jax.random.key(1, impl="rbg"))
+    model = GatedResNet(CifarResNet(ResNetSpec(DEPTH), rngs=rngs), rngs=rngs)
+    rng = np.random.default_rng(0)
+    for gates in model.gates:  # gates that open for some inputs and not others
+        for gate in (gates.first, gates.rest):
+            gate.out.bias[...] = jnp.asarray(rng.normal(0, 1, gate.out.bias[...].shape), jnp.float32)
+            gate.out.kernel[...] = jnp.asarray(rng.normal(0, 3, gate.out.kernel[...].shape), jnp.float32)
+    model.eval()
+    images = _images(6, seed=5)
+    logits, plan = model.blend(images)
+    assert plan.shape == (6, 6) and 0 < float(plan.mean()) < 1
+    for i in range(6):
+        one, one_plan = model.predict(images[i:i + 1])
+        np.testing.assert_allclose(one, logits[i:i + 1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(one_plan[0], plan[i] > 0.5)
+    with pytest.raises(ValueError, match="one image"):
+        model.predict(images)
