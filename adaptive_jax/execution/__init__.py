@@ -5,7 +5,8 @@
   bucketed: one plan per sample; each block runs on its active rows only, gathered to a capacity
           from a menu of multiples of B/8.
   static: a `StaticBlockPlan` baked in at trace time; `StaticExecutor` keeps one AOT-compiled
-          executable per plan in a bounded LRU cache, with warm-up.
+          executable per plan in a bounded LRU cache, with warm-up; `use_persistent_cache(DIR)`
+          keeps executables across processes.
 
 `make_predict_fn(graphdef, executor, **options)` gives a jit-compiled pure function
 (params, batch_stats, images, plan) -> logits in inference mode; options go to the executor
@@ -19,7 +20,7 @@ import jax
 from flax import nnx
 
 from adaptive_jax.execution import bucketed, cond, masked, static
-from adaptive_jax.execution.static import StaticExecutor
+from adaptive_jax.execution.static import StaticExecutor, use_persistent_cache
 
 EXECUTORS = {"masked": masked.forward, "cond": cond.forward, "bucketed": bucketed.forward}
 
@@ -37,4 +38,4 @@ def make_predict_fn(graphdef, executor: str, **options) -> Callable:
     return jax.jit(predict)
 
 
-__all__ = ["EXECUTORS", "StaticExecutor", "bucketed", "cond", "make_predict_fn", "masked", "static"]
+__all__ = ["EXECUTORS", "StaticExecutor", "use_persistent_cache", "bucketed", "cond", "make_predict_fn", "masked", "static"]
