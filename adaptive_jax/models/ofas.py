@@ -56,9 +56,5 @@ class OFASNet(nnx.Module):
         check_images(images, self.spec.in_channels)
         features = self.backbone.stem(images)
         plan = decisions.threshold(self.execute_probs(features))
-        run = BLOCK_RUNNERS[executor]
-        if executor == "cond":
-            plan_for_run = plan.reshape(plan.shape[-1:]) if plan.shape[0] == 1 else plan
-        else:
-            plan_for_run = plan
-        return self.backbone.classify(run(self.backbone, features, plan_for_run, **options)), plan
+        x = BLOCK_RUNNERS[executor](self.backbone, features, plan, **options)
+        return self.backbone.classify(x), plan

@@ -131,18 +131,13 @@ class Task:
     reference_config: the config whose keys are the known ones (unknown keys are errors)
     """
 
-    build_model: Callable = None
+    # (the defaults name this module's functions: a class body reads globals it does not shadow yet)
+    build_model: Callable = build_model
     make_tx: Callable = make_tx
     make_train_step: Callable = _supervised_train_step
     make_eval_step: Callable = _supervised_eval_step
     init_state: Callable | None = None
-    reference_config: Callable = None
-
-    def __post_init__(self):
-        if self.build_model is None:
-            object.__setattr__(self, "build_model", build_model)
-        if self.reference_config is None:
-            object.__setattr__(self, "reference_config", default_config)
+    reference_config: Callable = default_config
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
