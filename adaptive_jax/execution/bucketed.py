@@ -6,7 +6,8 @@ scattered back over the block's shortcut output. The capacity is picked at run t
 `lax.switch` among `buckets` compiled branches (plus one for "no row active": the shortcut only),
 so the work done follows the plan while every shape stays static. design.md measured this menu
 (multiples of B/8) at 0.76-0.86 of the ideal speedup, and power-of-two capacities at 0.65-0.75.
-A batch whose rows all share a plan lands on the full-capacity branch or the empty one.
+A block that every row runs takes a branch of its own, the block on the batch as it is (no gather
+or scatter): so a batch whose rows share one plan runs like the cond executor.
 
 Never `vmap` over `lax.cond` instead: under `vmap` both branches run for every row.
 """
@@ -47,8 +48,12 @@ def _run_block_on_rows(block: BasicBlock, x: jax.Array, bits: jax.Array, buckets
             return shortcut.at[rows].set(jnp.where(keep, out, shortcut[rows]))
         return branch
 
-    branches = [lambda x, shortcut: shortcut] + [run_at(c) for c in caps]
+    def run_all(x, shortcut):  # every row runs the block: no gather, no scatter
+        return block(x)
+
+    branches = [lambda x, shortcut: shortcut] + [run_at(c) for c in caps] + [run_all]
     index = (count + caps[0] - 1) // caps[0]  # 0 when no row runs the block
+    index = jnp.where(count == batch, len(caps) + 1, index)
     return jax.lax.switch(index, branches, x, shortcut)
 
 

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from adaptive_jax import cost, latency, report
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
-from adaptive_jax.train import loop, ofas, train_and_evaluate
+from adaptive_jax.train import loop, ofas, read_metrics, train_and_evaluate
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
@@ -40,7 +40,8 @@ flags.mark_flags_as_required(["workdir"])
 
 COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("test_block_macs_frac", "block MACs", ".3f"), ("test_macs", "MACs/img", ".3e"),
-           ("latency_b1_ms", "b1 ms", ".2f"), ("speedup_b1", "b1 speedup", ".2f"),
+           ("latency_b1_ms", "b1 ms", ".2f"), ("full_latency_b1_ms", "full b1 ms", ".2f"),
+           ("speedup_b1", "b1 speedup", ".2f"),
            ("train_time_s", "train s", ".0f")]
 
 
@@ -60,42 +61,62 @@ def make_predictors(graphdef):
     return jax.jit(planned), jax.jit(full)
 
 
-def batch1_latency(predict, state, images, repeats: int = 10) -> float:
-    """Mean over images of each image's median latency (each image runs its own plan)."""
-    return float(np.mean([latency.measure_latency(predict, state.params, state.batch_stats,
-                                                  image[None], warmup=2, repeats=repeats).median_ms
-                          for image in images]))
+def batch1_latency(planned, full, state, images, rounds: int = 3, calls: int = 5):
+    """(planned ms, full ms) at batch 1: per image the median of `calls`, averaged over images
+    (each image runs its own plan); the two alternate image by image, and the median over
+    `rounds` is kept, so a machine that slows down mid-way shifts both alike."""
+    args = (state.params, state.batch_stats)
+    samples = {planned: [], full: []}
+    for _ in range(rounds):
+        per_image = {planned: [], full: []}
+        for image in images:
+            for fn in (planned, full):
+                per_image[fn].append(latency.measure_latency(fn, *args, image[None], warmup=2,
+                                                             repeats=calls).median_ms)
+        for fn, values in per_image.items():
+            samples[fn].append(np.mean(values))
+    return float(np.median(samples[planned])), float(np.median(samples[full]))
+
+
+def recorded_train_time(workdir: str) -> float | None:
+    """Training time of a finished run, from its metrics (a resumed, finished run trains nothing)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    times = [r["train_time_s"] for r in read_metrics(path) if "train_time_s" in r]
+    return times[-1] if times else None
 
 
 def run(config, workdir: str, latency_images: int = 16) -> list[dict]:
     train_split, test_split = loop.load_data(config)
     data = (train_split, test_split)
-    stage_a = train_and_evaluate(config, os.path.join(workdir, "stage_a"), data, ofas.stage_a_task())
+    stage_a_dir = os.path.join(workdir, "stage_a")
+    stage_a = train_and_evaluate(config, stage_a_dir, data, ofas.stage_a_task())
     graphdef = stage_a["graphdef"]
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
     images = normalize(test_split.images[:latency_images], mean, std)
     images = np.asarray(images, np.float32)
     planned, full = make_predictors(graphdef)
-    full_ms = batch1_latency(full, stage_a["state"], images)
     costs = cost.block_costs(nnx.merge(graphdef, stage_a["state"].params, stage_a["state"].batch_stats))
 
-    def row(point, result, extra=None):
+    def row(point, result, run_dir, extra=None):
+        planned_ms, full_ms = batch1_latency(planned, full, result["state"], images)
         r = {"point": point, **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
-             "latency_b1_ms": batch1_latency(planned, result["state"], images),
-             "full_latency_b1_ms": full_ms, **(extra or {})}
-        r["speedup_b1"] = full_ms / r["latency_b1_ms"]
+             "latency_b1_ms": planned_ms, "full_latency_b1_ms": full_ms,
+             "speedup_b1": full_ms / planned_ms, **(extra or {})}
+        r.setdefault("train_time_s", recorded_train_time(run_dir))
         return r
 
-    rows = [row("stage A", stage_a)]
+    rows = [row("stage A", stage_a, stage_a_dir)]
     for penalty in config.rl.penalties:
         b_config = ofas.stage_b_config(config, penalty)
-        result = train_and_evaluate(b_config, os.path.join(workdir, f"penalty_{penalty:g}"), data,
-                                    ofas.stage_b_task(stage_a["state"]))
-        rows.append(row(f"penalty {penalty:g}", result, {"penalty": float(penalty)}))
+        run_dir = os.path.join(workdir, f"penalty_{penalty:g}")
+        result = train_and_evaluate(b_config, run_dir, data, ofas.stage_b_task(stage_a["state"]))
+        rows.append(row(f"penalty {penalty:g}", result, run_dir, {"penalty": float(penalty)}))
 
     print(f"OFAS ResNet-{config.model.depth} on {config.dataset}: full backbone "
-          f"{costs.full_macs:.3e} MACs, policy head {costs.policy_macs} MACs, "
-          f"b1 {full_ms:.2f} ms (cond executor vs all blocks, {len(images)} test images)")
+          f"{costs.full_macs:.3e} MACs, policy head {costs.policy_macs} MACs; batch-1 latency of "
+          f"the cond executor (skipped blocks do not run) vs all blocks, {len(images)} test images")
     print(report.format_table(rows, COLUMNS), flush=True)
     summary = {"model": f"ofas_resnet{config.model.depth}", "dataset": config.dataset,
                "full_macs": costs.full_macs, "policy_macs": costs.policy_macs, "points": rows}

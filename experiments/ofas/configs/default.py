@@ -19,7 +19,7 @@ def get_config(variant: str = "demo"):
         raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")
     config = ofas.default_config()  # ResNet-32, the CPU recipe's stage A
     config.rl.reward = "skipnet"
-    config.rl.penalties = (1.0, 2.0, 4.0)
+    config.rl.penalties = (0.5, 1.0, 2.0)
     if variant == "demo":
         # The same data and stage-A schedule as the baseline demo (experiments/baseline), so the
         # OFAS ResNet-32 is compared with that static ResNet-20 on equal terms; plus 1 RL epoch.

@@ -1,0 +1,73 @@
+"""Records a finished OFAS run (experiments/ofas: WORKDIR/report.json) as benchmark figures.
+
+    python -m benchmarks.record_ofas --workdir=runs/ofas \
+        --run_command="python -m experiments.ofas.main --workdir=runs/ofas --config=...:demo" \
+        --baseline_accuracy=0.5027 --baseline_macs=40813184 --baseline="resnet20 demo recipe"
+
+Appends one `ofas_test_accuracy` and one `ofas_mean_block_macs_frac` record per point of the
+curve (stage A and each penalty) to results.jsonl, and the table to RESULTS.md, with the static
+baseline it is compared with: the best point at no more than the baseline's MACs against the
+baseline's accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+from adaptive_jax import report
+from benchmarks import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The OFAS run's workdir (holding report.json).")
+flags.DEFINE_string("run_command", None, "The command that trained the run.")
+flags.DEFINE_float("baseline_accuracy", None, "Test accuracy of the static baseline.")
+flags.DEFINE_integer("baseline_macs", None, "MACs per image of the static baseline.")
+flags.DEFINE_string("baseline", "", "The static baseline, in words.")
+flags.DEFINE_string("note", "", "Anything a reader must know.")
+flags.mark_flags_as_required(["workdir", "run_command"])
+
+
+def main(argv):
+    del argv
+    with open(os.path.join(FLAGS.workdir, "report.json")) as f:
+        run = json.load(f)
+    figures, rows = [], []
+    for point in run["points"]:
+        context = {"model": run["model"], "point": point["point"], "penalty": point.get("penalty"),
+                   "macs": int(point["test_macs"]), "latency_b1_ms": round(point["latency_b1_ms"], 3),
+                   "full_latency_b1_ms": round(point["full_latency_b1_ms"], 3),
+                   "run_command": FLAGS.run_command}
+        figures.append({"metric": "ofas_test_accuracy", "value": round(point["test_accuracy"], 4),
+                        "unit": "fraction", **context})
+        figures.append({"metric": "ofas_mean_block_macs_frac",
+                        "value": round(point["test_block_macs_frac"], 4), "unit": "fraction",
+                        **context})
+        rows.append(point)
+    verdict = ""
+    if FLAGS.baseline_accuracy is not None and FLAGS.baseline_macs is not None:
+        within = [p for p in run["points"] if p["test_macs"] <= FLAGS.baseline_macs]
+        best = max(within, key=lambda p: p["test_accuracy"]) if within else None
+        verdict = (f"static baseline ({FLAGS.baseline}): {FLAGS.baseline_accuracy:.4f} at "
+                   f"{FLAGS.baseline_macs:.3e} MACs; best OFAS point within those MACs: "
+                   + (f"{best['point']} {best['test_accuracy']:.4f} at {best['test_macs']:.3e}"
+                      if best else "none"))
+        figures.append({"metric": "ofas_minus_baseline_accuracy_at_baseline_macs",
+                        "value": round(best["test_accuracy"] - FLAGS.baseline_accuracy, 4) if best else None,
+                        "unit": "fraction", "model": run["model"], "baseline": FLAGS.baseline,
+                        "run_command": FLAGS.run_command})
+    table = report.format_table(rows, [
+        ("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
+        ("test_block_macs_frac", "block MACs", ".3f"), ("test_macs", "MACs/img", ".3e"),
+        ("latency_b1_ms", "b1 ms", ".2f"), ("speedup_b1", "b1 speedup", ".2f")])
+    print(table)
+    if verdict:
+        print(verdict)
+    common.append_results("ofas_curve", figures, table + ("\n" + verdict if verdict else ""),
+                          command=FLAGS.run_command, notes=FLAGS.note)
+
+
+if __name__ == "__main__":
+    app.run(main)
