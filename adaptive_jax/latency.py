@@ -36,3 +36,110 @@ def measure_latency(fn: Callable, *args, warmup: int = 3, repeats: int = 20,
     ms = np.asarray(times) * 1e3
     return LatencyStats(float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.min()),
                         float(ms.std() / ms.mean()), len(ms))
+
+
+class LatencyTableWarning(UserWarning):
+    """A latency table measured on another device or software stack than this one."""
+
+
+def device_signature() -> dict:
+    """What a latency table is only valid for: the device, the host CPU, the versions."""
+    import platform
+
+    import flax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+            "host_cpu": cpu, "jax": jax.__version__, "flax": flax.__version__}
+
+
+@dataclasses.dataclass
+class LatencyTable:
+    """Measured latency of named operating points per batch size, on one device.
+
+    entries[name][batch] = LatencyStats. `save` writes JSON atomically; `load` warns
+    (`LatencyTableWarning`) when the table was made on another device or stack, since its
+    milliseconds then say little about this one.
+    """
+
+    signature: dict
+    entries: dict[str, dict[int, LatencyStats]]
+    created: str = ""
+
+    def median_ms(self, name: str, batch_size: int = 1) -> float:
+        if name not in self.entries:
+            raise KeyError(f"no latency measured for {name!r}; the table has {sorted(self.entries)}")
+        if batch_size not in self.entries[name]:
+            raise KeyError(f"no latency for {name!r} at batch {batch_size}; "
+                           f"measured batches: {sorted(self.entries[name])}")
+        return self.entries[name][batch_size].median_ms
+
+    def to_json(self) -> dict:
+        return {"signature": self.signature, "created": self.created,
+                "entries": {n: {str(b): dataclasses.asdict(s) for b, s in per.items()}
+                            for n, per in self.entries.items()}}
+
+    def save(self, path: str) -> None:
+        import json
+        import os
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+        os.replace(tmp, path)  # readers never see a half-written table
+
+    @classmethod
+    def load(cls, path: str, check_device: bool = True) -> "LatencyTable":
+        import json
+        import warnings
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+            entries = {n: {int(b): LatencyStats(**s) for b, s in per.items()}
+                       for n, per in raw["entries"].items()}
+            table = cls(raw["signature"], entries, raw.get("created", ""))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path} is not a latency table ({type(e).__name__}: {e})") from e
+        if check_device:
+            here = device_signature()
+            differ = {k: (table.signature.get(k), v) for k, v in here.items()
+                      if table.signature.get(k) != v}
+            if differ:
+                detail = ", ".join(f"{k}: table {a!r}, here {b!r}" for k, (a, b) in differ.items())
+                warnings.warn(f"latency table {path} was measured elsewhere ({detail}); "
+                              "re-measure it on this device", LatencyTableWarning, stacklevel=2)
+        return table
+
+
+def measure_table(calls: dict[str, Callable[[int], Callable[[], object]]],
+                  batch_sizes=(1,), warmup: int = 3, repeats: int = 20,
+                  rounds: int = 3) -> LatencyTable:
+    """Times every point at every batch size. calls[name](batch) prepares inputs and returns a
+    zero-argument function running one inference. The points take turns, `repeats / rounds`
+    calls each per round, and each point's statistics pool its calls of every round, so a
+    machine that slows down mid-way shifts every point alike."""
+    import datetime
+    runs = {(n, b): make(b) for n, make in calls.items() for b in batch_sizes}
+    for fn in runs.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times: dict = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            for _ in range(max(1, repeats // rounds)):
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn())
+                times[key].append(time.perf_counter() - t0)
+    entries: dict[str, dict[int, LatencyStats]] = {}
+    for (name, batch), ts in times.items():
+        ms = np.asarray(ts) * 1e3
+        entries.setdefault(name, {})[batch] = LatencyStats(
+            float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.min()),
+            float(ms.std() / ms.mean()), len(ms))
+    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return LatencyTable(device_signature(), entries, created)

@@ -1,5 +1,9 @@
-"""Layers and ops shared by the models: `conv` (convolution with per-backend gradient lowering)."""
+"""Layers and ops shared by the models: `conv` (convolution with per-backend gradient lowering)
+and `slim` (slimmable conv / BN / dense at a static width, BN recalibration)."""
 
 from adaptive_jax.nn.conv import LOWERINGS, conv2d, conv_general_dilated_fn
+from adaptive_jax.nn.slim import (SlimConv, SlimLinear, SwitchableBatchNorm, recalibrate_batch_norm,
+                                  slim_channels)
 
-__all__ = ["LOWERINGS", "conv2d", "conv_general_dilated_fn"]
+__all__ = ["LOWERINGS", "conv2d", "conv_general_dilated_fn", "SlimConv", "SlimLinear",
+           "SwitchableBatchNorm", "recalibrate_batch_norm", "slim_channels"]

@@ -1,0 +1,98 @@
+"""Slimmable layers and the slimmable ResNet: every width is a prefix of the full net, costs
+fewer MACs, keeps its own BN statistics, and can be recalibrated."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive_jax import cost
+from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
+from adaptive_jax.nn.slim import recalibrate_batch_norm, slim_channels
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    m.eval()
+    return m
+
+
+def _images(batch, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((batch, 32, 32, 3), np.float32))
+
+
+def test_slim_channels_rounds_up():
+    assert [slim_channels(16, w) for w in (0.25, 0.5, 0.75, 1.0)] == [4, 8, 12, 16]
+    assert slim_channels(10, 0.33) == 4
+    with pytest.raises(ValueError, match=r"width must be in \(0, 1\]"):
+        slim_channels(16, 1.5)
+
+
+def test_every_width_runs_and_costs_less(model):
+    graphdef, state = nnx.split(model)
+    macs = {}
+    for w in (0.25, 0.5, 0.75, 1.0):
+        assert model(_images(2), w).shape == (2, 10)
+        macs[w] = cost.function_macs(lambda s, x, w=w: nnx.merge(graphdef, s)(x, w), state,
+                                     jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+    assert macs[0.25] < macs[0.5] < macs[0.75] < macs[1.0]
+    # inner convs scale as w^2; the stem reads 3 channels whatever the width
+    assert 0.22 < macs[0.5] / macs[1.0] < 0.3
+    assert model(_images(2), (0.25, 0.5, 1.0)).shape == (2, 10)  # non-uniform, per stage
+
+
+def test_a_narrow_subnet_reads_only_its_prefix(model):
+    images = _images(2)
+    graphdef, state = nnx.split(model)
+    narrow, full = model(images, 0.5), model(images, 1.0)
+    # scramble every conv weight outside the 0.5 prefix: the 0.5 sub-net must not notice
+    def scramble(path, v):
+        if "kernel" not in path or v.ndim != 4:
+            return v
+        cin, cout = v.shape[2], v.shape[3]
+        keep_in = cin if cin == 3 else slim_channels(cin, 0.5)
+        mask = np.ones(v.shape, bool)
+        mask[:, :, :keep_in, :slim_channels(cout, 0.5)] = False
+        return jnp.where(mask, 7.0, v)
+
+    scrambled = nnx.merge(graphdef, jax.tree_util.tree_map_with_path(
+        lambda p, v: scramble(tuple(getattr(k, "key", getattr(k, "idx", None)) for k in p), v), state))
+    np.testing.assert_allclose(scrambled(images, 0.5), narrow, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(scrambled(images, 1.0), full)  # the scrambling did reach the weights
+
+
+def test_unknown_widths_are_named(model):
+    with pytest.raises(ValueError, match=r"unknown width 0.6; this model has widths \(0.25, 0.5, 0.75, 1.0\)"):
+        model(_images(1), 0.6)
+    with pytest.raises(ValueError, match="one width per stage"):
+        model(_images(1), (0.5, 0.5))
+    with pytest.raises(ValueError, match="end at 1.0"):
+        SlimmableSpec(8, widths=(0.5, 0.75))
+
+
+def test_each_width_keeps_its_own_batch_statistics():
+    m = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(jax.random.key(1, impl="rbg")))
+    before = jax.tree.map(np.asarray, nnx.state(m, nnx.BatchStat))
+    m.train()
+    m(_images(4), 0.5)
+    after = jax.tree.map(np.asarray, nnx.state(m, nnx.BatchStat))
+    norms_before, norms_after = before["stem_bn"]["norms"], after["stem_bn"]["norms"]
+    for i, w in enumerate((0.25, 0.5, 0.75, 1.0)):
+        changed = not np.array_equal(norms_before[i]["mean"].value, norms_after[i]["mean"].value)
+        assert changed == (w == 0.5), w
+
+
+def test_recalibration_gives_the_exact_mean_of_the_batches():
+    m = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(jax.random.key(2, impl="rbg")))
+    batches = [_images(4, seed=s) for s in (3, 4, 5)]
+    used = recalibrate_batch_norm(m, lambda model, x: model(x, 0.25), batches)
+    assert used == 3 and m.stem_bn.norms[0].use_running_average  # back in eval mode
+    c = slim_channels(16, 0.25)
+    stem_means = [m.stem_conv(x, c).mean(axis=(0, 1, 2)) for x in batches]
+    np.testing.assert_allclose(m.stem_bn.norms[0].mean[...], np.mean(stem_means, axis=0),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(m.stem_bn.norms[3].mean[...], np.zeros(16))  # width 1.0 untouched
+    with pytest.raises(ValueError, match="at least one batch"):
+        recalibrate_batch_norm(m, lambda model, x: model(x, 0.25), [])
