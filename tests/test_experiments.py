@@ -78,3 +78,23 @@ def test_ofas_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert high["test_block_macs_frac"] <= low["test_block_macs_frac"]
     assert (workdir / "curve.png").stat().st_size > 1000
     assert (workdir / "penalty_8" / "checkpoints").is_dir()
+
+
+def test_dynamic_dnn_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
+    manual_dir, _, _ = tiny_cifar_manual_dir
+    workdir = tmp_path / "work"
+    proc = run_experiment(
+        "experiments.dynamic_dnn.main", f"--workdir={workdir}",
+        "--config=experiments/dynamic_dnn/configs/default.py:smoke",
+        f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
+        "--config.num_eval_examples=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MACs ratio" in proc.stdout and "latency ratio" in proc.stdout
+    report = json.loads((workdir / "report.json").read_text())
+    half, full = report["widths"]
+    assert (half["width"], full["width"]) == ("0.5", "1")
+    assert full["macs"] == hand_count_macs(8) and half["macs"] < 0.3 * full["macs"]
+    assert 0.0 <= half["test_accuracy"] <= 1.0 and half["latency_b1_ms"] > 0
+    from adaptive_jax.latency import LatencyTable
+    table = LatencyTable.load(str(workdir / "latency_table.json"))
+    assert set(table.entries) == {"w0.5", "w1"}

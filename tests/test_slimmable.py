@@ -96,3 +96,62 @@ def test_recalibration_gives_the_exact_mean_of_the_batches():
     np.testing.assert_array_equal(m.stem_bn.norms[3].mean[...], np.zeros(16))  # width 1.0 untouched
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batch_norm(m, lambda model, x: model(x, 0.25), [])
+
+
+def _slim_config(mode, **slim):
+    from adaptive_jax.train import slimmable
+    c = slimmable.default_config()
+    c.model.depth = 8
+    c.num_epochs = 1
+    c.batch_size = 8
+    c.eval_batch_size = 10
+    c.log_every_steps = 1
+    c.progress_bar = False
+    c.num_devices = 1
+    c.slim.mode = mode
+    c.slim.update(slim)
+    return c
+
+
+def _moved_widths(result, widths):
+    """Which widths' stem BN statistics left their initial zeros during training."""
+    stats = result["state"].batch_stats["stem_bn"]["norms"]
+    return {w for i, w in enumerate(widths) if np.any(stats[i]["mean"][...])}
+
+
+# Small width menus keep the compiled branches (one per width or width set) few.
+@pytest.mark.parametrize("mode, want", [("multi_path", {0.5, 1.0}), ("single_path", 1),
+                                        ("alone", {0.5})])
+def test_training_modes_train_the_widths_they_say(tmp_path, mode, want):
+    from adaptive_jax.train import slimmable, train_and_evaluate
+    from tests.conftest import random_split
+    data = random_split(24, seed=1), random_split(10, seed=2)
+    result = train_and_evaluate(_slim_config(mode, width=0.5, widths=(0.5, 1.0)), str(tmp_path),
+                                data, slimmable.task())
+    moved = _moved_widths(result, (0.5, 1.0))
+    if mode == "single_path":
+        assert len(moved) == want  # one width for the whole epoch
+    else:
+        assert moved == want
+    widths = {0.5} if mode == "alone" else {0.5, 1.0}
+    assert {k for k in result if k.startswith("test_accuracy_w")} == {f"test_accuracy_w{w:g}" for w in widths}
+
+
+def test_sandwich_trains_the_largest_the_smallest_and_one_between(tmp_path):
+    from adaptive_jax.train import slimmable, train_and_evaluate
+    from tests.conftest import random_split
+    data = random_split(16, seed=1), random_split(10, seed=2)
+    menu = (0.25, 0.5, 1.0)
+    result = train_and_evaluate(_slim_config("sandwich", num_random=1, widths=menu),
+                                str(tmp_path), data, slimmable.task())
+    assert _moved_widths(result, menu) == set(menu)
+    with pytest.raises(ValueError, match="unknown slim.mode 'greedy'"):
+        train_and_evaluate(_slim_config("greedy"), str(tmp_path / "x"), data, slimmable.task())
+
+
+def test_bad_slimmable_configs_are_named():
+    from adaptive_jax.train import slimmable
+    with pytest.raises(ValueError, match="unknown slim.mode 'greedy'"):
+        slimmable.check_config(_slim_config("greedy"))
+    with pytest.raises(ValueError, match="unknown width 0.6"):
+        slimmable.check_config(_slim_config("alone", width=0.6))

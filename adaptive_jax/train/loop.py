@@ -107,7 +107,7 @@ def make_tx(config, steps_per_epoch: int, total_steps: int):
     return tx, schedule
 
 
-def _supervised_train_step(graphdef, tx, config, **common):
+def _supervised_train_step(graphdef, tx, config, steps_per_epoch: int = 1, **common):
     return steps.make_train_step(graphdef, tx, label_smoothing=config.optimizer.label_smoothing,
                                  **common)
 
@@ -122,7 +122,7 @@ class Task:
 
     build_model(config, num_classes, in_channels) -> nnx.Module
     make_tx(config, steps_per_epoch, total_steps) -> (optax transformation, schedule)
-    make_train_step(graphdef, tx, config, num_classes=, mean=, std=) -> jit'd
+    make_train_step(graphdef, tx, config, num_classes=, mean=, std=, steps_per_epoch=) -> jit'd
         (state, images uint8, labels) -> (state, metrics)
     make_eval_step(graphdef, config, num_classes=, mean=, std=) -> jit'd
         (params, batch_stats, images uint8, labels, mask) -> {"<name>_sum": ..., "count": ...}
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = sharding.replicate(state, mesh)
 
     common = dict(num_classes=train_split.num_classes, mean=mean, std=std)
-    train_step = task.make_train_step(graphdef, tx, config, **common)
+    train_step = task.make_train_step(graphdef, tx, config, steps_per_epoch=steps_per_epoch, **common)
     eval_step = task.make_eval_step(graphdef, config, **common)
     writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 

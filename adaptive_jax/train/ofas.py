@@ -124,7 +124,8 @@ def make_stage_b_tx(config, steps_per_epoch: int, total_steps: int):
     return optax.multi_transform({"backbone": backbone, "policy": policy}, labels), schedule
 
 
-def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std):
+def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
+                      steps_per_epoch: int = 1):
     rl = config.rl
     ofas_code = rl.fidelity == "ofas_code"
     shape = "ofas_code" if ofas_code else rl.reward

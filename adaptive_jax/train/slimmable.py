@@ -1,0 +1,149 @@
+"""Training nested sub-nets in one set of weights (Yang & Fan, methods.md 4; US-Nets, 2.4), as a
+`Task` of the training loop.
+
+Modes (`config.slim.mode`):
+- "multi_path": every width each step, gradients summed, one update (Slimmable Networks): the
+  costly baseline, len(widths) forward / backward passes per step.
+- "single_path": one width per epoch, drawn at random from the menu (the paper's proposal): one
+  pass per step. The width is static per compiled branch; `lax.switch` picks the epoch's branch.
+- "sandwich": the largest and the smallest width plus `num_random` widths from the rest of the
+  menu each step; the largest learns from the labels, the others from its predictions (in-place
+  distillation, soft targets with stop-gradient).
+- "alone": only `slim.width` (a plain network of that width: the reference each width of the
+  slimmable net is compared with).
+Evaluation reports top-1 of every width: `test_accuracy_w0.25`, ... (`test_accuracy` = full width).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from adaptive_jax.data.augment import augment, normalize
+from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
+from adaptive_jax.nn.slim import width_index
+from adaptive_jax.train import loop, steps
+
+MODES = ("multi_path", "single_path", "sandwich", "alone")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = loop.default_config()
+    c.slim = ml_collections.ConfigDict()
+    c.slim.widths = (0.25, 0.5, 0.75, 1.0)
+    c.slim.mode = "sandwich"
+    c.slim.width = 1.0        # "alone": the one width trained
+    c.slim.num_random = 1     # "sandwich": widths drawn between the smallest and the largest
+    return c
+
+
+def check_config(config) -> None:
+    if config.slim.mode not in MODES:
+        raise ValueError(f"unknown slim.mode {config.slim.mode!r}; expected one of {MODES}")
+    SlimmableSpec(config.model.depth, widths=tuple(config.slim.widths))  # the menu's checks
+    if config.slim.mode == "alone":
+        width_index(tuple(config.slim.widths), config.slim.width)
+
+
+def build_model(config, num_classes: int, in_channels: int) -> SlimmableResNet:
+    check_config(config)
+    spec = SlimmableSpec(config.model.depth, num_classes, tuple(config.slim.widths), in_channels,
+                         config.model.conv_lowering)
+    return SlimmableResNet(spec, rngs=nnx.Rngs(config.seed))
+
+
+def _soft_cross_entropy(logits, soft_targets):
+    return optax.softmax_cross_entropy(logits, jax.lax.stop_gradient(soft_targets))
+
+
+def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
+                    steps_per_epoch: int = 1):
+    widths = tuple(config.slim.widths)
+    mode = config.slim.mode
+
+    def loss_fn(params, batch_stats, images, labels, train_widths):
+        batch_stats = jax.tree.map(lambda x: x, batch_stats)
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.train()
+        losses, metrics, teacher = [], {}, None
+        for w in train_widths:  # widest first: it is the teacher in sandwich mode
+            logits = model(images, w)
+            if mode == "sandwich" and teacher is not None:
+                loss = _soft_cross_entropy(logits, jax.nn.softmax(teacher)).mean()
+            else:
+                loss = steps.cross_entropy(logits, labels, num_classes).mean()
+                teacher = logits
+            losses.append(loss)
+            metrics[f"accuracy_w{w:g}"] = (logits.argmax(-1) == labels).mean()
+        metrics["loss"] = losses[0]
+        metrics["accuracy"] = metrics[f"accuracy_w{train_widths[0]:g}"]
+        return sum(losses), (metrics, nnx.state(model, nnx.BatchStat))
+
+    def grads_for(train_widths, params, batch_stats, images, labels):
+        grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(
+            params, batch_stats, images, labels, train_widths)
+        return grads, stats, metrics["loss"], metrics["accuracy"]
+
+    def train_step(state: steps.TrainState, images_u8, labels):
+        key = jax.random.fold_in(state.rng, state.step)
+        aug_key, width_key = jax.random.split(key)
+        images = augment(aug_key, images_u8, mean, std)
+        args = (state.params, state.batch_stats, images, labels)
+        if mode == "multi_path":
+            branches, index = [(widths[::-1],)], 0
+        elif mode == "alone":
+            branches, index = [((config.slim.width,),)], 0
+        elif mode == "single_path":
+            # one width per epoch: the same draw for every step of the epoch
+            epoch = state.step // steps_per_epoch
+            epoch_key = jax.random.fold_in(jax.random.fold_in(state.rng, 7_919), epoch)
+            index = jax.random.randint(epoch_key, (), 0, len(widths))
+            branches = [((w,),) for w in widths]
+        else:  # sandwich: largest, smallest, and num_random of the widths between
+            middle = widths[1:-1]
+            if config.slim.num_random and middle:
+                k = min(config.slim.num_random, len(middle))
+                picks = [tuple(sorted(c, reverse=True)) for c in itertools.combinations(middle, k)]
+            else:
+                picks = [()]
+            branches = [((widths[-1],) + p + (widths[0],),) for p in picks]
+            index = jax.random.randint(width_key, (), 0, len(branches))
+        fns = [functools.partial(grads_for, *b) for b in branches]
+        grads, batch_stats, loss, accuracy = (jax.lax.switch(index, fns, *args) if len(fns) > 1
+                                              else fns[0](*args))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), {"loss": loss, "accuracy": accuracy}
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
+    widths = (config.slim.width,) if config.slim.mode == "alone" else tuple(config.slim.widths)
+
+    def eval_step(params, batch_stats, images_u8, labels, mask):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        images = normalize(images_u8, mean, std)
+        out = {"count": mask.sum()}
+        for w in widths:
+            logits = model(images, w)
+            correct = ((logits.argmax(-1) == labels) * mask).sum()
+            out[f"accuracy_w{w:g}_sum"] = correct
+            if w == widths[-1]:
+                out["accuracy_sum"] = correct
+                out["loss_sum"] = (steps.cross_entropy(logits, labels, num_classes) * mask).sum()
+        return out
+
+    return jax.jit(eval_step)
+
+
+def task() -> loop.Task:
+    return loop.Task(build_model=build_model, make_train_step=make_train_step,
+                     make_eval_step=make_eval_step, reference_config=default_config)

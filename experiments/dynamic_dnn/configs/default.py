@@ -1,0 +1,35 @@
+"""Nested sub-nets (Yang & Fan's dynamic DNN) on CIFAR-10: a slimmable ResNet-20.
+
+    --config=experiments/dynamic_dnn/configs/default.py            # demo: sandwich, the baseline
+                                                                   # demo's data (2 x 12,800 images)
+    --config=experiments/dynamic_dnn/configs/default.py:cpu        # the whole training set, 15 epochs
+    --config=experiments/dynamic_dnn/configs/default.py:smoke      # tests: ResNet-8 on 256 images
+    --config.slim.mode=single_path | multi_path | alone (--config.slim.width=0.5)
+"""
+
+from adaptive_jax.train import slimmable
+
+VARIANTS = ("demo", "cpu", "smoke")
+
+
+def get_config(variant: str = "demo"):
+    variant = variant or "demo"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown config variant {variant!r}; expected one of {VARIANTS}")
+    config = slimmable.default_config()  # ResNet-20, the CPU recipe, sandwich
+    if variant == "demo":
+        config.num_epochs = 2
+        config.num_train_examples = 12_800
+        config.eval_every_epochs = 2
+        config.log_every_steps = 10
+    elif variant == "smoke":
+        config.model.depth = 8
+        config.num_epochs = 1
+        config.batch_size = 32
+        config.eval_batch_size = 50
+        config.num_train_examples = 256
+        config.num_eval_examples = 100
+        config.log_every_steps = 2
+        config.progress_bar = False
+        config.slim.widths = (0.5, 1.0)
+    return config

@@ -1,0 +1,98 @@
+"""Train a slimmable ResNet (one set of weights, nested widths), then print each width's top-1,
+MACs and measured batch-1 latency, and save the latency table.
+
+    python -m experiments.dynamic_dnn.main --workdir=/tmp/slim \
+        --config=experiments/dynamic_dnn/configs/default.py:demo --config.slim.mode=single_path
+
+Writes WORKDIR/report.json and WORKDIR/latency_table.json (`adaptive_jax.latency.LatencyTable`:
+loading it on another device warns). Re-running with the same --workdir resumes.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from adaptive_jax import cost, report
+from adaptive_jax.config import check_override_flags
+from adaptive_jax.latency import measure_table
+from adaptive_jax.train import slimmable, train_and_evaluate
+
+FLAGS = flags.FLAGS
+if __name__ == "__main__":
+    try:
+        check_override_flags(sys.argv, slimmable.default_config())
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report and latency table.")
+flags.DEFINE_list("latency_batch_sizes", ["1"], "Batch sizes of the latency table.")
+config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
+    "Training configuration.", lock_config=True)
+flags.mark_flags_as_required(["workdir"])
+
+
+def run(config, workdir: str, latency_batch_sizes=(1,)) -> list[dict]:
+    result = train_and_evaluate(config, workdir, task=slimmable.task())
+    state, graphdef = result.pop("state"), result.pop("graphdef")
+    widths = [config.slim.width] if config.slim.mode == "alone" else list(config.slim.widths)
+
+    def predictor(width):
+        @jax.jit
+        def predict(params, batch_stats, images):
+            model = nnx.merge(graphdef, params, batch_stats)
+            model.eval()
+            return model(images, width)
+        return predict
+
+    predicts = {f"w{w:g}": predictor(w) for w in widths}
+
+    def calls(name):
+        def at_batch(b):
+            images = np.zeros((b, 32, 32, 3), np.float32)
+            return lambda: predicts[name](state.params, state.batch_stats, images)
+        return at_batch
+
+    table = measure_table({n: calls(n) for n in predicts}, batch_sizes=latency_batch_sizes)
+    table.save(os.path.join(workdir, "latency_table.json"))
+    abstract = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+    rows = []
+    for w in widths:
+        macs = cost.function_macs(lambda p, s, x, w=w: predicts[f"w{w:g}"](p, s, x),
+                                  state.params, state.batch_stats, abstract)
+        row = {"width": f"{w:g}", "test_accuracy": result[f"test_accuracy_w{w:g}"], "macs": macs}
+        for b in latency_batch_sizes:
+            row[f"latency_b{b}_ms"] = table.median_ms(f"w{w:g}", b)
+        rows.append(row)
+    full = rows[-1]
+    for row in rows:
+        row["macs_ratio"] = row["macs"] / full["macs"]
+        row["latency_ratio"] = row[f"latency_b{latency_batch_sizes[0]}_ms"] / full[f"latency_b{latency_batch_sizes[0]}_ms"]
+    columns = [("width", "width", "s"), ("test_accuracy", "top-1", ".4f"), ("macs", "MACs", ".3e"),
+               ("macs_ratio", "MACs ratio", ".3f")]
+    columns += [(f"latency_b{b}_ms", f"b{b} ms", ".3f") for b in latency_batch_sizes]
+    columns += [("latency_ratio", "latency ratio", ".3f")]
+    print(f"slimmable ResNet-{config.model.depth}, mode {config.slim.mode}, "
+          f"{result.get('train_time_s', float('nan')):.0f} s of training")
+    print(report.format_table(rows, columns), flush=True)
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump({"model": f"slimmable_resnet{config.model.depth}", "mode": config.slim.mode,
+                   "train_time_s": result.get("train_time_s"), "widths": rows}, f, indent=2)
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    run(FLAGS.config, FLAGS.workdir, tuple(int(b) for b in FLAGS.latency_batch_sizes))
+
+
+if __name__ == "__main__":
+    app.run(main)
