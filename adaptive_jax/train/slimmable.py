@@ -5,7 +5,8 @@ Modes (`config.slim.mode`):
 - "multi_path": every width each step, gradients summed, one update (Slimmable Networks): the
   costly baseline, len(widths) forward / backward passes per step.
 - "single_path": one width per epoch, drawn at random from the menu (the paper's proposal): one
-  pass per step. The width is static per compiled branch; `lax.switch` picks the epoch's branch.
+  pass per step. `slim.steps_per_switch` draws more often (short schedules: 2 epochs would train
+  only 2 of 4 widths). The width is static per compiled branch; `lax.switch` picks the epoch's branch.
 - "sandwich": the largest and the smallest width plus `num_random` widths from the rest of the
   menu each step; the largest learns from the labels, the others from its predictions (in-place
   distillation, soft targets with stop-gradient).
@@ -39,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.slim.mode = "sandwich"
     c.slim.width = 1.0        # "alone": the one width trained
     c.slim.num_random = 1     # "sandwich": widths drawn between the smallest and the largest
+    c.slim.steps_per_switch = 0  # "single_path": steps between width draws; 0 -> one epoch
     return c
 
 
@@ -99,8 +101,9 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
         elif mode == "alone":
             branches, index = [((config.slim.width,),)], 0
         elif mode == "single_path":
-            # one width per epoch: the same draw for every step of the epoch
-            epoch = state.step // steps_per_epoch
+            # one width per epoch (or per slim.steps_per_switch steps): one draw for all its steps
+            period = config.slim.steps_per_switch or steps_per_epoch
+            epoch = state.step // period
             epoch_key = jax.random.fold_in(jax.random.fold_in(state.rng, 7_919), epoch)
             index = jax.random.randint(epoch_key, (), 0, len(widths))
             branches = [((w,),) for w in widths]
