@@ -28,12 +28,14 @@ from adaptive_jax.models.resnet import CifarResNet
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 
 
+# The name of JAX's monitoring event for a persistent-cache hit (an event key, not a file path).
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _persistent_cache_hits = 0
 
 
 def _count_hits(event: str, **kwargs) -> None:
     global _persistent_cache_hits
-    if event == "/jax/compilation_cache/cache_hits":
+    if event == _CACHE_HIT_EVENT:
         _persistent_cache_hits += 1
 
 
