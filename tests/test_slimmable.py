@@ -8,7 +8,9 @@ import pytest
 from flax import nnx
 
 from adaptive_jax import cost
-from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
+from adaptive_jax.execution import SubnetExecutor
+from adaptive_jax.models.slimmable import (SlimmableResNet, SlimmableSpec, WidthSubnet,
+                                           extract_subnet, sort_channels_by_importance, subnet_spec)
 from adaptive_jax.nn.slim import recalibrate_batch_norm, slim_channels
 
 
@@ -96,6 +98,92 @@ def test_recalibration_gives_the_exact_mean_of_the_batches():
     np.testing.assert_array_equal(m.stem_bn.norms[3].mean[...], np.zeros(16))  # width 1.0 untouched
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batch_norm(m, lambda model, x: model(x, 0.25), [])
+
+
+@pytest.fixture(scope="module")
+def used_model():
+    """A depth-8 slimmable net whose every width has its own, non-trivial BN statistics and
+    affine parameters, so a sub-net picking the wrong BN shows."""
+    m = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(jax.random.key(3, impl="rbg")))
+    rng = np.random.default_rng(3)
+    for _, bn in nnx.iter_graph(m):
+        if isinstance(bn, nnx.BatchNorm):
+            bn.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, bn.scale.shape), jnp.float32)
+            bn.bias[...] = jnp.asarray(rng.normal(0, 0.2, bn.bias.shape), jnp.float32)
+    m.train()
+    for w in (0.25, 0.5, 0.75, 1.0):
+        m(_images(8, seed=11), w)
+    m.eval()
+    return m
+
+
+@pytest.mark.parametrize("width", [0.25, 0.75, 1.0, (0.25, 1.0, 0.5)])
+def test_an_extracted_subnet_is_the_slimmable_width(used_model, width):
+    sub = extract_subnet(used_model, width)
+    assert sub.spec.widths == WidthSubnet.of(width).channels()
+    images = _images(3, seed=4)
+    np.testing.assert_allclose(sub(images), used_model(images, width), rtol=1e-5, atol=1e-5)
+    # it holds only its own weights: sliced kernels, one BN per layer
+    c = sub.spec.widths
+    assert sub.stages[2].first.conv1.kernel.shape == (3, 3, c[1], c[2])
+    sizes = [sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param))) for m in (sub, used_model)]
+    assert sizes[0] < sizes[1]
+
+
+def test_width_subnets_are_hashable_names():
+    assert WidthSubnet.of(0.5) == WidthSubnet.of((0.5, 0.5, 0.5))
+    assert len({WidthSubnet.of(0.5), WidthSubnet.of(0.5), WidthSubnet.of(1.0)}) == 2
+    assert WidthSubnet.of(0.5).name == "w0.5"
+    assert WidthSubnet.of((0.25, 0.5, 1.0)).name == "w0.25-0.5-1"
+    with pytest.raises(ValueError, match="one width per stage"):
+        WidthSubnet.of((0.5, 1.0))
+    with pytest.raises(ValueError, match=r"unknown width 0.6"):
+        subnet_spec(SlimmableSpec(8), WidthSubnet.of(0.6))
+
+
+def test_subnet_executor_serves_every_width_without_compiling_after_warm_up(used_model):
+    executor = SubnetExecutor(used_model, max_executables=4)
+    widths = (0.25, 0.5, (0.25, 1.0, 0.5))
+    executor.warm_up(widths, batch_sizes=(2,))
+    compiled = executor.stats()["compilations"]
+    images = _images(2, seed=5)
+    for w in widths * 2:
+        np.testing.assert_allclose(executor(images, w), used_model(images, w), rtol=1e-5, atol=1e-5)
+    assert compiled == 3 and executor.stats()["compilations"] == compiled
+    with pytest.raises(ValueError, match="unknown width 0.6"):
+        executor(images, 0.6)
+
+
+def test_subnet_executor_is_bounded_and_drops_evicted_weights(used_model):
+    executor = SubnetExecutor(used_model, max_executables=2)
+    images = _images(1)
+    for w in (0.25, 0.5, 1.0):
+        executor(images, w)
+    assert executor.stats()["evictions"] == 1 and executor.stats()["live"] == 2
+    assert set(executor._weights) == {WidthSubnet.of(0.5), WidthSubnet.of(1.0)}
+    executor(images, 0.25)  # compiled again, not lost
+    assert executor.stats()["compilations"] == 4
+
+
+def test_sorting_channels_keeps_the_full_net_and_puts_important_channels_first():
+    m = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(jax.random.key(4, impl="rbg")))
+    m.eval()
+    # make the first half of block 1's inner channels (the ones its second conv reads) dead and
+    # the last quarter of stage 2's stream (read by the classifier and block 2's first conv) loud
+    m.blocks[1].conv2.kernel[...] = m.blocks[1].conv2.kernel[...].at[:, :, :16].multiply(0.0)
+    m.head.kernel[...] = m.head.kernel[...].at[48:].multiply(100.0)
+    images = _images(2, seed=6)
+    before = m(images, 1.0)
+    orders = sort_channels_by_importance(m)
+    np.testing.assert_allclose(m(images, 1.0), before, rtol=1e-4, atol=1e-4)
+    assert set(orders["block1.inner"][:16]) == set(range(16, 32))  # live channels moved first
+    assert set(orders["stage2"][:16]) == set(range(48, 64))
+    # every group is now in non-increasing importance, and narrow BNs start from the full prefix
+    inner = np.abs(np.asarray(m.blocks[1].conv2.kernel[...])).sum(axis=(0, 1, 3))
+    assert np.all(np.diff(inner) <= 1e-6)
+    full_bn, narrow_bn = m.blocks[1].bn1.norms[3], m.blocks[1].bn1.norms[1]
+    np.testing.assert_array_equal(narrow_bn.scale[...], full_bn.scale[...][:16])
+    np.testing.assert_array_equal(narrow_bn.mean[...], full_bn.mean[...][:16])
 
 
 def _slim_config(mode, **slim):

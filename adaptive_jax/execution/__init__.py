@@ -7,6 +7,8 @@
   static: a `StaticBlockPlan` baked in at trace time; `StaticExecutor` keeps one AOT-compiled
           executable per plan in a bounded LRU cache, with warm-up; `use_persistent_cache(DIR)`
           keeps executables across processes.
+  subnets: `SubnetExecutor` serves a slimmable net's width sub-nets, each compiled on its own
+          sliced weights, from the same kind of cache.
 
 `make_predict_fn(graphdef, executor, **options)` gives a jit-compiled pure function
 (params, batch_stats, images, plan) -> logits in inference mode; options go to the executor
@@ -20,7 +22,8 @@ import jax
 from flax import nnx
 
 from adaptive_jax.execution import bucketed, cond, masked, static
-from adaptive_jax.execution.static import StaticExecutor, use_persistent_cache
+from adaptive_jax.execution.static import ExecutableCache, StaticExecutor, use_persistent_cache
+from adaptive_jax.execution.subnets import SubnetExecutor
 
 EXECUTORS = {"masked": masked.forward, "cond": cond.forward, "bucketed": bucketed.forward}
 
@@ -38,4 +41,4 @@ def make_predict_fn(graphdef, executor: str, **options) -> Callable:
     return jax.jit(predict)
 
 
-__all__ = ["EXECUTORS", "StaticExecutor", "use_persistent_cache", "bucketed", "cond", "make_predict_fn", "masked", "static"]
+__all__ = ["EXECUTORS", "ExecutableCache", "StaticExecutor", "SubnetExecutor", "use_persistent_cache", "bucketed", "cond", "make_predict_fn", "masked", "static"]

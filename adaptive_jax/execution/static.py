@@ -64,17 +64,64 @@ def forward(model: CifarResNet, images: jax.Array, plan: StaticBlockPlan) -> jax
     return cond.forward(model, images, jnp.asarray(plan.to_array()))
 
 
-class StaticExecutor:
-    """Serves `(params, batch_stats, images, plan)` from per-plan executables in an LRU cache."""
+class ExecutableCache:
+    """A bounded LRU cache of AOT-compiled executables keyed by (key, input shape).
 
-    def __init__(self, graphdef, params, batch_stats, max_executables: int = 16):
+    Subclasses say how a key compiles (`_compile(key, images_shape)`). `warm_up` compiles a menu
+    before serving; `stats()` counts compilations, hits and evictions, so a server can check
+    that nothing compiles after warm-up.
+    """
+
+    def __init__(self, max_executables: int = 16):
         if max_executables < 1:
             raise ValueError(f"max_executables must be at least 1, got {max_executables}")
-        self.graphdef = graphdef
-        self.params, self.batch_stats = params, batch_stats
         self.max_executables = max_executables
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self.compilations = self.hits = self.evictions = 0
+
+    def _compile(self, key, images_shape: tuple[int, ...]):
+        raise NotImplementedError
+
+    def _evicted(self, key) -> None:
+        """Called with the (key, shape) pair of an executable dropped from the cache."""
+
+    def executable(self, key, images_shape: tuple[int, ...]):
+        entry = (key, tuple(images_shape))
+        if entry in self._cache:
+            self.hits += 1
+            self._cache.move_to_end(entry)
+            return self._cache[entry]
+        compiled = self._compile(key, tuple(images_shape))
+        self.compilations += 1
+        self._cache[entry] = compiled
+        if len(self._cache) > self.max_executables:
+            old, _ = self._cache.popitem(last=False)
+            self.evictions += 1
+            self._evicted(old)
+        return compiled
+
+    def cached_keys(self) -> set:
+        return {key for key, _ in self._cache}
+
+    def warm_up(self, keys: Iterable, batch_sizes: Iterable[int] = (1,),
+                image_shape: tuple[int, int, int] = (32, 32, 3)) -> None:
+        batch_sizes = tuple(batch_sizes)
+        for key in keys:
+            for batch in batch_sizes:
+                self.executable(key, (batch, *image_shape))
+
+    def stats(self) -> dict[str, int]:
+        return {"compilations": self.compilations, "hits": self.hits,
+                "evictions": self.evictions, "live": len(self._cache)}
+
+
+class StaticExecutor(ExecutableCache):
+    """Serves `(params, batch_stats, images, plan)` from per-plan executables in an LRU cache."""
+
+    def __init__(self, graphdef, params, batch_stats, max_executables: int = 16):
+        super().__init__(max_executables)
+        self.graphdef = graphdef
+        self.params, self.batch_stats = params, batch_stats
 
     def _compile(self, plan: StaticBlockPlan, images_shape: tuple[int, ...]):
         graphdef = self.graphdef
@@ -87,29 +134,5 @@ class StaticExecutor:
         images = jax.ShapeDtypeStruct(images_shape, np.float32)
         return jax.jit(predict).lower(self.params, self.batch_stats, images).compile()
 
-    def executable(self, plan: StaticBlockPlan, images_shape: tuple[int, ...]):
-        key = (plan, tuple(images_shape))
-        if key in self._cache:
-            self.hits += 1
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        compiled = self._compile(plan, tuple(images_shape))
-        self.compilations += 1
-        self._cache[key] = compiled
-        if len(self._cache) > self.max_executables:
-            self._cache.popitem(last=False)
-            self.evictions += 1
-        return compiled
-
-    def warm_up(self, plans: Iterable[StaticBlockPlan], batch_sizes: Iterable[int] = (1,),
-                image_shape: tuple[int, int, int] = (32, 32, 3)) -> None:
-        for plan in plans:
-            for batch in batch_sizes:
-                self.executable(plan, (batch, *image_shape))
-
     def __call__(self, images, plan: StaticBlockPlan) -> jax.Array:
         return self.executable(plan, tuple(images.shape))(self.params, self.batch_stats, images)
-
-    def stats(self) -> dict[str, int]:
-        return {"compilations": self.compilations, "hits": self.hits,
-                "evictions": self.evictions, "live": len(self._cache)}

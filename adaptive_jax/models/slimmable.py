@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from adaptive_jax.models.resnet import STAGE_WIDTHS, check_images
+from adaptive_jax.models.resnet import STAGE_WIDTHS, CifarResNet, ResNetSpec, check_images
 from adaptive_jax.nn.slim import (SlimConv, SlimLinear, SwitchableBatchNorm, slim_channels,
                                   width_index)
 
@@ -94,3 +96,175 @@ class SlimmableResNet(nnx.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, per_stage[i // self.blocks_per_stage])
         return self.head(x.mean(axis=(1, 2)))
+
+
+# --- Sub-nets as static networks ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthSubnet:
+    """One sub-net of a slimmable ResNet: a width per stage. Frozen and hashable, so it keys
+    compiled executables (`adaptive_jax.execution.SubnetExecutor`) and latency tables."""
+
+    stage_widths: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, width) -> "WidthSubnet":
+        """`WidthSubnet.of(0.5)` (uniform) or `WidthSubnet.of((0.25, 0.5, 1.0))`."""
+        if isinstance(width, WidthSubnet):
+            return width
+        per_stage = (width,) * 3 if isinstance(width, (int, float)) else tuple(width)
+        if len(per_stage) != 3:
+            raise ValueError(f"a non-uniform width gives one width per stage (3), got {width}")
+        return cls(tuple(float(w) for w in per_stage))
+
+    @property
+    def name(self) -> str:
+        """"w0.5" for a uniform width (the experiment's table names), "w0.25-0.5-1" otherwise."""
+        if len(set(self.stage_widths)) == 1:
+            return f"w{self.stage_widths[0]:g}"
+        return "w" + "-".join(f"{w:g}" for w in self.stage_widths)
+
+    def channels(self) -> tuple[int, int, int]:
+        return tuple(slim_channels(c, w) for c, w in zip(STAGE_WIDTHS, self.stage_widths))
+
+
+def subnet_spec(spec: SlimmableSpec, subnet: WidthSubnet) -> ResNetSpec:
+    """The static ResNet a sub-net is: same depth, the sub-net's channels, projection shortcuts."""
+    stage_widths(subnet.stage_widths, spec.widths)  # every width must be on the menu
+    return ResNetSpec(spec.depth, spec.num_classes, "projection", subnet.channels(),
+                      spec.in_channels, conv_lowering=spec.conv_lowering)
+
+
+def _bn(norms: dict, index: int) -> dict:
+    return dict(norms["norms"][index])
+
+
+def extract_subnet(model: SlimmableResNet, width) -> CifarResNet:
+    """The sub-net at `width` as a plain `CifarResNet` holding only its own weights: every kernel
+    sliced to its channel prefix, every BN the width's private one.
+
+    Its output equals `model(images, width)` in eval mode, but a compiled call reads small,
+    contiguous weights instead of slicing the full ones on every call, and it runs under every
+    executor of `adaptive_jax.execution` (block plans on a width sub-net: depth x width).
+    """
+    subnet = WidthSubnet.of(width)
+    spec = model.spec
+    static_spec = subnet_spec(spec, subnet)
+    widths = subnet.stage_widths
+    c = subnet.channels()
+    index = [width_index(spec.widths, w) for w in widths]
+    full = nnx.state(model).to_pure_dict()
+    n = (spec.depth - 2) // 6
+
+    def block(i: int, stage: int, cin: int) -> dict:
+        b, cout, k = full["blocks"][i], c[stage], index[stage]
+        out = {"conv1": {"kernel": b["conv1"]["kernel"][:, :, :cin, :cout]},
+               "bn1": _bn(b["bn1"], k),
+               "conv2": {"kernel": b["conv2"]["kernel"][:, :, :cout, :cout]},
+               "bn2": _bn(b["bn2"], k)}
+        if "projection" in b:
+            out["projection"] = {"conv": {"kernel": b["projection"]["kernel"][:, :, :cin, :cout]},
+                                 "bn": _bn(b["projection_bn"], k)}
+        return out
+
+    stages = {}
+    for stage in range(3):
+        cin = c[stage - 1] if stage else c[0]
+        first = block(stage * n, stage, cin)
+        rest = [block(stage * n + j, stage, c[stage]) for j in range(1, n)]
+        stages[stage] = {"first": first}
+        if rest:
+            stages[stage]["rest"] = jax.tree.map(lambda *xs: jnp.stack(xs), *rest)
+    pure = {"stem_conv": {"kernel": full["stem_conv"]["kernel"][..., :c[0]]},
+            "stem_bn": _bn(full["stem_bn"], index[0]),
+            "stages": stages,
+            "head": {"kernel": full["head"]["kernel"][:c[2]], "bias": full["head"]["bias"]}}
+    abstract = nnx.eval_shape(lambda: CifarResNet(static_spec, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, pure))
+    subnet_model = nnx.merge(graphdef, state)
+    subnet_model.eval()
+    return subnet_model
+
+
+# --- Channel order --------------------------------------------------------------------------
+
+
+def _l1_inputs(kernel: jax.Array) -> jax.Array:
+    """L1 norm of a kernel per input channel (axis -2 of an HWIO kernel or IO matrix)."""
+    return jnp.abs(kernel).sum(axis=tuple(a for a in range(kernel.ndim) if a != kernel.ndim - 2))
+
+
+def sort_channels_by_importance(model: SlimmableResNet) -> dict[str, np.ndarray]:
+    """Reorders every layer's channels, in place, by importance (OFA's rule: the L1 norm of the
+    weights that consume a channel), so the most important channels come first and every
+    narrow sub-net (a prefix) keeps them. The full-width function is unchanged.
+
+    Channels on a stage's residual stream are one group (the stem or the stage's projection,
+    every block's second conv and every shortcut add them up), ranked by the summed L1 norm of
+    all their consumers: the stage's first convs, the next stage's first conv and projection,
+    or the classifier. A block's inner channels are ranked by its second conv.
+
+    Use it on a net trained at full width only, as OFA does before it trains narrower widths:
+    afterwards every narrower width's BN starts from the full width's BN on its prefix, so
+    recalibrate (`recalibrate_batch_norm`) or fine-tune them. Returns the permutation of each
+    channel group ("stage0", "block3.inner", ...), original channel index per new position.
+    """
+    spec = model.spec
+    n = (spec.depth - 2) // 6
+    state = nnx.state(model)
+    p = jax.tree.map(np.asarray, state.to_pure_dict())
+    blocks = p["blocks"]
+    full = len(spec.widths) - 1
+    orders: dict[str, np.ndarray] = {}
+
+    def permute_bn(bn: dict, order: np.ndarray) -> None:
+        # the full width's BN follows its channels; narrower ones restart from its prefix
+        norms = bn["norms"]
+        norms[full] = {k: v[order] for k, v in norms[full].items()}
+        for i in range(full):
+            size = norms[i]["scale"].shape[0]
+            norms[i] = {k: v[:size].copy() for k, v in norms[full].items()}
+
+    for stage in range(3):
+        members = range(stage * n, (stage + 1) * n)
+        # blocks whose first conv reads this stream (a stage's first block reads the previous one)
+        readers = [i for i in members if i != stage * n or stage == 0]
+        # the residual stream: consumers' L1 per input channel
+        importance = sum(_l1_inputs(blocks[i]["conv1"]["kernel"]) for i in readers)
+        if stage < 2:
+            nxt = blocks[(stage + 1) * n]
+            importance = importance + _l1_inputs(nxt["conv1"]["kernel"]) + _l1_inputs(nxt["projection"]["kernel"])
+        else:
+            importance = importance + _l1_inputs(p["head"]["kernel"])
+        order = np.argsort(-np.asarray(importance), kind="stable")
+        orders[f"stage{stage}"] = order
+        # producers of the stream: stem (stage 0) or this stage's projection; every block's conv2
+        if stage == 0:
+            p["stem_conv"]["kernel"] = p["stem_conv"]["kernel"][..., order]
+            permute_bn(p["stem_bn"], order)
+        else:
+            first = blocks[stage * n]
+            first["projection"]["kernel"] = first["projection"]["kernel"][..., order]
+            permute_bn(first["projection_bn"], order)
+        for i in members:
+            blocks[i]["conv2"]["kernel"] = blocks[i]["conv2"]["kernel"][..., order]
+            permute_bn(blocks[i]["bn2"], order)
+        for i in readers:
+            blocks[i]["conv1"]["kernel"] = blocks[i]["conv1"]["kernel"][:, :, order]
+        if stage < 2:
+            nxt = blocks[(stage + 1) * n]
+            nxt["conv1"]["kernel"] = nxt["conv1"]["kernel"][:, :, order]
+            nxt["projection"]["kernel"] = nxt["projection"]["kernel"][:, :, order]
+        else:
+            p["head"]["kernel"] = p["head"]["kernel"][order]
+    for i, b in blocks.items():
+        order = np.argsort(-np.asarray(_l1_inputs(b["conv2"]["kernel"])), kind="stable")
+        orders[f"block{i}.inner"] = order
+        b["conv1"]["kernel"] = b["conv1"]["kernel"][..., order]
+        permute_bn(b["bn1"], order)
+        b["conv2"]["kernel"] = b["conv2"]["kernel"][:, :, order]
+    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, p))
+    nnx.update(model, state)
+    return orders
