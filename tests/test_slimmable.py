@@ -123,6 +123,10 @@ def test_an_extracted_subnet_is_the_slimmable_width(used_model, width):
     assert sub.spec.widths == WidthSubnet.of(width).channels()
     images = _images(3, seed=4)
     np.testing.assert_allclose(sub(images), used_model(images, width), rtol=1e-5, atol=1e-5)
+    # channels padded to multiples of 8 (4 -> 8, 12 -> 16, 24 stays): the same function
+    padded = extract_subnet(used_model, width, channel_multiple=8)
+    assert all(p % 8 == 0 and p >= c for p, c in zip(padded.spec.widths, sub.spec.widths))
+    np.testing.assert_allclose(padded(images), used_model(images, width), rtol=1e-5, atol=1e-5)
     # it holds only its own weights: sliced kernels, one BN per layer
     c = sub.spec.widths
     assert sub.stages[2].first.conv1.kernel.shape == (3, 3, c[1], c[2])

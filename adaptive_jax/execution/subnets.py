@@ -1,8 +1,9 @@
 """Width sub-nets of a slimmable ResNet served from AOT executables (Yang & Fan, Dynamic-OFA).
 
 Each `WidthSubnet` (a frozen, hashable width per stage) is extracted once into a plain static
-ResNet holding only its own, sliced weights (`models.slimmable.extract_subnet`) and compiled ahead
-of time to a pure function of those weights and the images. Executables live in the same bounded
+ResNet holding only its own, sliced weights (`models.slimmable.extract_subnet`; on CPU with
+channels padded to multiples of 8, the conv shapes XLA:CPU runs fastest) and compiled ahead of
+time to a pure function of those weights and the images. Executables live in the same bounded
 LRU cache as the static block-plan executor; a sub-net's weights are dropped with its last
 executable. After `warm_up` over the menu, serving any of its points compiles nothing.
 """
@@ -14,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from adaptive_jax.execution.static import ExecutableCache
+from adaptive_jax.latency import measure_table
 from adaptive_jax.models.slimmable import SlimmableResNet, WidthSubnet, extract_subnet
 
 
@@ -21,15 +23,18 @@ class SubnetExecutor(ExecutableCache):
     """`executor(images, width)`: logits of the sub-net at `width` (a float, three per-stage
     widths, or a `WidthSubnet`), in inference mode, from its own compiled executable."""
 
-    def __init__(self, model: SlimmableResNet, max_executables: int = 16):
+    def __init__(self, model: SlimmableResNet, max_executables: int = 16,
+                 channel_multiple: int | None = None):
         super().__init__(max_executables)
         self.model = model
+        # XLA:CPU runs convs with 4 or 12 channels slower than with 8 or 16 (see extract_subnet)
+        self.channel_multiple = channel_multiple or (8 if jax.default_backend() == "cpu" else 1)
         self._weights: dict[WidthSubnet, tuple] = {}
 
     def weights(self, subnet: WidthSubnet) -> tuple:
         """(graphdef, params, batch_stats) of the sub-net, extracted on first use."""
         if subnet not in self._weights:
-            sub = extract_subnet(self.model, subnet)
+            sub = extract_subnet(self.model, subnet, self.channel_multiple)
             self._weights[subnet] = nnx.split(sub, nnx.Param, nnx.BatchStat)
         return self._weights[subnet]
 
@@ -60,3 +65,19 @@ class SubnetExecutor(ExecutableCache):
         run = self.executable(subnet, tuple(images.shape))
         _, params, stats = self._weights[subnet]
         return run(params, stats, images)
+
+    def latency_table(self, widths, batch_sizes=(1,), image_shape=(32, 32, 3), warmup: int = 3,
+                      repeats: int = 30, rounds: int = 3):
+        """Measures every sub-net at every batch size from its executable (compiled first, not
+        timed); entries are named by `WidthSubnet.name`. See `adaptive_jax.latency.measure_table`."""
+        subnets = [WidthSubnet.of(w) for w in widths]
+        self.warm_up(subnets, batch_sizes, image_shape)
+
+        def calls(subnet):
+            def at_batch(batch):
+                images = np.zeros((batch, *image_shape), np.float32)
+                return lambda: self(images, subnet)
+            return at_batch
+
+        return measure_table({s.name: calls(s) for s in subnets}, batch_sizes=tuple(batch_sizes),
+                             warmup=warmup, repeats=repeats, rounds=rounds)

@@ -129,43 +129,63 @@ class WidthSubnet:
         return tuple(slim_channels(c, w) for c, w in zip(STAGE_WIDTHS, self.stage_widths))
 
 
-def subnet_spec(spec: SlimmableSpec, subnet: WidthSubnet) -> ResNetSpec:
-    """The static ResNet a sub-net is: same depth, the sub-net's channels, projection shortcuts."""
+def subnet_spec(spec: SlimmableSpec, subnet: WidthSubnet, channel_multiple: int = 1) -> ResNetSpec:
+    """The static ResNet a sub-net is: same depth, the sub-net's channels (rounded up to
+    `channel_multiple`), projection shortcuts."""
     stage_widths(subnet.stage_widths, spec.widths)  # every width must be on the menu
-    return ResNetSpec(spec.depth, spec.num_classes, "projection", subnet.channels(),
+    if channel_multiple < 1:
+        raise ValueError(f"channel_multiple must be at least 1, got {channel_multiple}")
+    channels = tuple(-(-c // channel_multiple) * channel_multiple for c in subnet.channels())
+    return ResNetSpec(spec.depth, spec.num_classes, "projection", channels,
                       spec.in_channels, conv_lowering=spec.conv_lowering)
 
 
-def _bn(norms: dict, index: int) -> dict:
-    return dict(norms["norms"][index])
-
-
-def extract_subnet(model: SlimmableResNet, width) -> CifarResNet:
+def extract_subnet(model: SlimmableResNet, width, channel_multiple: int = 1) -> CifarResNet:
     """The sub-net at `width` as a plain `CifarResNet` holding only its own weights: every kernel
     sliced to its channel prefix, every BN the width's private one.
 
     Its output equals `model(images, width)` in eval mode, but a compiled call reads small,
     contiguous weights instead of slicing the full ones on every call, and it runs under every
     executor of `adaptive_jax.execution` (block plans on a width sub-net: depth x width).
+
+    `channel_multiple` > 1 rounds every layer's channels up with zero channels that stay zero
+    (zero kernels in and out, BN scale and bias 0): the same function, in conv shapes the
+    backend runs faster. On XLA:CPU a 32x32 conv with 4 or 12 channels is slower than with 8 or
+    16 (`python -m experiments.dynamic_dnn.latency_table`; issue 5 note), so the
+    `SubnetExecutor` pads to multiples of 8 there.
     """
     subnet = WidthSubnet.of(width)
     spec = model.spec
-    static_spec = subnet_spec(spec, subnet)
-    widths = subnet.stage_widths
+    static_spec = subnet_spec(spec, subnet, channel_multiple)
     c = subnet.channels()
-    index = [width_index(spec.widths, w) for w in widths]
-    full = nnx.state(model).to_pure_dict()
+    index = [width_index(spec.widths, w) for w in subnet.stage_widths]
+    full = jax.tree.map(np.asarray, nnx.state(model).to_pure_dict())
     n = (spec.depth - 2) // 6
+
+    def padded(channels: int) -> int:
+        return -(-channels // channel_multiple) * channel_multiple
+
+    def kernel(k: np.ndarray, cin: int, cout: int, pad_in: bool = True) -> np.ndarray:
+        k = k[..., :cin, :cout]
+        extra_in = padded(cin) - cin if pad_in else 0
+        return np.pad(k, [(0, 0)] * (k.ndim - 2) + [(0, extra_in), (0, padded(cout) - cout)])
+
+    def bn(norms: dict, index: int) -> dict:
+        params = norms["norms"][index]
+        extra = padded(params["scale"].shape[0]) - params["scale"].shape[0]
+        # a padded channel: scale 0 and bias 0 give 0 whatever its statistics; var 1 keeps them finite
+        return {k: np.pad(v, (0, extra), constant_values=1.0 if k == "var" else 0.0)
+                for k, v in params.items()}
 
     def block(i: int, stage: int, cin: int) -> dict:
         b, cout, k = full["blocks"][i], c[stage], index[stage]
-        out = {"conv1": {"kernel": b["conv1"]["kernel"][:, :, :cin, :cout]},
-               "bn1": _bn(b["bn1"], k),
-               "conv2": {"kernel": b["conv2"]["kernel"][:, :, :cout, :cout]},
-               "bn2": _bn(b["bn2"], k)}
+        out = {"conv1": {"kernel": kernel(b["conv1"]["kernel"], cin, cout)},
+               "bn1": bn(b["bn1"], k),
+               "conv2": {"kernel": kernel(b["conv2"]["kernel"], cout, cout)},
+               "bn2": bn(b["bn2"], k)}
         if "projection" in b:
-            out["projection"] = {"conv": {"kernel": b["projection"]["kernel"][:, :, :cin, :cout]},
-                                 "bn": _bn(b["projection_bn"], k)}
+            out["projection"] = {"conv": {"kernel": kernel(b["projection"]["kernel"], cin, cout)},
+                                 "bn": bn(b["projection_bn"], k)}
         return out
 
     stages = {}
@@ -175,11 +195,14 @@ def extract_subnet(model: SlimmableResNet, width) -> CifarResNet:
         rest = [block(stage * n + j, stage, c[stage]) for j in range(1, n)]
         stages[stage] = {"first": first}
         if rest:
-            stages[stage]["rest"] = jax.tree.map(lambda *xs: jnp.stack(xs), *rest)
-    pure = {"stem_conv": {"kernel": full["stem_conv"]["kernel"][..., :c[0]]},
-            "stem_bn": _bn(full["stem_bn"], index[0]),
+            stages[stage]["rest"] = jax.tree.map(lambda *xs: np.stack(xs), *rest)
+    head = full["head"]["kernel"][:c[2]]
+    pure = {"stem_conv": {"kernel": kernel(full["stem_conv"]["kernel"], spec.in_channels, c[0],
+                                           pad_in=False)},
+            "stem_bn": bn(full["stem_bn"], index[0]),
             "stages": stages,
-            "head": {"kernel": full["head"]["kernel"][:c[2]], "bias": full["head"]["bias"]}}
+            "head": {"kernel": np.pad(head, ((0, padded(c[2]) - c[2]), (0, 0))),
+                     "bias": full["head"]["bias"]}}
     abstract = nnx.eval_shape(lambda: CifarResNet(static_spec, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     state.replace_by_pure_dict(jax.tree.map(jnp.asarray, pure))

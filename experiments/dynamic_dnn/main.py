@@ -1,5 +1,6 @@
 """Train a slimmable ResNet (one set of weights, nested widths), then print each width's top-1,
-MACs and measured batch-1 latency, and save the latency table.
+MACs and measured latency (each width served from its own executable, `SubnetExecutor`), and
+save the latency table.
 
     python -m experiments.dynamic_dnn.main --workdir=/tmp/slim \
         --config=experiments/dynamic_dnn/configs/default.py:demo --config.slim.mode=single_path
@@ -12,15 +13,14 @@ import json
 import os
 import sys
 
-import jax
-import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
 from adaptive_jax import cost, report
 from adaptive_jax.config import check_override_flags
-from adaptive_jax.latency import measure_table
+from adaptive_jax.execution import SubnetExecutor
+from adaptive_jax.models.slimmable import WidthSubnet, extract_subnet
 from adaptive_jax.train import slimmable, train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -41,33 +41,19 @@ def run(config, workdir: str, latency_batch_sizes=(1,)) -> list[dict]:
     result = train_and_evaluate(config, workdir, task=slimmable.task())
     state, graphdef = result.pop("state"), result.pop("graphdef")
     widths = [config.slim.width] if config.slim.mode == "alone" else list(config.slim.widths)
-
-    def predictor(width):
-        @jax.jit
-        def predict(params, batch_stats, images):
-            model = nnx.merge(graphdef, params, batch_stats)
-            model.eval()
-            return model(images, width)
-        return predict
-
-    predicts = {f"w{w:g}": predictor(w) for w in widths}
-
-    def calls(name):
-        def at_batch(b):
-            images = np.zeros((b, 32, 32, 3), np.float32)
-            return lambda: predicts[name](state.params, state.batch_stats, images)
-        return at_batch
-
-    table = measure_table({n: calls(n) for n in predicts}, batch_sizes=latency_batch_sizes)
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model.eval()
+    # served as the runtime manager serves them: each width its own executable on sliced weights
+    executor = SubnetExecutor(model, max_executables=len(widths) * len(latency_batch_sizes))
+    table = executor.latency_table(widths, latency_batch_sizes)
     table.save(os.path.join(workdir, "latency_table.json"))
-    abstract = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
     rows = []
     for w in widths:
-        macs = cost.function_macs(lambda p, s, x, w=w: predicts[f"w{w:g}"](p, s, x),
-                                  state.params, state.batch_stats, abstract)
-        row = {"width": f"{w:g}", "test_accuracy": result[f"test_accuracy_w{w:g}"], "macs": macs}
+        name = WidthSubnet.of(w).name
+        row = {"width": f"{w:g}", "test_accuracy": result[f"test_accuracy_w{w:g}"],
+               "macs": cost.model_cost(extract_subnet(model, w)).macs}
         for b in latency_batch_sizes:
-            row[f"latency_b{b}_ms"] = table.median_ms(f"w{w:g}", b)
+            row[f"latency_b{b}_ms"] = table.median_ms(name, b)
         rows.append(row)
     full = rows[-1]
     for row in rows:
