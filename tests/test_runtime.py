@@ -167,3 +167,19 @@ def test_a_quantile_window_reacts_to_tail_latency_the_mean_hides():
     assert by_mean.current.name == "w1.0" and by_p90.current.name != "w1.0"
     with pytest.raises(ValueError, match="quantile must be in"):
         RuntimeManager(POINTS, 45.0, quantile=1.5)
+
+
+def test_the_slowdown_window_survives_switches_and_budget_changes():
+    table = [p.latency_ms for p in sorted(POINTS, key=lambda p: p.latency_ms)]
+    for quantile, want_level, want_slowdown in ((None, 1, 1.4), (0.9, 0, 3.0)):
+        m = RuntimeManager(POINTS, latency_budget_ms=45.0, window=5, warmup=5, quantile=quantile)
+        _feed(m, lambda l: table[l], 10)
+        assert m.slowdown == pytest.approx(1.0)
+        # the machine slows 3x as the budget changes: the window already knows the machine, so the
+        # first slow request is enough to leave; at the p90 it jumps straight past level 1
+        m.set_constraints(50.0)
+        assert m.current.name == "w1.0"
+        switch = m.record(3.0 * table[m.level])
+        assert (switch.old, switch.new, switch.reason) == (2, want_level, "over budget")
+        assert m.slowdown == pytest.approx(want_slowdown)  # mean: (4 x 1.0 + 3.0) / 5
+        assert m.mean_ms == pytest.approx(want_slowdown * table[want_level])

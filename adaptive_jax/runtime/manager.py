@@ -7,18 +7,27 @@ accurate point within the budget is returned flagged `meets_accuracy=False`; whe
 the budget, the fastest point, flagged `meets_latency=False`. Never a silent miss.
 
 `RuntimeManager`: the Dynamic-OFA ladder. Points sorted by table latency; after every request the
-caller reports the measured latency. Once `warmup` samples are in, the mean of the last `window`
-(samples >= `outlier_ms` ignored; or a quantile of them, `quantile=0.9`, when the budget is per
-request and the machine's latency is jittery) is compared with the budget: above it, step down a level (the
-machine slowed); when the next level up is at least as accurate and, predicted from the current
-mean scaled by the table's latency ratio, fits under `(1 - hysteresis) * budget`, step up (the
-machine freed up). Every switch starts a fresh window. A step down
-right after a step up pins the lower level until the budget changes (the oscillation guard). A
-switch only changes which pre-compiled executable the caller runs: nothing compiles.
+caller reports the measured latency. The manager keeps the machine's *slowdown*, observed latency
+over the served point's table latency, for the last `window` requests (samples >= `outlier_ms`
+ignored), and summarises it by their mean (or a `quantile`, e.g. 0.9, when the budget is per
+request and latency is jittery). Once `warmup` requests are in, after every request: if the
+current point, scaled by the slowdown, is over the budget, jump down to the best point that fits
+at that slowdown (the machine slowed); if the next level up is at least as accurate and, scaled,
+fits under `(1 - hysteresis) * budget`, step up one level (the machine freed up).
+
+The window holds slowdowns, not milliseconds, so it describes the machine, not one point: it
+survives switches and budget changes, and the manager reacts to load from the first slow
+request instead of re-learning the machine after every switch. (The first version kept
+milliseconds of the current point and restarted the window on every switch; on the benchmark's
+trace that left it blind for a window after each budget change: within budget 0.955-0.976.)
+A step down right after a step up pins the lower level until the constraints change (the
+oscillation guard). A switch only changes which pre-compiled executable the caller runs:
+nothing compiles.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import math
@@ -70,6 +79,11 @@ def choose(points: Sequence[OperatingPoint], latency_budget_ms: float | None = N
     """The best point for the constraints; `latency_scale` multiplies every table latency (the
     observed slowdown of this machine against the table)."""
     _check_points(points)
+    return _choose(points, latency_budget_ms, accuracy_floor, latency_scale)
+
+
+def _choose(points, latency_budget_ms, accuracy_floor, latency_scale) -> Choice:
+    """`choose` on points already checked (the manager's, on its per-request path)."""
     def latency(p):
         return p.latency_ms * latency_scale
 
@@ -115,7 +129,10 @@ class RuntimeManager:
         self.points = sorted(points, key=lambda p: p.latency_ms)  # levels: fastest first
         self.window, self.warmup, self.outlier_ms = window, warmup, outlier_ms
         self.hysteresis = hysteresis
-        self._samples: collections.deque = collections.deque(maxlen=window)
+        # the window in arrival order (to drop the oldest) and sorted (for quantiles and the sum)
+        self._samples: collections.deque = collections.deque()
+        self._sorted: list[float] = []
+        self._sum = 0.0
         self._seen = 0
         self._last_switch: Switch | None = None
         self.pinned = False
@@ -132,71 +149,72 @@ class RuntimeManager:
         return self.points[self.level]
 
     def set_constraints(self, latency_budget_ms: float, accuracy_floor: float | None = None) -> Choice:
-        """New constraints (a budget trace changes over time): re-choose from the table, scaled by
-        the slowdown observed at the current level, and start a fresh window."""
+        """New constraints (a budget trace changes over time): re-choose from the table scaled by
+        the observed slowdown. The slowdown window is kept: the machine has not changed."""
         if not latency_budget_ms > 0:
             raise ValueError(f"latency budget must be positive, got {latency_budget_ms} ms")
         self.latency_budget_ms, self.accuracy_floor = latency_budget_ms, accuracy_floor
-        scale = self._slowdown() if hasattr(self, "level") else 1.0
-        self.choice = choose(self.points, latency_budget_ms, accuracy_floor, scale)
+        self.choice = choose(self.points, latency_budget_ms, accuracy_floor, self.slowdown)
         old = getattr(self, "level", None)
         self.level = self.choice.index
         if old is not None and old != self.level:
-            self._switched(Switch(old, self.level, "constraints changed", self._mean()))
+            self._switched(Switch(old, self.level, "constraints changed", self.mean_ms))
         self.pinned = False
-        self._restart()
         return self.choice
 
-    def _restart(self) -> None:
-        self._samples.clear()
-        self._seen = 0
-
-    def _mean(self) -> float:
-        """The window's statistic: its mean, or its `quantile` when one was given."""
-        if not self._samples:
-            return math.nan
+    @property
+    def slowdown(self) -> float:
+        """Observed / table latency over the window (its mean or quantile); 1 before warm-up."""
+        if self._seen < self.warmup or not self._samples:
+            return 1.0
         if self.quantile is None:
-            return sum(self._samples) / len(self._samples)
-        ordered = sorted(self._samples)
+            return self._sum / len(self._samples)
+        ordered = self._sorted
         return ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
 
-    def _slowdown(self) -> float:
-        if len(self._samples) < max(1, min(self.warmup, self.window)):
-            return 1.0
-        return self._mean() / self.current.latency_ms
+    def _add_sample(self, ratio: float) -> None:
+        # O(window) in C (bisect, list insert / delete): the per-request path stays a few us
+        self._samples.append(ratio)
+        bisect.insort(self._sorted, ratio)
+        self._sum += ratio
+        if len(self._samples) > self.window:
+            old = self._samples.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+            self._sum -= old
 
     def _switched(self, switch: Switch) -> None:
         self.switches.append(switch)
         self._last_switch = switch
 
     def record(self, latency_ms: float) -> Switch | None:
-        """Reports one request's latency; returns the switch it caused, if any."""
+        """Reports one request's latency (at the current point); returns the switch it caused."""
         self._seen += 1
         if self.outlier_ms is not None and latency_ms >= self.outlier_ms:
             return None
-        self._samples.append(latency_ms)
-        if self._seen < self.warmup or len(self._samples) < min(self.window, self.warmup):
+        self._add_sample(latency_ms / self.current.latency_ms)
+        if self._seen < self.warmup:
             return None
-        mean = self._mean()
-        budget = self.latency_budget_ms
+        scale, budget = self.slowdown, self.latency_budget_ms
         switch = None
-        if mean > budget and self.level > 0:
-            switch = Switch(self.level, self.level - 1, "over budget", mean)
+        if self.current.latency_ms * scale > budget and self.level > 0:
+            # straight to the best point that fits at this slowdown, at least one level down
+            new = min(_choose(self.points, budget, self.accuracy_floor, scale).index, self.level - 1)
+            switch = Switch(self.level, new, "over budget", self.current.latency_ms * scale)
             if self._last_switch is not None and self._last_switch.new > self._last_switch.old \
                     and self._last_switch.new == self.level:
                 self.pinned = True  # stepped up, then straight back down: stay low
         elif not self.pinned and self.level + 1 < len(self.points):
             up = self.points[self.level + 1]
-            predicted = mean * up.latency_ms / self.current.latency_ms
-            if predicted <= (1.0 - self.hysteresis) * budget and _accuracy(up) >= _accuracy(self.current):
-                switch = Switch(self.level, self.level + 1, "room under budget", mean)
+            if up.latency_ms * scale <= (1.0 - self.hysteresis) * budget \
+                    and _accuracy(up) >= _accuracy(self.current):
+                switch = Switch(self.level, self.level + 1, "room under budget",
+                                self.current.latency_ms * scale)
         if switch is not None:
             self.level = switch.new
             self._switched(switch)
-            self._restart()
         return switch
 
     @property
     def mean_ms(self) -> float:
-        """Mean of the current window (NaN before the first sample at this level)."""
-        return self._mean()
+        """The current point's table latency scaled by the observed slowdown."""
+        return self.current.latency_ms * self.slowdown
