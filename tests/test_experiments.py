@@ -118,3 +118,25 @@ def test_latency_table_command_measures_every_subnet(tmp_path):
         assert set(per_batch) == {1, 2}
         assert all(s.repeats == 3 and 0 < s.min_ms <= s.median_ms <= s.p90_ms for s in per_batch.values())
     assert "w0.5-1-0.5" in proc.stdout and "latency ratio" in proc.stdout
+
+
+def test_shrink_orders_channels_of_a_full_width_run(tiny_cifar_manual_dir, tmp_path):
+    manual_dir, _, _ = tiny_cifar_manual_dir
+    workdir = tmp_path / "work"
+    common = ("--config=experiments/dynamic_dnn/configs/default.py:smoke",
+              f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
+              "--config.slim.mode=alone", "--config.slim.width=1.0")
+    proc = run_experiment("experiments.dynamic_dnn.main", f"--workdir={workdir}", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_experiment("experiments.dynamic_dnn.shrink", f"--workdir={workdir}", *common,
+                          "--calibration_batches=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((workdir / "shrink.json").read_text())["widths"]
+    assert [r["width"] for r in rows] == ["0.5", "1"]
+    full = rows[-1]
+    assert full["trained_accuracy"] == full["sorted_accuracy"]  # sorting keeps the full net
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("trained_accuracy", "sorted_accuracy"))
+    # a run not trained at full width only is refused, by name
+    proc = run_experiment("experiments.dynamic_dnn.shrink", f"--workdir={workdir}", *common[:3],
+                          "--config.slim.mode=sandwich")
+    assert proc.returncode != 0 and "trained at full width only" in proc.stderr

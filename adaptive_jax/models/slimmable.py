@@ -214,6 +214,34 @@ def extract_subnet(model: SlimmableResNet, width, channel_multiple: int = 1) -> 
 # --- Channel order --------------------------------------------------------------------------
 
 
+def _narrow_from_full(bn: dict) -> None:
+    """Every narrower width's BN (a pure dict of a SwitchableBatchNorm) := the full width's prefix."""
+    norms = bn["norms"]
+    full = max(norms)
+    for i in range(full):
+        size = norms[i]["scale"].shape[0]
+        norms[i] = {k: np.array(v[:size]) for k, v in norms[full].items()}
+
+
+def inherit_batch_norm_from_full_width(model: SlimmableResNet) -> None:
+    """Sets, in place, every narrower width's BN (statistics and affine) to the full width's on
+    its channel prefix: the start of a net trained at full width only, before recalibration."""
+    state = nnx.state(model)
+    p = jax.tree.map(np.asarray, state.to_pure_dict())
+
+    def visit(node):
+        if isinstance(node, dict):
+            if "norms" in node:
+                _narrow_from_full(node)
+            else:
+                for child in node.values():
+                    visit(child)
+
+    visit(p)
+    state.replace_by_pure_dict(jax.tree.map(jnp.asarray, p))
+    nnx.update(model, state)
+
+
 def _l1_inputs(kernel: jax.Array) -> jax.Array:
     """L1 norm of a kernel per input channel (axis -2 of an HWIO kernel or IO matrix)."""
     return jnp.abs(kernel).sum(axis=tuple(a for a in range(kernel.ndim) if a != kernel.ndim - 2))
@@ -244,11 +272,8 @@ def sort_channels_by_importance(model: SlimmableResNet) -> dict[str, np.ndarray]
 
     def permute_bn(bn: dict, order: np.ndarray) -> None:
         # the full width's BN follows its channels; narrower ones restart from its prefix
-        norms = bn["norms"]
-        norms[full] = {k: v[order] for k, v in norms[full].items()}
-        for i in range(full):
-            size = norms[i]["scale"].shape[0]
-            norms[i] = {k: v[:size].copy() for k, v in norms[full].items()}
+        bn["norms"][full] = {k: v[order] for k, v in bn["norms"][full].items()}
+        _narrow_from_full(bn)
 
     for stage in range(3):
         members = range(stage * n, (stage + 1) * n)
