@@ -203,6 +203,10 @@ def block_costs(model: nnx.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)
     per = input_shape[0]
     x = jax.ShapeDtypeStruct(input_shape, np.float32)
     if hasattr(model, "backbone"):
+        if not hasattr(model, "policy"):
+            # e.g. GatedResNet: a gate per block, which this block-level table cannot price
+            raise TypeError(f"block_costs prices a CifarResNet or a backbone with one `policy` "
+                            f"reading the stem (OFASNet), not {type(model).__name__}")
         costs = block_costs(model.backbone, input_shape)
         stem_out = _macs_and_shape(model.backbone, "stem", x)[1]
         policy = _macs_and_shape(model.policy, "__call__", stem_out)[0]

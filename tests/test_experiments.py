@@ -120,23 +120,23 @@ def test_latency_table_command_measures_every_subnet(tmp_path):
     assert "w0.5-1-0.5" in proc.stdout and "latency ratio" in proc.stdout
 
 
-def test_shrink_orders_channels_of_a_full_width_run(tiny_cifar_manual_dir, tmp_path):
-    manual_dir, _, _ = tiny_cifar_manual_dir
-    workdir = tmp_path / "work"
-    common = ("--config=experiments/dynamic_dnn/configs/default.py:smoke",
-              f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
-              "--config.slim.mode=alone", "--config.slim.width=1.0")
-    proc = run_experiment("experiments.dynamic_dnn.main", f"--workdir={workdir}", *common)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_experiment("experiments.dynamic_dnn.shrink", f"--workdir={workdir}", *common,
-                          "--calibration_batches=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((workdir / "shrink.json").read_text())["widths"]
+def test_shrink_orders_channels_of_a_full_width_run(tmp_path):
+    # in process, on random arrays: the TFDS path is the dynamic_dnn end-to-end test's
+    from experiments.dynamic_dnn import shrink
+    from experiments.dynamic_dnn.configs.default import get_config
+    from adaptive_jax.train import slimmable, train_and_evaluate
+    from tests.conftest import random_split
+    config = get_config("smoke")
+    config.slim.mode, config.slim.width = "alone", 1.0
+    config.num_devices = 1
+    data = random_split(64, seed=1), random_split(50, seed=2)
+    train_and_evaluate(config, str(tmp_path), data, slimmable.task())
+    rows = shrink.run(config, str(tmp_path), calibration_batches=2, data=data)
+    assert rows == json.loads((tmp_path / "shrink.json").read_text())["widths"]
     assert [r["width"] for r in rows] == ["0.5", "1"]
     full = rows[-1]
     assert full["trained_accuracy"] == full["sorted_accuracy"]  # sorting keeps the full net
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("trained_accuracy", "sorted_accuracy"))
-    # a run not trained at full width only is refused, by name
-    proc = run_experiment("experiments.dynamic_dnn.shrink", f"--workdir={workdir}", *common[:3],
-                          "--config.slim.mode=sandwich")
-    assert proc.returncode != 0 and "trained at full width only" in proc.stderr
+    config.slim.mode = "sandwich"  # a run not trained at full width only is refused, by name
+    with pytest.raises(ValueError, match="trained at full width only"):
+        shrink.run(config, str(tmp_path), data=data)

@@ -138,3 +138,5 @@ def test_per_block_gates_batch1_path_matches_their_blend():
         np.testing.assert_array_equal(one_plan[0], plan[i] > 0.5)
     with pytest.raises(ValueError, match="one image"):
         model.predict(images)
+    with pytest.raises(TypeError, match="not GatedResNet"):  # its gates are not block-priced
+        cost.block_costs(model)

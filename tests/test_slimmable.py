@@ -241,6 +241,18 @@ def test_sandwich_trains_the_largest_the_smallest_and_one_between(tmp_path):
         train_and_evaluate(_slim_config("greedy"), str(tmp_path / "x"), data, slimmable.task())
 
 
+def test_progressive_adds_narrower_widths_over_the_schedule(tmp_path):
+    from adaptive_jax.train import slimmable, train_and_evaluate
+    from tests.conftest import random_split
+    # 2 steps over 3 widths: step 0 trains the full width alone, step 1 adds 0.5; 0.25 comes at
+    # step 2, which never happens
+    data = random_split(16, seed=1), random_split(10, seed=2)
+    menu = (0.25, 0.5, 1.0)
+    result = train_and_evaluate(_slim_config("progressive", widths=menu), str(tmp_path), data,
+                                slimmable.task())
+    assert _moved_widths(result, menu) == {0.5, 1.0}
+
+
 def test_bad_slimmable_configs_are_named():
     from adaptive_jax.train import slimmable
     with pytest.raises(ValueError, match="unknown slim.mode 'greedy'"):

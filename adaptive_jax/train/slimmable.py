@@ -7,6 +7,10 @@ Modes (`config.slim.mode`):
 - "single_path": one width per epoch, drawn at random from the menu (the paper's proposal): one
   pass per step. `slim.steps_per_switch` draws more often (short schedules: 2 epochs would train
   only 2 of 4 widths). The width is static per compiled branch; `lax.switch` picks the epoch's branch.
+- "progressive": single-path as methods.md 4.2 reconstructs it (the paper's tables were not
+  retrievable): one run in which the sub-nets are derived one after another, widest first, at
+  evenly spaced points of the schedule; from then on every step sums the cross-entropies of the
+  full net and of every sub-net derived so far. Its cost grows from one pass to all of them.
 - "sandwich": the largest and the smallest width plus `num_random` widths from the rest of the
   menu each step; the largest learns from the labels, the others from its predictions (in-place
   distillation, soft targets with stop-gradient).
@@ -21,6 +25,7 @@ import functools
 import itertools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -30,7 +35,7 @@ from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
 from adaptive_jax.nn.slim import width_index
 from adaptive_jax.train import loop, steps
 
-MODES = ("multi_path", "single_path", "sandwich", "alone")
+MODES = ("multi_path", "single_path", "progressive", "sandwich", "alone")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -100,6 +105,11 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
             branches, index = [(widths[::-1],)], 0
         elif mode == "alone":
             branches, index = [((config.slim.width,),)], 0
+        elif mode == "progressive":
+            # branch k: the full width and the k next widths; k grows evenly over the schedule
+            total = steps_per_epoch * config.num_epochs
+            branches = [(widths[::-1][:k + 1],) for k in range(len(widths))]
+            index = jnp.minimum(state.step * len(widths) // total, len(widths) - 1)
         elif mode == "single_path":
             # one width per epoch (or per slim.steps_per_switch steps): one draw for all its steps
             period = config.slim.steps_per_switch or steps_per_epoch

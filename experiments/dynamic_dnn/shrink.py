@@ -48,8 +48,9 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["workdir"])
 
 
-def width_accuracies(model, config, train_split, test_split, graphdef, num_batches: int) -> dict:
-    """Recalibrates every width's BN on training batches, then each width's test top-1."""
+def width_accuracies(model, config, train_split, test_split, eval_step, num_batches: int) -> dict:
+    """Recalibrates every narrower width's BN on training batches, then each width's test top-1
+    (`eval_step`: the slimmable eval step over every width)."""
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
     rng = np.random.default_rng(config.seed)
     batches = [normalize(train_split.images[rng.choice(len(train_split), config.batch_size, replace=False)],
@@ -57,10 +58,6 @@ def width_accuracies(model, config, train_split, test_split, graphdef, num_batch
     widths = tuple(config.slim.widths)
     for w in widths[:-1]:  # the full width keeps its trained statistics
         recalibrate_batch_norm(model, lambda m, x, w=w: m(x, w), batches)
-    every_width = copy.deepcopy(config)
-    every_width.slim.mode = "multi_path"  # its eval step reports every width
-    eval_step = slimmable.make_eval_step(graphdef, every_width, num_classes=train_split.num_classes,
-                                         mean=mean, std=std)
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     state = types.SimpleNamespace(params=params, batch_stats=stats)
     result = loop.evaluate(eval_step, state, test_split, config.eval_batch_size,
@@ -68,13 +65,20 @@ def width_accuracies(model, config, train_split, test_split, graphdef, num_batch
     return {w: result[f"test_accuracy_w{w:g}"] for w in widths}
 
 
-def run(config, workdir: str, calibration_batches: int = 20) -> list[dict]:
+def run(config, workdir: str, calibration_batches: int = 20, data=None) -> list[dict]:
+    """`data` (train, test) bypasses TFDS, as in `train_and_evaluate`."""
     if config.slim.mode != "alone" or config.slim.width != 1.0:
         raise ValueError("shrink reads a run trained at full width only: pass "
                          "--config.slim.mode=alone --config.slim.width=1.0 (as it was trained)")
-    trained = train_and_evaluate(config, workdir, task=slimmable.task())  # restores; trains nothing
+    train_split, test_split = data if data is not None else loop.load_data(config)
+    # restores the finished run; trains nothing
+    trained = train_and_evaluate(config, workdir, (train_split, test_split), slimmable.task())
     graphdef = trained["graphdef"]
-    train_split, test_split = loop.load_data(config)
+    every_width = copy.deepcopy(config)
+    every_width.slim.mode = "multi_path"  # its eval step reports every width
+    eval_step = slimmable.make_eval_step(
+        graphdef, every_width, num_classes=train_split.num_classes,
+        mean=datasets.CHANNEL_MEAN[config.dataset], std=datasets.CHANNEL_STD[config.dataset])
     rows = {}
     for order in ("trained", "sorted"):
         model = nnx.merge(graphdef, trained["state"].params, trained["state"].batch_stats)
@@ -82,7 +86,7 @@ def run(config, workdir: str, calibration_batches: int = 20) -> list[dict]:
             sort_channels_by_importance(model)  # also starts narrow BNs from the full prefix
         else:
             inherit_batch_norm_from_full_width(model)
-        accuracy = width_accuracies(model, config, train_split, test_split, graphdef,
+        accuracy = width_accuracies(model, config, train_split, test_split, eval_step,
                                     calibration_batches)
         for w, a in accuracy.items():
             rows.setdefault(w, {"width": f"{w:g}"})[f"{order}_accuracy"] = a
