@@ -6,7 +6,8 @@ The train step of every mode (`adaptive_jax.train.slimmable`: multi_path = every
 step, single_path = one width per step, sandwich = largest + smallest + one between, and each
 width alone) on the same ResNet-20 and batch, timed in interleaved rounds after compilation, so
 a machine that slows down mid-way slows every mode alike. single_path's time is the mean over
-its widths (each step runs one, drawn at random), measured by pinning each draw.
+its widths (each step runs one, drawn at random), measured by pinning each draw; progressive's
+is the mean of its phases (the full width, then the 2, 3, ... widest trained together).
 Figures: s/step and the ratio to training the full width alone, as `slimmable_step_time`.
 """
 
@@ -54,6 +55,10 @@ def main(argv):
         c = copy.deepcopy(base)
         c.slim.mode, c.slim.width = "alone", w
         variants[f"w{w:g}"] = c
+    for k in range(1, len(widths) - 1):  # progressive's middle phases: the k + 1 widest widths
+        c = copy.deepcopy(base)
+        c.slim.mode, c.slim.widths = "multi_path", widths[-(k + 1):]
+        variants[f"phase{k}"] = c
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (FLAGS.batch_size, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (FLAGS.batch_size,)).astype(np.int32)
@@ -73,8 +78,12 @@ def main(argv):
                 times[name].append(common.median_call_ms(call, 1))
     med = {name: float(np.median(t)) / 1e3 for name, t in times.items()}
     med["single_path"] = float(np.mean([med[f"w{w:g}"] for w in widths]))
+    # progressive spends an equal share of the schedule in each phase: full width alone, then
+    # the 2, 3, ... widest, the last phase being multi_path
+    phases = [med[f"w{widths[-1]:g}"]] + [med[f"phase{k}"] for k in range(1, len(widths) - 1)]
+    med["progressive"] = float(np.mean(phases + [med["multi_path"]]))
     ref = med[f"w{widths[-1]:g}"]
-    order = ["multi_path", "single_path", "sandwich"] + [f"w{w:g}" for w in widths]
+    order = ["multi_path", "single_path", "progressive", "sandwich"] + [f"w{w:g}" for w in widths]
     rows = [{"mode": n if not n.startswith("w") else f"alone {n}", "s_per_step": med[n],
              "ratio": med[n] / ref} for n in order]
     text = report.format_table(rows, [("mode", "mode", "s"), ("s_per_step", "s / step", ".3f"),
@@ -85,7 +94,8 @@ def main(argv):
                 "model": model, "mode": r["mode"], "ratio_to_full_alone": round(r["ratio"], 3)}
                for r in rows]
     common.append_results("slimmable_train_cost", figures, text,
-                          notes="single_path = mean of the per-width steps it draws from")
+                          notes="single_path = mean of the per-width steps it draws from; "
+                                "progressive = mean of its phases' steps (equal shares)")
 
 
 if __name__ == "__main__":

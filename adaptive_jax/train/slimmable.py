@@ -6,7 +6,7 @@ Modes (`config.slim.mode`):
   costly baseline, len(widths) forward / backward passes per step.
 - "single_path": one width per epoch, drawn at random from the menu (the paper's proposal): one
   pass per step. `slim.steps_per_switch` draws more often (short schedules: 2 epochs would train
-  only 2 of 4 widths). The width is static per compiled branch; `lax.switch` picks the epoch's branch.
+  only 2 of 4 widths). The width is static per compiled step; the host picks the step's.
 - "progressive": single-path as methods.md 4.2 reconstructs it (the paper's tables were not
   retrievable): one run in which the sub-nets are derived one after another, widest first, at
   evenly spaced points of the schedule; from then on every step sums the cross-entropies of the
@@ -96,45 +96,64 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
             params, batch_stats, images, labels, train_widths)
         return grads, stats, metrics["loss"], metrics["accuracy"]
 
-    def train_step(state: steps.TrainState, images_u8, labels):
-        key = jax.random.fold_in(state.rng, state.step)
-        aug_key, width_key = jax.random.split(key)
+    branches, pick = _branches(config, widths, steps_per_epoch)
+
+    def branch_step(train_widths, state: steps.TrainState, images_u8, labels):
+        aug_key, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
         images = augment(aug_key, images_u8, mean, std)
-        args = (state.params, state.batch_stats, images, labels)
-        if mode == "multi_path":
-            branches, index = [(widths[::-1],)], 0
-        elif mode == "alone":
-            branches, index = [((config.slim.width,),)], 0
-        elif mode == "progressive":
-            # branch k: the full width and the k next widths; k grows evenly over the schedule
-            total = steps_per_epoch * config.num_epochs
-            branches = [(widths[::-1][:k + 1],) for k in range(len(widths))]
-            index = jnp.minimum(state.step * len(widths) // total, len(widths) - 1)
-        elif mode == "single_path":
-            # one width per epoch (or per slim.steps_per_switch steps): one draw for all its steps
-            period = config.slim.steps_per_switch or steps_per_epoch
-            epoch = state.step // period
-            epoch_key = jax.random.fold_in(jax.random.fold_in(state.rng, 7_919), epoch)
-            index = jax.random.randint(epoch_key, (), 0, len(widths))
-            branches = [((w,),) for w in widths]
-        else:  # sandwich: largest, smallest, and num_random of the widths between
-            middle = widths[1:-1]
-            if config.slim.num_random and middle:
-                k = min(config.slim.num_random, len(middle))
-                picks = [tuple(sorted(c, reverse=True)) for c in itertools.combinations(middle, k)]
-            else:
-                picks = [()]
-            branches = [((widths[-1],) + p + (widths[0],),) for p in picks]
-            index = jax.random.randint(width_key, (), 0, len(branches))
-        fns = [functools.partial(grads_for, *b) for b in branches]
-        grads, batch_stats, loss, accuracy = (jax.lax.switch(index, fns, *args) if len(fns) > 1
-                                              else fns[0](*args))
+        grads, batch_stats, loss, accuracy = grads_for(train_widths, state.params,
+                                                       state.batch_stats, images, labels)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                              opt_state=opt_state), {"loss": loss, "accuracy": accuracy}
 
-    return jax.jit(train_step, donate_argnums=0)
+    # One compiled step per set of widths, picked on the host. A `lax.switch` over the
+    # gradient branches ran 2-3x slower on XLA:CPU than the branch alone (sandwich 10.1 s per
+    # step against ~3.5 s for its three passes; `python -m benchmarks.slimmable_train_cost`).
+    compiled = [jax.jit(functools.partial(branch_step, b), donate_argnums=0) for b in branches]
+    if len(compiled) == 1:
+        return compiled[0]
+    pick = jax.jit(pick)
+
+    def train_step(state: steps.TrainState, images_u8, labels):
+        return compiled[int(pick(state.step, state.rng))](state, images_u8, labels)
+
+    return train_step
+
+
+def _branches(config, widths: tuple[float, ...], steps_per_epoch: int):
+    """(the width sets a step may train, widest first; pick(step, rng) -> index of this step's)."""
+    mode = config.slim.mode
+    if mode == "multi_path":
+        return [widths[::-1]], lambda step, rng: 0
+    if mode == "alone":
+        return [(config.slim.width,)], lambda step, rng: 0
+    if mode == "progressive":
+        # set k: the full width and the k next widths; k grows evenly over the schedule
+        total = steps_per_epoch * config.num_epochs
+        return ([widths[::-1][:k + 1] for k in range(len(widths))],
+                lambda step, rng: jnp.minimum(step * len(widths) // total, len(widths) - 1))
+    if mode == "single_path":
+        # one width per epoch (or per slim.steps_per_switch steps): one draw for all its steps
+        period = config.slim.steps_per_switch or steps_per_epoch
+
+        def pick(step, rng):
+            key = jax.random.fold_in(jax.random.fold_in(rng, 7_919), step // period)
+            return jax.random.randint(key, (), 0, len(widths))
+        return [(w,) for w in widths], pick
+    # sandwich: largest, smallest, and num_random of the widths between
+    middle = widths[1:-1]
+    if config.slim.num_random and middle:
+        k = min(config.slim.num_random, len(middle))
+        picks = [tuple(sorted(c, reverse=True)) for c in itertools.combinations(middle, k)]
+    else:
+        picks = [()]
+
+    def pick(step, rng):
+        _, width_key = jax.random.split(jax.random.fold_in(rng, step))
+        return jax.random.randint(width_key, (), 0, len(picks))
+    return [(widths[-1],) + p + (widths[0],) for p in picks], pick
 
 
 def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
