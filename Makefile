@@ -45,7 +45,7 @@ demo-full: data
 	$(PY) -m experiments.baseline.main --workdir=runs/cpu_recipe --config=$(BASELINE_CONFIG):cpu $(FLAGS)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: install-bench data
 	$(PY) -m benchmarks.resnet_speed $(FLAGS)
