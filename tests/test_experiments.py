@@ -103,7 +103,7 @@ def test_dynamic_dnn_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
 def test_latency_table_command_measures_every_subnet(tmp_path):
     out = tmp_path / "table.json"
     proc = run_experiment("experiments.dynamic_dnn.latency_table", f"--out={out}", "--depth=8",
-                          "--widths=0.5,1.0", "--subnets=all", "--batch_sizes=1,2", "--repeats=3")
+                          "--widths=0.5,1.0", "--batch_sizes=1,2", "--repeats=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     import warnings
 
@@ -111,13 +111,16 @@ def test_latency_table_command_measures_every_subnet(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # made here: loads without a device warning
         table = LatencyTable.load(str(out))
-    names = {"w0.5", "w1", "w0.5-0.5-1", "w0.5-1-0.5", "w0.5-1-1", "w1-0.5-0.5", "w1-0.5-1",
-             "w1-1-0.5"}
-    assert set(table.entries) == names
+    assert set(table.entries) == {"w0.5", "w1"}
     for per_batch in table.entries.values():
         assert set(per_batch) == {1, 2}
         assert all(s.repeats == 3 and 0 < s.min_ms <= s.median_ms <= s.p90_ms for s in per_batch.values())
-    assert "w0.5-1-0.5" in proc.stdout and "latency ratio" in proc.stdout
+    assert "w0.5" in proc.stdout and "latency ratio" in proc.stdout
+    # --subnets=all: every per-stage combination of the menu
+    from experiments.dynamic_dnn.latency_table import subnet_menu
+    assert {s.name for s in subnet_menu((0.5, 1.0), "all")} == {
+        "w0.5", "w1", "w0.5-0.5-1", "w0.5-1-0.5", "w0.5-1-1", "w1-0.5-0.5", "w1-0.5-1", "w1-1-0.5"}
+    assert len(subnet_menu((0.25, 0.5, 0.75, 1.0), "all")) == 64
 
 
 def test_shrink_orders_channels_of_a_full_width_run(tmp_path):
