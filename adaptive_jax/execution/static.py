@@ -82,7 +82,7 @@ class ExecutableCache:
     def _compile(self, key, images_shape: tuple[int, ...]):
         raise NotImplementedError
 
-    def _evicted(self, key) -> None:
+    def _evicted(self, entry) -> None:
         """Called with the (key, shape) pair of an executable dropped from the cache."""
 
     def executable(self, key, images_shape: tuple[int, ...]):

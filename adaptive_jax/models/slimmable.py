@@ -7,6 +7,11 @@ The width is static (Python data): each width is its own compiled program with s
 a narrow sub-net costs less time, not only fewer counted MACs. Blocks are a plain Python list
 (not stacked and scanned like `CifarResNet`): the sub-nets are small, and training unrolls
 anyway.
+
+Serving and ordering: `extract_subnet(model, width)` turns a sub-net (`WidthSubnet`) into a plain
+static `CifarResNet` on its own sliced weights (what `execution.SubnetExecutor` compiles), and
+`sort_channels_by_importance` reorders a full-width net's channels so its prefixes keep the
+important ones (OFA's first step).
 """
 
 from __future__ import annotations

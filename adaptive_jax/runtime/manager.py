@@ -19,7 +19,7 @@ The window holds slowdowns, not milliseconds, so it describes the machine, not o
 survives switches and budget changes, and the manager reacts to load from the first slow
 request instead of re-learning the machine after every switch. (The first version kept
 milliseconds of the current point and restarted the window on every switch; on the benchmark's
-trace that left it blind for a window after each budget change: within budget 0.955-0.976.)
+trace that left it blind for a window after each budget change: within budget 0.952-0.976.)
 A step down right after a step up pins the lower level until the constraints change (the
 oscillation guard). A switch only changes which pre-compiled executable the caller runs:
 nothing compiles.

@@ -109,8 +109,8 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
                              opt_state=opt_state), {"loss": loss, "accuracy": accuracy}
 
     # One compiled step per set of widths, picked on the host. A `lax.switch` over the
-    # gradient branches ran 2-3x slower on XLA:CPU than the branch alone (sandwich 10.1 s per
-    # step against ~3.5 s for its three passes; `python -m benchmarks.slimmable_train_cost`).
+    # gradient branches ran 3.2x slower on XLA:CPU (sandwich 10.1 s per step; 3.1 s picked on
+    # the host; `python -m benchmarks.slimmable_train_cost`, both in RESULTS.md).
     compiled = [jax.jit(functools.partial(branch_step, b), donate_argnums=0) for b in branches]
     if len(compiled) == 1:
         return compiled[0]
