@@ -56,3 +56,17 @@ def check_override_flags(argv: list[str], reference, flag_name: str = "config") 
                 node = node.setdefault(part, {})
             node[leaf] = None
     check_config_keys(overrides, reference)
+
+
+def apply_smoke(config, num_epochs: int = 1):
+    """The tests' "smoke" variant every experiment shares: a depth-8 ResNet on 256 training and
+    100 test images, small batches, no progress bar. Experiments add their own smoke settings."""
+    config.model.depth = 8
+    config.num_epochs = num_epochs
+    config.batch_size = 32
+    config.eval_batch_size = 50
+    config.num_train_examples = 256
+    config.num_eval_examples = 100
+    config.log_every_steps = 2
+    config.progress_bar = False
+    return config

@@ -6,6 +6,7 @@
     --config=experiments/baseline/configs/default.py:smoke    # tests: ResNet-8 on 256 images
 """
 
+from adaptive_jax.config import apply_smoke
 from adaptive_jax.train import default_config
 
 VARIANTS = ("demo", "cpu", "long", "smoke")
@@ -31,12 +32,5 @@ def get_config(variant: str = "demo"):
         config.optimizer.warmup_epochs = 1.0
         config.eval_every_epochs = 10
     elif variant == "smoke":
-        config.model.depth = 8
-        config.num_epochs = 2
-        config.batch_size = 32
-        config.eval_batch_size = 50
-        config.num_train_examples = 256
-        config.num_eval_examples = 100
-        config.log_every_steps = 2
-        config.progress_bar = False
+        apply_smoke(config, num_epochs=2)
     return config

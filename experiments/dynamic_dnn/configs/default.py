@@ -7,6 +7,7 @@
     --config.slim.mode=single_path | progressive | sandwich | alone (--config.slim.width=0.5)
 """
 
+from adaptive_jax.config import apply_smoke
 from adaptive_jax.train import slimmable
 
 VARIANTS = ("demo", "cpu", "smoke")
@@ -28,13 +29,6 @@ def get_config(variant: str = "demo"):
         # in-place teacher is itself barely trained; benchmarks/RESULTS.md, slimmable_widths)
         config.slim.mode = "multi_path"
     elif variant == "smoke":
-        config.model.depth = 8
-        config.num_epochs = 1
-        config.batch_size = 32
-        config.eval_batch_size = 50
-        config.num_train_examples = 256
-        config.num_eval_examples = 100
-        config.log_every_steps = 2
-        config.progress_bar = False
+        apply_smoke(config)
         config.slim.widths = (0.5, 1.0)
     return config

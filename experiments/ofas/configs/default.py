@@ -8,6 +8,7 @@ penalty in `rl.penalties`, each from stage A's weights: one point of the accurac
     --config=experiments/ofas/configs/default.py:smoke    # tests: ResNet-8 on 256 images
 """
 
+from adaptive_jax.config import apply_smoke
 from adaptive_jax.train import ofas
 
 VARIANTS = ("demo", "cpu", "long", "smoke")
@@ -40,14 +41,7 @@ def get_config(variant: str = "demo"):
     elif variant == "cpu":
         config.rl.num_epochs = 3
     elif variant == "smoke":
-        config.model.depth = 8
-        config.num_epochs = 1
-        config.batch_size = 32
-        config.eval_batch_size = 50
-        config.num_train_examples = 256
-        config.num_eval_examples = 100
-        config.log_every_steps = 2
-        config.progress_bar = False
+        apply_smoke(config)
         config.rl.num_epochs = 1
         config.rl.penalties = (1.0, 8.0)
     return config
