@@ -21,11 +21,24 @@ BLOCK_RUNNERS = {"masked": masked.run_blocks, "cond": cond.run_blocks,
 
 class OFASNet(nnx.Module):
     def __init__(self, backbone: CifarResNet, hidden: tuple[int, ...] = (32,), *,
-                 initial_execute_prob: float = 0.9, rngs: nnx.Rngs):
+                 initial_execute_prob: float = 0.9, pool_grid: int = 1, activation: str = "none",
+                 rngs: nnx.Rngs):
         self.backbone = backbone
         self.spec = backbone.spec
         self.policy = OFASHead(backbone.spec.widths[0], backbone.spec.num_blocks, tuple(hidden),
-                               initial_execute_prob=initial_execute_prob, rngs=rngs)
+                               initial_execute_prob=initial_execute_prob, pool_grid=pool_grid,
+                               activation=activation, rngs=rngs)
+
+    @classmethod
+    def from_config(cls, backbone: CifarResNet, policy: dict, *, rngs: nnx.Rngs) -> "OFASNet":
+        """An OFASNet on `backbone` with the head `OFASHead.config()` describes (zoo loading)."""
+        expected = (backbone.spec.widths[0], backbone.spec.num_blocks)
+        if (policy["in_features"], policy["num_blocks"]) != expected:
+            raise ValueError(f"an OFAS head for {policy['in_features']} stem channels and "
+                             f"{policy['num_blocks']} blocks does not fit a backbone with "
+                             f"{expected[0]} and {expected[1]}")
+        return cls(backbone, tuple(policy["hidden"]), pool_grid=policy["pool_grid"],
+                   activation=policy["activation"], rngs=rngs)
 
     @property
     def training(self) -> bool:

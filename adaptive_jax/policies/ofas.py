@@ -1,10 +1,17 @@
 """The OFAS head (methods.md 3.2): one tiny module, evaluated once after the stem, that returns the
 execute-probability logits of every block.
 
-stem output (B, H, W, C) -> stop-gradient -> global average pool -> linear stack -> (B, L) logits.
-The reference stacks linear layers with no nonlinearity between them (one affine map, factorised);
-we keep that, since it is what the method is. The stop-gradient keeps the policy from shaping the
-stem: the backbone is trained by the classification loss only.
+stem output (B, H, W, C) -> stop-gradient -> average pool -> linear stack -> (B, L) logits.
+The reference pools globally (C numbers) and stacks linear layers with no nonlinearity between them
+(one affine map, factorised): `pool_grid=1, activation="none"`, the default, is that. The
+stop-gradient keeps the policy from shaping the stem: the backbone is trained by the
+classification loss only.
+
+Why the options: C = 16 globally pooled stem channels are close to colour statistics, and an
+affine map of them can only rank images along one direction; trained that way, every test image
+got the same plan (docs/ofas.md). `pool_grid=g` pools to a g x g grid (C g^2 inputs: where the
+edges are, not only how many), and `activation="relu"` puts a ReLU between the linear layers. Both
+cost thousands of MACs against the backbone's tens of millions (counted by `cost.block_costs`).
 """
 
 from __future__ import annotations
@@ -21,18 +28,26 @@ OFAS_VARIANTS = {
     "II": (32, 32),          # ResNet-110, supervised
     "II_rl": (48, 32),       # ResNet-110, RL
 }
+ACTIVATIONS = ("none", "relu")
 
 
 class OFASHead(nnx.Module):
     """(B, H, W, C) stem features -> (B, num_blocks) logits of executing each block."""
 
     def __init__(self, in_features: int, num_blocks: int, hidden: tuple[int, ...] = (32,), *,
-                 initial_execute_prob: float = 0.9, rngs: nnx.Rngs):
+                 initial_execute_prob: float = 0.9, pool_grid: int = 1, activation: str = "none",
+                 rngs: nnx.Rngs):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown OFAS head activation {activation!r}; expected one of {ACTIVATIONS}")
+        if not isinstance(pool_grid, int) or pool_grid < 1:
+            raise ValueError(f"pool_grid must be a positive int (1 = global average pool), got {pool_grid!r}")
         if not 0.0 < initial_execute_prob < 1.0:
             raise ValueError(f"initial_execute_prob must be in (0, 1), got {initial_execute_prob}")
         if num_blocks < 1 or any(h < 1 for h in hidden):
             raise ValueError(f"num_blocks and hidden widths must be positive, got {num_blocks}, {hidden}")
-        widths = (in_features, *hidden, num_blocks)
+        self.in_features, self.hidden = in_features, tuple(hidden)
+        self.pool_grid, self.activation = pool_grid, activation
+        widths = (in_features * pool_grid ** 2, *hidden, num_blocks)
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
         # Start with every block (nearly) on, as ConvNet-AIG does (its gates start ~85 % open): a
         # freshly initialised backbone learns as a plain ResNet while the policy finds its feet.
@@ -40,8 +55,25 @@ class OFASHead(nnx.Module):
         last.bias[...] = jnp.full_like(last.bias[...], math.log(initial_execute_prob / (1 - initial_execute_prob)))
         self.num_blocks = num_blocks
 
+    def config(self) -> dict:
+        """What rebuilds this head (the zoo stores it): `OFASHead(**config, rngs=...)`."""
+        return {"in_features": self.in_features, "num_blocks": self.num_blocks,
+                "hidden": list(self.hidden), "pool_grid": self.pool_grid,
+                "activation": self.activation}
+
+    def pooled(self, stem_features: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, C g^2): the average over each cell of a g x g grid."""
+        x = jax.lax.stop_gradient(stem_features)
+        b, h, w, c = x.shape
+        g = self.pool_grid
+        if h % g or w % g:
+            raise ValueError(f"pool_grid {g} must divide the stem output's {h}x{w}")
+        return x.reshape(b, g, h // g, g, w // g, c).mean(axis=(2, 4)).reshape(b, g * g * c)
+
     def __call__(self, stem_features: jax.Array) -> jax.Array:
-        h = jax.lax.stop_gradient(stem_features).mean(axis=(1, 2))
-        for layer in self.layers:
+        h = self.pooled(stem_features)
+        for i, layer in enumerate(self.layers):
+            if i and self.activation == "relu":
+                h = jax.nn.relu(h)
             h = layer(h)
         return h

@@ -39,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.depth = 20
     c.model.shortcut = "projection"
     c.model.conv_lowering = "auto"  # conv weight gradients: "auto" (by backend) or "xla"
+    c.init_from = ""          # "zoo:resnet32": start from a zoo backbone's weights and BN statistics
 
     c.seed = 0
     c.num_epochs = 15
@@ -92,8 +93,9 @@ def evaluate(eval_step, state, split: datasets.Split, batch_size: int, mesh) -> 
         out = eval_step(state.params, state.batch_stats, *sharding.shard_batch((images, labels, mask), mesh))
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
-    return {f"test_{k.removesuffix('_sum')}": float(v / totals["count"])
-            for k, v in totals.items() if k.endswith("_sum")}
+    means = {f"test_{k.removesuffix('_sum')}": float(v / totals["count"])
+             for k, v in totals.items() if k.endswith("_sum")}
+    return {**means, "test_examples": int(totals["count"])}
 
 
 def make_tx(config, steps_per_epoch: int, total_steps: int):
@@ -155,6 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
 
     model = task.build_model(config, train_split.num_classes, train_split.images.shape[-1])
+    if config.init_from:  # before the state is made, so a restored checkpoint still wins
+        from adaptive_jax import zoo
+        zoo.init_from(model, config.init_from)
     mesh = sharding.data_mesh(config.num_devices or None)
     sharding.check_batch_divides(config.batch_size, mesh)
     sharding.check_batch_divides(config.eval_batch_size, mesh)

@@ -1,0 +1,142 @@
+"""The model zoo: entries round-trip exactly, are verified on load, fine-tune methods (init_from),
+and the shipped entries reproduce their recorded accuracy on real CIFAR-10."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive_jax import zoo
+from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.models.resnet import CifarResNet, ResNetSpec
+from adaptive_jax.train import loop, ofas
+from adaptive_jax.train import create_train_state, make_optimizer
+from tests.conftest import random_split
+
+
+def _entry(tmp_path, model, name="tiny"):
+    graphdef, state = create_train_state(model, make_optimizer(learning_rate=0.1), seed=0)
+    return zoo.save_entry(name, graphdef, state, dataset="cifar10", test_accuracy=0.5,
+                          num_test_examples=100, recipe={"depth": 8}, command="python -m make_tiny",
+                          zoo_dir=str(tmp_path))
+
+
+def _resnet(depth=8, seed=0):
+    model = CifarResNet(ResNetSpec(depth=depth), rngs=nnx.Rngs(seed))
+    # Non-trivial BN statistics, so a round trip that dropped them would show.
+    for bn in (model.stem_bn, model.stages[1].first.bn1):
+        bn.mean[...] = jnp.linspace(-1.0, 1.0, bn.mean.shape[-1])
+        bn.var[...] = jnp.linspace(0.5, 2.0, bn.var.shape[-1])
+    return model
+
+
+def test_round_trip_is_exact_and_records_what_it_should(tmp_path):
+    model = _resnet()
+    rec = _entry(tmp_path, model)
+    assert [r.name for r in zoo.list(str(tmp_path))] == ["tiny"]
+    assert rec.architecture == {"kind": "resnet", "depth": 8, "num_classes": 10,
+                                "shortcut": "projection", "widths": [16, 32, 64], "in_channels": 3}
+    params = sum(a.size for k, a in zoo.flat_arrays(model).items() if k.startswith("params/"))
+    assert rec.params == params and rec.macs == 12_501_632  # ResNet-8, counted from its jaxpr
+    assert rec.command == "python -m make_tiny" and len(rec.sha256) == 64
+    assert os.path.getsize(tmp_path / rec.file) < zoo.MAX_FILE_BYTES
+    loaded, loaded_rec = zoo.load("tiny", str(tmp_path))
+    assert loaded_rec == rec
+    assert loaded.stem_bn.use_running_average  # eval mode
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(4, 32, 32, 3)), jnp.float32)
+    model.eval()
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+    for name, array in zoo.flat_arrays(model).items():
+        np.testing.assert_array_equal(zoo.flat_arrays(loaded)[name], array, err_msg=name)
+
+
+def test_ofas_entry_round_trips_with_its_head(tmp_path):
+    backbone = _resnet()
+    model = OFASNet(backbone, (32,), pool_grid=4, activation="relu", rngs=nnx.Rngs(3))
+    rec = _entry(tmp_path, model, "ofas_tiny")
+    assert rec.architecture["kind"] == "ofas"
+    assert rec.architecture["policy"]["pool_grid"] == 4
+    loaded, _ = zoo.load("ofas_tiny", str(tmp_path))
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(3, 32, 32, 3)), jnp.float32)
+    model.eval()
+    np.testing.assert_array_equal(np.asarray(loaded.plan(images)), np.asarray(model.plan(images)))
+    np.testing.assert_array_equal(np.asarray(loaded(images)), np.asarray(model(images)))
+
+
+def test_corrupt_missing_and_unknown_entries_are_named_with_the_fix(tmp_path):
+    rec = _entry(tmp_path, _resnet())
+    path = tmp_path / rec.file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(zoo.ZooError, match=r"tiny\.npz of 'tiny' is corrupt.*sha256.*git checkout"):
+        zoo.load("tiny", str(tmp_path))
+    path.unlink()
+    with pytest.raises(zoo.ZooError, match=r"tiny\.npz of 'tiny' is missing.*python -m make_tiny"):
+        zoo.load("tiny", str(tmp_path))
+    with pytest.raises(zoo.ZooError, match=r"unknown zoo model 'tinny'; did you mean 'tiny'"):
+        zoo.load("tinny", str(tmp_path))
+
+
+def test_a_file_of_another_architecture_is_refused(tmp_path):
+    rec = _entry(tmp_path, _resnet())
+    # Same name and a valid hash, but the manifest now claims a deeper network.
+    manifest = json.loads((tmp_path / zoo.MANIFEST).read_text())
+    manifest["tiny"]["architecture"]["depth"] = 14
+    (tmp_path / zoo.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(zoo.ZooError, match=r"holds ResNet-8 .* but the manifest says ResNet-14"):
+        zoo.load("tiny", str(tmp_path))
+    # A file whose arrays do not fit the model is named with the differences.
+    with pytest.raises(zoo.ZooError, match=r"does not fit the model: arrays missing"):
+        zoo.assign_arrays(_resnet(14), zoo.flat_arrays(_resnet(8)), "zoo file x.npz")
+
+
+def test_init_from_loads_the_backbone_and_keeps_the_head_fresh(tmp_path, monkeypatch):
+    backbone = _resnet()
+    _entry(tmp_path, backbone, "resnet8")
+    monkeypatch.setenv("ADAPTIVE_JAX_ZOO_DIR", str(tmp_path))
+    target = OFASNet(CifarResNet(ResNetSpec(depth=8), rngs=nnx.Rngs(7)), rngs=nnx.Rngs(8))
+    head_before = zoo.flat_arrays(target.policy)
+    zoo.init_from(target, "zoo:resnet8")
+    for name, array in zoo.flat_arrays(backbone).items():
+        np.testing.assert_array_equal(zoo.flat_arrays(target.backbone)[name], array, err_msg=name)
+    for name, array in head_before.items():
+        np.testing.assert_array_equal(zoo.flat_arrays(target.policy)[name], array, err_msg=name)
+
+
+def test_init_from_another_depth_names_both_sides(tmp_path, monkeypatch):
+    _entry(tmp_path, _resnet(), "resnet8")
+    monkeypatch.setenv("ADAPTIVE_JAX_ZOO_DIR", str(tmp_path))
+    with pytest.raises(zoo.ZooError, match=r"zoo model is a ResNet-8 .* model being trained is a "
+                                           r"ResNet-14 .*--config.model.depth=8"):
+        zoo.init_from(_resnet(14), "zoo:resnet8")
+    with pytest.raises(zoo.ZooError, match=r"expected 'zoo:<name>'"):
+        zoo.init_from(_resnet(), "resnet8")
+
+
+def test_training_loop_starts_from_the_zoo(tmp_path, monkeypatch):
+    """config.init_from: a fresh OFAS stage-A run starts from the zoo backbone (evaluated before
+    any step: stop_after_steps would train; 0 epochs are refused, so compare step-0 states)."""
+    backbone = _resnet()
+    (tmp_path / "zoo").mkdir()
+    _entry(tmp_path / "zoo", backbone, "resnet8")
+    monkeypatch.setenv("ADAPTIVE_JAX_ZOO_DIR", str(tmp_path / "zoo"))
+    config = ofas.default_config()
+    config.model.depth = 8
+    config.init_from = "zoo:resnet8"
+    model = ofas.build_model(config, 10, 3)
+    zoo.init_from(model, config.init_from)  # what train_and_evaluate does before the state is made
+    np.testing.assert_array_equal(np.asarray(model.backbone.stem_conv.kernel[...]),
+                                  np.asarray(backbone.stem_conv.kernel[...]))
+    # And through the loop itself: one step from the zoo weights stays near them.
+    data = (random_split(64, seed=1), random_split(20, seed=2))
+    config.batch_size, config.eval_batch_size, config.num_epochs = 32, 20, 1
+    config.progress_bar, config.log_every_steps = False, 1
+    config.optimizer.learning_rate = 1e-6
+    result = loop.train_and_evaluate(config, str(tmp_path / "run"), data, ofas.stage_a_task())
+    trained = nnx.merge(result["graphdef"], result["state"].params, result["state"].batch_stats)
+    np.testing.assert_allclose(np.asarray(trained.backbone.stem_conv.kernel[...]),
+                               np.asarray(backbone.stem_conv.kernel[...]), atol=1e-4)
