@@ -143,3 +143,46 @@ def test_shrink_orders_channels_of_a_full_width_run(tmp_path):
     config.slim.mode = "sandwich"  # a run not trained at full width only is refused, by name
     with pytest.raises(ValueError, match="trained at full width only"):
         shrink.run(config, str(tmp_path), data=data)
+
+
+def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp_path):
+    """experiments.zoo trains a backbone and writes its entry; experiments.ofas then starts from it
+    (init_from, no stage-A training), runs stage B and the static sub-net it is compared with, and
+    saves the OFAS model to the zoo; both entries load and reproduce their recorded accuracy."""
+    manual_dir, _, test = tiny_cifar_manual_dir
+    zoo_dir = tmp_path / "zoo"
+    data_flags = [f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
+                  "--config.num_eval_examples=0"]
+    env = {"ADAPTIVE_JAX_ZOO_DIR": str(zoo_dir)}
+    proc = run_experiment("experiments.zoo.main", f"--workdir={tmp_path / 'backbone'}",
+                          "--config=experiments/zoo/configs/default.py:smoke", *data_flags,
+                          env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resnet8" in proc.stdout and "ResNet-8 (projection shortcuts" in proc.stdout
+    proc = run_experiment(
+        "experiments.ofas.main", f"--workdir={tmp_path / 'ofas'}",
+        "--config=experiments/ofas/configs/default.py:smoke", *data_flags,
+        "--config.init_from=zoo:resnet8", "--config.num_epochs=0", "--config.rl.penalties=4",
+        "--config.rl.static_baseline=True", "--config.rl.static_heldout_examples=50",
+        "--config.policy.pool_grid=4", "--config.policy.activation=relu",
+        "--latency_images=2", "--zoo_name=ofas_resnet8", "--zoo_penalty=4", env_extra=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "ofas" / "report.json").read_text())
+    stage_a, point, static = report["points"]
+    assert [p["point"] for p in report["points"]] == ["stage A", "penalty 4", "static @4"]
+    assert stage_a["train_time_s"] == 0.0 and stage_a["distinct_plans"] == 1
+    assert point["distinct_plans"] >= 1 and point["macs_cv"] >= 0.0
+    # The static sub-net is the greedy plan within the OFAS point's mean MACs.
+    assert static["test_macs"] <= point["macs_mean"] + 1 and static["distinct_plans"] == 1
+    assert static["ofas_minus_static_accuracy"] == pytest.approx(
+        point["test_accuracy"] - static["test_accuracy"])
+
+    from adaptive_jax import zoo
+    records = {r.name: r for r in zoo.list(str(zoo_dir))}
+    assert sorted(records) == ["ofas_resnet8", "resnet8"]
+    assert records["ofas_resnet8"].metrics["distinct_plans"] == point["distinct_plans"]
+    for name, rec in records.items():
+        model, _ = zoo.load(name, str(zoo_dir))
+        got = zoo.evaluate(model, test.images, test.labels)
+        assert got["count"] == rec.num_test_examples == len(test.labels)
+        assert got["accuracy"] == pytest.approx(rec.test_accuracy, abs=1e-6), name

@@ -71,3 +71,27 @@ class OFASNet(nnx.Module):
         plan = decisions.threshold(self.execute_probs(features))
         x = BLOCK_RUNNERS[executor](self.backbone, features, plan, **options)
         return self.backbone.classify(x), plan
+
+
+class FixedPlanNet(nnx.Module):
+    """A backbone that runs one plan for every image: the *static* sub-net an adaptive policy is
+    compared with. The plan is a Python tuple of bools (part of the graph, not a weight), applied
+    by the masked executor in training and by `predict` like OFASNet's."""
+
+    def __init__(self, backbone: CifarResNet, plan):
+        plan = tuple(bool(b) for b in plan)
+        if len(plan) != backbone.spec.num_blocks:
+            raise ValueError(f"a plan of {len(plan)} blocks for a backbone of "
+                             f"{backbone.spec.num_blocks}")
+        self.backbone = backbone
+        self.spec = backbone.spec
+        self.fixed_plan = plan
+
+    def plan(self, images: jax.Array) -> jax.Array:
+        import jax.numpy as jnp
+        return jnp.broadcast_to(jnp.asarray(self.fixed_plan), (images.shape[0], len(self.fixed_plan)))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        check_images(images, self.spec.in_channels)
+        features = self.backbone.stem(images)
+        return self.backbone.classify(masked.run_blocks(self.backbone, features, self.plan(images)))

@@ -16,10 +16,12 @@ import copy
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
 from adaptive_jax import cost
+from adaptive_jax.config import check_config_keys
 from adaptive_jax.data.augment import augment, normalize
 from adaptive_jax.execution import masked
 from adaptive_jax.models.ofas import OFASNet
@@ -53,6 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.curriculum_steps_per_block = 0     # > 0: BlockDrop's curriculum, one block released per N steps
     c.rl.backbone_learning_rate = 0.01      # SGD (the stage A optimiser's momentum / decay), cosine
     c.rl.policy_learning_rate = 0.01        # Adam
+    c.rl.static_baseline = False            # also fine-tune the best static sub-net at each point's MACs
+    c.rl.static_heldout_examples = 5000     # ... chosen greedily on the last this-many training images
     return c
 
 
@@ -218,3 +222,132 @@ def stage_b_task(stage_a_state: steps.TrainState) -> loop.Task:
     return loop.Task(build_model=build_model, make_tx=make_stage_b_tx,
                      make_train_step=make_stage_b_step, make_eval_step=make_eval_step,
                      init_state=init_state, reference_config=default_config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting from the zoo, and measuring what a policy does (docs/ofas.md).
+
+
+def zoo_stage_a(config, data) -> dict:
+    """Stage A when the backbone comes trained from the zoo (`config.num_epochs == 0` and
+    `config.init_from`): the OFAS model with the zoo backbone and a fresh head (every block on),
+    evaluated, not trained. Returns what `train_and_evaluate` returns (state, graphdef, metrics)."""
+    from adaptive_jax import zoo
+    from adaptive_jax.data import datasets
+    from adaptive_jax.train import sharding
+
+    if not config.init_from:
+        raise ValueError("num_epochs = 0 skips stage A, which needs a trained backbone: set "
+                         "config.init_from (e.g. 'zoo:resnet32')")
+    check_config_keys(config, default_config())
+    train, test = data
+    model = build_model(config, train.num_classes, train.images.shape[-1])
+    zoo.init_from(model, config.init_from)
+    graphdef, state = steps.create_train_state(model, optax.identity(), config.seed)
+    mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
+    eval_step = make_eval_step(graphdef, config, num_classes=train.num_classes, mean=mean, std=std)
+    mesh = sharding.data_mesh(config.num_devices or None)
+    result = loop.evaluate(eval_step, state, test, config.eval_batch_size, mesh)
+    return {**result, "step": 0, "train_time_s": 0.0, "state": state, "graphdef": graphdef}
+
+
+def test_plans(graphdef, state, split, dataset: str, batch_size: int = 500) -> np.ndarray:
+    """(N, L) bool: the thresholded plan of every image of `split` (stem and head only)."""
+    from adaptive_jax.data import datasets, pipeline
+
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+
+    @jax.jit
+    def plan_of(params, batch_stats, images_u8):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        return model.plan(normalize(images_u8, mean, std))
+
+    plans = [np.asarray(plan_of(state.params, state.batch_stats, images))[mask > 0]
+             for images, _, mask in pipeline.eval_batches(split, batch_size)]
+    return np.concatenate(plans)
+
+
+def plan_statistics(plans: np.ndarray, costs: cost.BlockCosts) -> dict:
+    """How adaptive a policy is over a set of images: distinct plans, MACs per image (policy
+    included) and their spread, blocks run per image."""
+    macs = costs.plan_macs(plans).astype(np.float64)
+    blocks = plans.sum(-1)
+    return {"distinct_plans": int(len(np.unique(plans, axis=0))),
+            "macs_mean": float(macs.mean()), "macs_std": float(macs.std()),
+            "macs_cv": float(macs.std() / macs.mean()),
+            "block_macs_frac_mean": float(costs.block_fraction(plans).mean()),
+            "blocks_mean": float(blocks.mean()), "blocks_std": float(blocks.std())}
+
+
+def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCosts,
+                       max_macs: float, batch_size: int = 500) -> tuple[tuple[bool, ...], list[dict]]:
+    """The best *static* sub-net under `max_macs` MACs per image, found greedily: from all
+    blocks, drop one block at a time, each time the one whose removal keeps the most images of
+    `split` right (held-out images), until the plan's MACs are at most `max_macs`. Returns the
+    plan and the path taken (plan, MACs, accuracy per step)."""
+    from adaptive_jax.data import datasets, pipeline
+
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+
+    @jax.jit
+    def correct(params, batch_stats, images_u8, labels, mask, plan):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        features = model.backbone.stem(normalize(images_u8, mean, std))
+        plan = jnp.broadcast_to(plan, (images_u8.shape[0], plan.shape[-1]))
+        logits = model.backbone.classify(masked.run_blocks(model.backbone, features, plan))
+        return ((logits.argmax(-1) == labels) * mask).sum()
+
+    def accuracy(plan):
+        total = sum(int(correct(state.params, state.batch_stats, *batch, jnp.asarray(plan)))
+                    for batch in pipeline.eval_batches(split, batch_size))
+        return total / len(split)
+
+    plan = np.ones(len(costs.run_macs), bool)
+    path = [{"plan": plan.tolist(), "macs": int(costs.plan_macs(plan)), "accuracy": accuracy(plan)}]
+    while costs.plan_macs(plan) > max_macs:
+        candidates = []
+        for k in np.flatnonzero(plan):
+            trial = plan.copy()
+            trial[k] = False
+            candidates.append((accuracy(trial), -int(costs.plan_macs(trial)), int(k), trial))
+        best = max(candidates, key=lambda c: c[:3])
+        plan = best[3]
+        path.append({"plan": plan.tolist(), "macs": int(costs.plan_macs(plan)), "accuracy": best[0],
+                     "dropped": best[2]})
+    return tuple(bool(b) for b in plan), path
+
+
+def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) -> loop.Task:
+    """The static sub-net `plan` fine-tuned like stage B's backbone (same optimiser, schedule and
+    steps, CE only), from stage A's weights: what an adaptive policy must beat at equal MACs."""
+    from adaptive_jax.models.ofas import FixedPlanNet
+
+    def build(config, num_classes: int, in_channels: int):
+        return FixedPlanNet(loop.build_model(config, num_classes, in_channels), plan)
+
+    def init_state(state):
+        return state.replace(params=_subtree_copy(state.params, stage_a_state.params),
+                             batch_stats=_subtree_copy(state.batch_stats, stage_a_state.batch_stats))
+
+    def eval_step(graphdef, config, *, num_classes: int, mean, std):
+        costs = model_costs(config, num_classes, len(mean))
+        macs = float(costs.plan_macs(np.asarray(plan)) - costs.policy_macs)
+        block_frac = float(costs.block_fraction(np.asarray(plan)))
+        supervised = steps.make_eval_step(graphdef, num_classes=num_classes, mean=mean, std=std)
+
+        def step(params, batch_stats, images_u8, labels, mask):
+            out = supervised(params, batch_stats, images_u8, labels, mask)
+            return {**out, "macs_sum": macs * mask.sum(), "block_macs_frac_sum": block_frac * mask.sum()}
+
+        return jax.jit(step)
+
+    return loop.Task(build_model=build, make_tx=make_stage_b_tx, make_eval_step=eval_step,
+                     init_state=init_state, reference_config=default_config)
+
+
+def _subtree_copy(target, source):
+    """`target` (a FixedPlanNet state) with its backbone replaced by a copy of `source`'s."""
+    target["backbone"] = jax.tree.map(jnp.copy, source["backbone"])
+    return target

@@ -12,6 +12,7 @@ latency of the cond executor on test images (skipped blocks do not run), against
 
 import json
 import os
+import shlex
 import sys
 
 import jax
@@ -33,6 +34,8 @@ if __name__ == "__main__":
         sys.exit(f"error: {e}")
 flags.DEFINE_string("workdir", None, "Directory for both stages' checkpoints, metrics and the report.")
 flags.DEFINE_integer("latency_images", 16, "Test images timed one by one at batch 1 per point.")
+flags.DEFINE_string("zoo_name", "", "Save the OFAS model of --zoo_penalty to the zoo under this name.")
+flags.DEFINE_float("zoo_penalty", None, "Which stage-B point (penalty) --zoo_name saves.")
 config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
     "Training configuration.", lock_config=True)
@@ -41,7 +44,8 @@ flags.mark_flags_as_required(["workdir"])
 COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("test_block_macs_frac", "block MACs", ".3f"), ("test_macs", "MACs/img", ".3e"),
            ("latency_b1_ms", "b1 ms", ".2f"), ("full_latency_b1_ms", "full b1 ms", ".2f"),
-           ("speedup_b1", "b1 speedup", ".2f"),
+           ("speedup_b1", "b1 speedup", ".2f"), ("distinct_plans", "plans", "d"),
+           ("macs_cv", "MACs CV", ".3f"),
            ("train_time_s", "train s", ".0f")]
 
 
@@ -87,11 +91,15 @@ def recorded_train_time(workdir: str) -> float | None:
     return times[-1] if times else None
 
 
-def run(config, workdir: str, latency_images: int = 16) -> list[dict]:
+def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
+        zoo_penalty: float | None = None, command: str = "") -> list[dict]:
     train_split, test_split = loop.load_data(config)
     data = (train_split, test_split)
     stage_a_dir = os.path.join(workdir, "stage_a")
-    stage_a = train_and_evaluate(config, stage_a_dir, data, ofas.stage_a_task())
+    if config.num_epochs == 0:  # the backbone comes trained from the zoo: stage A is evaluated only
+        stage_a = ofas.zoo_stage_a(config, data)
+    else:
+        stage_a = train_and_evaluate(config, stage_a_dir, data, ofas.stage_a_task())
     graphdef = stage_a["graphdef"]
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
     images = normalize(test_split.images[:latency_images], mean, std)
@@ -99,33 +107,90 @@ def run(config, workdir: str, latency_images: int = 16) -> list[dict]:
     planned, full = make_predictors(graphdef)
     costs = cost.block_costs(nnx.merge(graphdef, stage_a["state"].params, stage_a["state"].batch_stats))
 
-    def row(point, result, run_dir, extra=None):
-        planned_ms, full_ms = batch1_latency(planned, full, result["state"], images)
+    def row(point, result, run_dir, extra=None, graph=graphdef):
         r = {"point": point, **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
-             "latency_b1_ms": planned_ms, "full_latency_b1_ms": full_ms,
-             "speedup_b1": full_ms / planned_ms, **(extra or {})}
+             **(extra or {})}
+        if graph is graphdef:  # an OFAS model: its plans over the test set, and their latency
+            plans = ofas.test_plans(graphdef, result["state"], test_split, config.dataset,
+                                    config.eval_batch_size)
+            r.update(ofas.plan_statistics(plans, costs))
+            planned_ms, full_ms = batch1_latency(planned, full, result["state"], images)
+            r.update(latency_b1_ms=planned_ms, full_latency_b1_ms=full_ms,
+                     speedup_b1=full_ms / planned_ms)
         r.setdefault("train_time_s", recorded_train_time(run_dir))
         return r
 
     rows = [row("stage A", stage_a, stage_a_dir)]
+    states = {}
     for penalty in config.rl.penalties:
         b_config = ofas.stage_b_config(config, penalty)
         run_dir = os.path.join(workdir, f"penalty_{penalty:g}")
         result = train_and_evaluate(b_config, run_dir, data, ofas.stage_b_task(stage_a["state"]))
+        states[float(penalty)] = result["state"]
         rows.append(row(f"penalty {penalty:g}", result, run_dir, {"penalty": float(penalty)}))
+        if config.rl.static_baseline:
+            rows.append(static_baseline(b_config, stage_a, rows[-1], data, costs, workdir))
 
     print(f"OFAS ResNet-{config.model.depth} on {config.dataset}: full backbone "
           f"{costs.full_macs:.3e} MACs, policy head {costs.policy_macs} MACs; batch-1 latency of "
           f"the cond executor (skipped blocks do not run) vs all blocks, {len(images)} test images")
     print(report.format_table(rows, COLUMNS), flush=True)
     summary = {"model": f"ofas_resnet{config.model.depth}", "dataset": config.dataset,
-               "full_macs": costs.full_macs, "policy_macs": costs.policy_macs, "points": rows}
+               "init_from": config.init_from, "full_macs": costs.full_macs,
+               "policy_macs": costs.policy_macs, "points": rows}
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(summary, f, indent=2)
     plot = plot_curve(rows, costs.full_macs, os.path.join(workdir, "curve.png"),
                       f"OFAS ResNet-{config.model.depth} on {config.dataset}")
     print(f"report: {os.path.join(workdir, 'report.json')}, plot: {plot}")
+    if zoo_name:
+        point = next((r for r in rows if r.get("penalty") == zoo_penalty), None)
+        if point is None:
+            raise ValueError(f"--zoo_penalty={zoo_penalty} is not one of rl.penalties {config.rl.penalties}")
+        save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, command)
     return rows
+
+
+PLAN_STATISTICS = ("distinct_plans", "macs_mean", "macs_std", "macs_cv", "block_macs_frac_mean",
+                   "blocks_mean", "blocks_std")
+
+
+def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> dict:
+    """The best static sub-net at the OFAS point's mean MACs: chosen greedily on held-out training
+    images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps."""
+    train_split, _ = data
+    n = b_config.rl.static_heldout_examples
+    heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
+    plan, path = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
+                                         b_config.dataset, costs, ofas_row["macs_mean"],
+                                         b_config.eval_batch_size)
+    run_dir = os.path.join(workdir, f"static_penalty_{ofas_row['penalty']:g}")
+    result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
+    r = {"point": f"static @{ofas_row['penalty']:g}",
+         **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
+         "static_plan": list(plan), "greedy_path": path, "distinct_plans": 1, "macs_cv": 0.0,
+         "macs_mean": result["test_macs"],
+         "ofas_minus_static_accuracy": ofas_row["test_accuracy"] - result["test_accuracy"]}
+    r["train_time_s"] = recorded_train_time(run_dir)
+    return r
+
+
+def save_to_zoo(name, config, graphdef, state, point, command):
+    from adaptive_jax import zoo
+
+    test = loop.load_data(config)[1]
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    n = zoo.SMOKE_EXAMPLES
+    prefix = zoo.evaluate(model, test.images[:n], test.labels[:n], config.dataset)
+    metrics = {k: point[k] for k in PLAN_STATISTICS}
+    metrics.update({f"test_accuracy_first_{n}": prefix["accuracy"], "penalty": point["penalty"],
+                    "test_block_macs_frac": point["test_block_macs_frac"]})
+    record = zoo.save_entry(name, graphdef, state, dataset=config.dataset,
+                            test_accuracy=point["test_accuracy"],
+                            num_test_examples=point["test_examples"], recipe=config.to_dict(),
+                            command=command, train_time_s=point.get("train_time_s"),
+                            metrics=metrics)
+    print(zoo.format_records([record]), flush=True)
 
 
 def plot_curve(rows, full_macs: int, out_path: str, title: str) -> str:
@@ -153,7 +218,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images)
+    command = "python -m experiments.ofas.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images, FLAGS.zoo_name, FLAGS.zoo_penalty, command)
 
 
 if __name__ == "__main__":
