@@ -21,3 +21,20 @@ def make_predict_fn(graphdef) -> Callable:
         return model(images)
 
     return jax.jit(predict)
+
+
+def make_ofas_predictors(graphdef, executor: str = "cond") -> tuple[Callable, Callable]:
+    """jit'd (params, batch_stats, images) -> logits of an OFAS model: its own plans run by
+    `executor` ("cond" at batch 1, "bucketed" for a batch), and the full backbone (every block)."""
+
+    def planned(params, batch_stats, images):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        return model.predict(images, executor)[0]
+
+    def full(params, batch_stats, images):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        return model.backbone(images)
+
+    return jax.jit(planned), jax.jit(full)

@@ -38,6 +38,37 @@ def measure_latency(fn: Callable, *args, warmup: int = 3, repeats: int = 20,
                         float(ms.std() / ms.mean()), len(ms))
 
 
+def interleaved_batch1_ms(fns: tuple[Callable, ...], args: tuple, images, rounds: int = 3,
+                          calls: int = 5) -> tuple[float, ...]:
+    """Batch-1 ms of each of `fns(*args, image[None])` over `images` (each image its own input,
+    e.g. its own plan): per image the median of `calls`, averaged over images; the functions
+    alternate image by image, and the median over `rounds` is kept, so a machine that slows down
+    mid-way shifts all alike."""
+    samples = [[] for _ in fns]
+    for _ in range(rounds):
+        per_image = [[] for _ in fns]
+        for image in images:
+            for i, fn in enumerate(fns):
+                per_image[i].append(measure_latency(fn, *args, image[None], warmup=2,
+                                                    repeats=calls).median_ms)
+        for i, values in enumerate(per_image):
+            samples[i].append(np.mean(values))
+    return tuple(float(np.median(s)) for s in samples)
+
+
+def interleaved_batch_ms(fns: dict[str, Callable], args: tuple, batches, rounds: int = 3) -> dict:
+    """Median ms per call of each `fn(*args, batch)`, the functions taking turns batch by batch
+    (after one compiling call each)."""
+    for fn in fns.values():
+        jax.block_until_ready(fn(*args, batches[0]))
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for batch in batches:
+            for name, fn in fns.items():
+                times[name].append(measure_latency(fn, *args, batch, warmup=0, repeats=1).median_ms)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 class LatencyTableWarning(UserWarning):
     """A latency table measured on another device or software stack than this one."""
 

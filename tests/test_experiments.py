@@ -186,3 +186,22 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         got = zoo.evaluate(model, test.images, test.labels)
         assert got["count"] == rec.num_test_examples == len(test.labels)
         assert got["accuracy"] == pytest.approx(rec.test_accuracy, abs=1e-6), name
+    assert records["ofas_resnet8"].metrics["static_subnet"]["test_accuracy"] == static["test_accuracy"]
+
+    # make demo's script on this zoo: the table, both plots, and the figures it reproduces.
+    proc = run_experiment("experiments.ofas.demo", f"--out={tmp_path / 'demo'}",
+                          "--ofas=ofas_resnet8", "--static=resnet8", "--latency_images=2",
+                          "--throughput_batches=1",
+                          env_extra={**env, "ADAPTIVE_JAX_MANUAL_DIR": manual_dir,
+                                     "TFDS_DATA_DIR": str(tmp_path / "tfds")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    demo = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    by_threshold = {r["threshold"]: r for r in demo["rows"] if r["model"] == "ofas_resnet8"}
+    assert sorted(by_threshold) == ["0.35", "0.5", "0.65"]
+    assert by_threshold["0.5"]["test_accuracy"] == pytest.approx(point["test_accuracy"])
+    assert by_threshold["0.5"]["distinct_plans"] == point["distinct_plans"]
+    assert by_threshold["0.5"]["latency_b1_ms"] > 0 and by_threshold["0.5"]["throughput_b64"] > 0
+    resnet8 = next(r for r in demo["rows"] if r["model"] == "resnet8")
+    assert resnet8["test_accuracy"] == pytest.approx(records["resnet8"].test_accuracy)
+    for plot in ("accuracy_vs_macs.png", "least_most_compute.png"):
+        assert (tmp_path / "demo" / plot).stat().st_size > 1000

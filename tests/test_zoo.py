@@ -82,7 +82,7 @@ def test_corrupt_missing_and_unknown_entries_are_named_with_the_fix(tmp_path):
 
 
 def test_a_file_of_another_architecture_is_refused(tmp_path):
-    rec = _entry(tmp_path, _resnet())
+    _entry(tmp_path, _resnet())
     # Same name and a valid hash, but the manifest now claims a deeper network.
     manifest = json.loads((tmp_path / zoo.MANIFEST).read_text())
     manifest["tiny"]["architecture"]["depth"] = 14

@@ -15,13 +15,12 @@ import os
 import shlex
 import sys
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from adaptive_jax import cost, latency, report
+from adaptive_jax import cost, inference, latency, report
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
 from adaptive_jax.train import loop, ofas, read_metrics, train_and_evaluate
@@ -36,6 +35,7 @@ flags.DEFINE_string("workdir", None, "Directory for both stages' checkpoints, me
 flags.DEFINE_integer("latency_images", 16, "Test images timed one by one at batch 1 per point.")
 flags.DEFINE_string("zoo_name", "", "Save the OFAS model of --zoo_penalty to the zoo under this name.")
 flags.DEFINE_float("zoo_penalty", None, "Which stage-B point (penalty) --zoo_name saves.")
+flags.DEFINE_string("zoo_dir", None, "Zoo directory --zoo_name goes to (default: the package's).")
 config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
     "Training configuration.", lock_config=True)
@@ -49,39 +49,6 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("train_time_s", "train s", ".0f")]
 
 
-def make_predictors(graphdef):
-    """jit'd batch-1 predictions: the OFAS plan run by the cond executor, and the full backbone."""
-
-    def planned(params, batch_stats, image):
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.eval()
-        return model.predict(image, "cond")[0]
-
-    def full(params, batch_stats, image):
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.eval()
-        return model.backbone(image)
-
-    return jax.jit(planned), jax.jit(full)
-
-
-def batch1_latency(planned, full, state, images, rounds: int = 3, calls: int = 5):
-    """(planned ms, full ms) at batch 1: per image the median of `calls`, averaged over images
-    (each image runs its own plan); the two alternate image by image, and the median over
-    `rounds` is kept, so a machine that slows down mid-way shifts both alike."""
-    args = (state.params, state.batch_stats)
-    samples = {planned: [], full: []}
-    for _ in range(rounds):
-        per_image = {planned: [], full: []}
-        for image in images:
-            for fn in (planned, full):
-                per_image[fn].append(latency.measure_latency(fn, *args, image[None], warmup=2,
-                                                             repeats=calls).median_ms)
-        for fn, values in per_image.items():
-            samples[fn].append(np.mean(values))
-    return float(np.median(samples[planned])), float(np.median(samples[full]))
-
-
 def recorded_train_time(workdir: str) -> float | None:
     """Training time of a finished run, from its metrics (a resumed, finished run trains nothing)."""
     path = os.path.join(workdir, "metrics.jsonl")
@@ -92,7 +59,7 @@ def recorded_train_time(workdir: str) -> float | None:
 
 
 def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
-        zoo_penalty: float | None = None, command: str = "") -> list[dict]:
+        zoo_penalty: float | None = None, command: str = "", zoo_dir: str | None = None) -> list[dict]:
     train_split, test_split = loop.load_data(config)
     data = (train_split, test_split)
     stage_a_dir = os.path.join(workdir, "stage_a")
@@ -104,7 +71,7 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
     images = normalize(test_split.images[:latency_images], mean, std)
     images = np.asarray(images, np.float32)
-    planned, full = make_predictors(graphdef)
+    planned, full = inference.make_ofas_predictors(graphdef)
     costs = cost.block_costs(nnx.merge(graphdef, stage_a["state"].params, stage_a["state"].batch_stats))
 
     def row(point, result, run_dir, extra=None, graph=graphdef):
@@ -114,7 +81,8 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
             plans = ofas.test_plans(graphdef, result["state"], test_split, config.dataset,
                                     config.eval_batch_size)
             r.update(ofas.plan_statistics(plans, costs))
-            planned_ms, full_ms = batch1_latency(planned, full, result["state"], images)
+            planned_ms, full_ms = latency.interleaved_batch1_ms(
+                (planned, full), (result["state"].params, result["state"].batch_stats), images)
             r.update(latency_b1_ms=planned_ms, full_latency_b1_ms=full_ms,
                      speedup_b1=full_ms / planned_ms)
         r.setdefault("train_time_s", recorded_train_time(run_dir))
@@ -147,7 +115,8 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         point = next((r for r in rows if r.get("penalty") == zoo_penalty), None)
         if point is None:
             raise ValueError(f"--zoo_penalty={zoo_penalty} is not one of rl.penalties {config.rl.penalties}")
-        save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, command)
+        static = next((r for r in rows if r["point"] == f"static @{zoo_penalty:g}"), None)
+        save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, static, command, zoo_dir)
     return rows
 
 
@@ -175,7 +144,7 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> dict:
     return r
 
 
-def save_to_zoo(name, config, graphdef, state, point, command):
+def save_to_zoo(name, config, graphdef, state, point, static, command, zoo_dir=None):
     from adaptive_jax import zoo
 
     test = loop.load_data(config)[1]
@@ -185,11 +154,14 @@ def save_to_zoo(name, config, graphdef, state, point, command):
     metrics = {k: point[k] for k in PLAN_STATISTICS}
     metrics.update({f"test_accuracy_first_{n}": prefix["accuracy"], "penalty": point["penalty"],
                     "test_block_macs_frac": point["test_block_macs_frac"]})
+    if static is not None:  # the comparison the entry stands on, kept with it
+        metrics["static_subnet"] = {"plan": static["static_plan"], "macs": static["test_macs"],
+                                    "test_accuracy": static["test_accuracy"]}
     record = zoo.save_entry(name, graphdef, state, dataset=config.dataset,
                             test_accuracy=point["test_accuracy"],
                             num_test_examples=point["test_examples"], recipe=config.to_dict(),
                             command=command, train_time_s=point.get("train_time_s"),
-                            metrics=metrics)
+                            metrics=metrics, zoo_dir=zoo_dir)
     print(zoo.format_records([record]), flush=True)
 
 
@@ -219,7 +191,8 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     command = "python -m experiments.ofas.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images, FLAGS.zoo_name, FLAGS.zoo_penalty, command)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images, FLAGS.zoo_name, FLAGS.zoo_penalty,
+        command, FLAGS.zoo_dir)
 
 
 if __name__ == "__main__":
