@@ -10,10 +10,11 @@ export TFDS_DATA_DIR ?= $(DATA_ROOT)/tfds
 PREPARE ?= $(wildcard $(CURDIR)/../shared/data/cifar10/prepare)
 WORKDIR ?= runs/demo
 CONFIG ?= experiments/ofas/configs/default.py
+PENALTY ?= 1
 BASELINE_CONFIG ?= experiments/baseline/configs/default.py
 FLAGS ?=
 
-.PHONY: install install-bench data demo demo-baseline demo-full test bench clean
+.PHONY: install install-bench data demo demo-train demo-scratch demo-baseline zoo-cpu test bench clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -32,17 +33,35 @@ else
 	@echo "no bundled CIFAR-10 beside this clone: TFDS downloads it on first use into $(TFDS_DATA_DIR)"
 endif
 
-# The adaptive model: OFAS ResNet-32, stage A then stage B at three penalties.
+# The adaptive model, trained: the zoo's OFAS ResNet-32 against the zoo's static ResNets on the
+# whole test set (accuracy, MACs and their spread, plans, batch-1 / batch-64 timings, plots).
 demo: data
-	$(PY) -m experiments.ofas.main --workdir=$(WORKDIR) --config=$(CONFIG) $(FLAGS)
+	$(PY) -m experiments.ofas.demo --out=$(WORKDIR) $(FLAGS)
 
-# The static ResNet-20 it is compared with (the foundation's demo recipe).
+# The same table for an OFAS model fine-tuned here from the zoo's ResNet-32 (stage B at PENALTY,
+# and the static sub-net it is compared with).
+demo-train: data
+	$(PY) -m experiments.ofas.main --workdir=runs/demo_train --config=$(CONFIG):zoo \
+		--config.rl.penalties=$(PENALTY) --zoo_name=ofas_resnet32 --zoo_penalty=$(PENALTY) \
+		--zoo_dir=runs/demo_train/zoo $(FLAGS)
+	$(PY) -m experiments.ofas.demo --out=runs/demo_train/report --ofas_zoo_dir=runs/demo_train/zoo
+
+# OFAS trained from scratch (stage A on 12,800 images, then stage B at three penalties): what
+# the project did before the zoo, ~30 minutes on 2 CPU cores.
+demo-scratch: data
+	$(PY) -m experiments.ofas.main --workdir=runs/demo_scratch --config=$(CONFIG) $(FLAGS)
+
+# The static ResNet-20 of the scratch demo (the same data and schedule, about 10 minutes).
 demo-baseline: data
 	$(PY) -m experiments.baseline.main --workdir=runs/demo_baseline --config=$(BASELINE_CONFIG) $(FLAGS)
 
-# The CPU recipe (15 epochs of ResNet-20): hours on 2 CPU cores, minutes on a GPU.
-demo-full: data
-	$(PY) -m experiments.baseline.main --workdir=runs/cpu_recipe --config=$(BASELINE_CONFIG):cpu $(FLAGS)
+# The zoo's CPU recipe for ResNet-20 and ResNet-32, one core each, resumable (hours; docs/zoo.md).
+ZOO_RUNS ?= runs/zoo
+zoo-cpu: data
+	for d in 20 32; do \
+		taskset -c $$(( d == 20 ? 1 : 0 )) $(PY) -m experiments.zoo.main --workdir=$(ZOO_RUNS)/resnet$$d \
+			--config=experiments/zoo/configs/default.py:cpu --config.model.depth=$$d $(FLAGS) & \
+	done; wait
 
 test: install
 	$(PY) -m pytest -q --durations=15

@@ -15,6 +15,7 @@ from adaptive_jax.models.resnet import CifarResNet, ResNetSpec
 from adaptive_jax.train import loop, ofas
 from adaptive_jax.train import create_train_state, make_optimizer
 from tests.conftest import random_split
+from tests.test_real_data import requires_cifar
 
 
 def _entry(tmp_path, model, name="tiny"):
@@ -140,3 +141,44 @@ def test_training_loop_starts_from_the_zoo(tmp_path, monkeypatch):
     trained = nnx.merge(result["graphdef"], result["state"].params, result["state"].batch_stats)
     np.testing.assert_allclose(np.asarray(trained.backbone.stem_conv.kernel[...]),
                                np.asarray(backbone.stem_conv.kernel[...]), atol=1e-4)
+
+
+@requires_cifar
+def test_shipped_entries_reproduce_their_recorded_accuracy():
+    """Every shipped entry, on the first 1,000 real CIFAR-10 test images, gives the top-1 its
+    manifest records for them (up to one image: another CPU may round a borderline logit
+    differently)."""
+    from experiments.zoo.evaluate import evaluate
+
+    records = zoo.list()
+    assert {"resnet20", "resnet32"} <= {r.name for r in records}
+    for row in evaluate(num_examples=zoo.SMOKE_EXAMPLES):
+        assert abs(row["difference"]) <= 1 / zoo.SMOKE_EXAMPLES + 1e-9, row
+
+
+def test_shipped_manifest_is_complete():
+    for rec in zoo.list():
+        assert os.path.getsize(os.path.join(zoo.ZOO_DIR, rec.file)) <= zoo.MAX_FILE_BYTES
+        assert rec.command.startswith("python -m experiments.") and rec.sha256 and rec.versions
+        assert 0.0 < rec.test_accuracy <= 1.0 and rec.num_test_examples == 10_000
+        assert f"test_accuracy_first_{zoo.SMOKE_EXAMPLES}" in rec.metrics
+
+
+def test_init_from_gives_a_slimmable_net_the_backbone_at_full_width(tmp_path, monkeypatch):
+    from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
+
+    backbone = _resnet(14)
+    _entry(tmp_path, backbone, "resnet14")
+    monkeypatch.setenv("ADAPTIVE_JAX_ZOO_DIR", str(tmp_path))
+    slim = SlimmableResNet(SlimmableSpec(depth=14), rngs=nnx.Rngs(5))
+    zoo.init_from(slim, "zoo:resnet14")
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(2, 32, 32, 3)), jnp.float32)
+    backbone.eval()
+    slim.eval()
+    np.testing.assert_allclose(np.asarray(slim(images, 1.0)), np.asarray(backbone(images)),
+                               rtol=1e-5, atol=1e-5)
+    # Narrower widths start from the full width's BN prefix.
+    np.testing.assert_array_equal(np.asarray(slim.stem_bn.norms[0].mean[...]),
+                                  np.asarray(backbone.stem_bn.mean[...][:4]))
+    with pytest.raises(zoo.ZooError, match=r"zoo model is a ResNet-14 .* ResNet-20"):
+        zoo.init_from(SlimmableResNet(SlimmableSpec(depth=20), rngs=nnx.Rngs(0)), "zoo:resnet14")

@@ -308,23 +308,68 @@ INIT_PREFIX = "zoo:"
 
 
 def backbone_of(model: nnx.Module):
-    """The CIFAR ResNet inside `model` that a zoo backbone initialises (the model itself, or its
-    `.backbone`)."""
+    """The network inside `model` that a zoo backbone initialises: a CIFAR ResNet (the model
+    itself, or its `.backbone`) or a slimmable ResNet (its full width)."""
     from adaptive_jax.models.resnet import CifarResNet
+    from adaptive_jax.models.slimmable import SlimmableResNet
 
-    if isinstance(model, CifarResNet):
+    if isinstance(model, (CifarResNet, SlimmableResNet)):
         return model
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, CifarResNet):
         return backbone
-    raise ZooError(f"init_from needs a model built on a CIFAR ResNet (a ResNet, or a model with a "
-                   f".backbone ResNet); {type(model).__name__} has none")
+    raise ZooError(f"init_from needs a model built on a CIFAR ResNet (a ResNet, a slimmable ResNet "
+                   f"or a model with a .backbone ResNet); {type(model).__name__} has none")
+
+
+def _slimmable_architecture(model) -> dict:
+    """The plain ResNet a slimmable ResNet's full width is (what a zoo backbone must be)."""
+    from adaptive_jax.models.resnet import STAGE_WIDTHS
+    s = model.spec
+    return {"kind": "resnet", "depth": s.depth, "num_classes": s.num_classes,
+            "shortcut": "projection", "widths": builtins.list(STAGE_WIDTHS),
+            "in_channels": s.in_channels}
+
+
+def _as_slimmable_arrays(arrays: dict[str, np.ndarray], model) -> dict[str, np.ndarray]:
+    """A zoo ResNet's arrays under a slimmable ResNet's names, at its full width: stage s block i
+    is `blocks/{s n + i}` (the stacked `rest` unstacked), every BN the full width's `norms/{w}`.
+    The narrower widths keep the slimmable net's own arrays (set from these afterwards)."""
+    n = model.blocks_per_stage
+    full = len(model.spec.widths) - 1
+    out = dict(flat_arrays(model))
+
+    def bn(name):  # ".../bn1/scale" -> ".../bn1/norms/{full}/scale"
+        head, leaf = name.rsplit("/", 1)
+        return f"{head}/norms/{full}/{leaf}"
+
+    for key, value in arrays.items():
+        collection, path = key.split("/", 1)
+        parts = path.split("/")
+        if parts[0] == "stages":
+            stage, kind, rest = int(parts[1]), parts[2], parts[3:]
+            rest = "/".join(rest).replace("projection/conv/", "projection/").replace(
+                "projection/bn/", "projection_bn/")
+            targets = ([(stage * n, value)] if kind == "first" else
+                       [(stage * n + 1 + i, value[i]) for i in range(value.shape[0])])
+            for block, v in targets:
+                name = f"{collection}/blocks/{block}/{rest}"
+                out[bn(name) if "bn" in rest.split("/")[-2] else name] = v
+        elif parts[0] == "stem_bn":
+            out[bn(key)] = value
+        else:
+            out[key] = value
+    return out
 
 
 def init_from(model: nnx.Module, source: str, zoo_dir: str | None = None) -> ZooRecord:
     """Loads the backbone weights and BN statistics of zoo entry `source` ("zoo:resnet32") into
     `model`'s CIFAR ResNet, in place; everything else in `model` (a policy head) keeps its fresh
-    initialisation. A backbone of another architecture is an error naming both sides."""
+    initialisation. A slimmable ResNet gets them at its full width, and every narrower width's BN
+    starts from the full width's on its channel prefix. A backbone of another architecture is an
+    error naming both sides."""
+    from adaptive_jax.models.slimmable import SlimmableResNet, inherit_batch_norm_from_full_width
+
     if not source.startswith(INIT_PREFIX):
         raise ZooError(f"init_from {source!r}: expected 'zoo:<name>' (e.g. 'zoo:resnet32'); "
                        f"the zoo has {[r.name for r in list_entries(zoo_dir)]}")
@@ -336,12 +381,17 @@ def init_from(model: nnx.Module, source: str, zoo_dir: str | None = None) -> Zoo
         arrays = {f"{k.split('/', 1)[0]}/{k.split('/', 2)[2]}": v for k, v in arrays.items()
                   if k.split("/")[1] == "backbone"}
     target = backbone_of(model)
-    wanted = architecture_of(target)
+    slimmable = isinstance(target, SlimmableResNet)
+    wanted = _slimmable_architecture(target) if slimmable else architecture_of(target)
     if wanted != architecture:
         raise ZooError(f"init_from {source!r}: the zoo model is a {describe(architecture)}, but the "
                        f"model being trained is a {describe(wanted)}; set config.model to match "
                        f"(e.g. --config.model.depth={architecture['depth']}) or pick another entry")
+    if slimmable:
+        arrays = _as_slimmable_arrays(arrays, target)
     assign_arrays(target, arrays, f"zoo file {rec.file} ({source})", prefix="'s backbone")
+    if slimmable:
+        inherit_batch_norm_from_full_width(target)
     return rec
 
 

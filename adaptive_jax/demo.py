@@ -1,0 +1,194 @@
+"""The demo: the zoo's trained OFAS model against the zoo's static ResNets, all measured here.
+
+    from adaptive_jax import demo
+    summary = demo.run("runs/demo")      # what `make demo` and notebooks/demo.ipynb show
+
+(`python -m experiments.ofas.demo` is its command line.)
+
+On the whole CIFAR-10 test set: top-1, mean MACs per image and their spread, distinct plans, and
+on this machine batch-1 latency (full network vs the cond executor running each image's own plan)
+and batch-64 throughput (full network vs the bucketed executor), for the OFAS model and every
+static zoo ResNet. The OFAS model's decision threshold is swept to draw its accuracy / MACs curve
+(one trained policy, several operating points). Writes `demo.json`, `accuracy_vs_macs.png` and
+`least_most_compute.png` (the test images the policy spends least and most on) into --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adaptive_jax import cost, inference, latency, report, zoo
+from adaptive_jax.data import datasets, normalize, pipeline
+from adaptive_jax.execution import masked
+from adaptive_jax.policies import decisions
+from adaptive_jax.train import ofas
+
+COLUMNS = [("model", "model", "s"), ("threshold", "thr", "s"), ("test_accuracy", "top-1", ".4f"),
+           ("macs_mean", "MACs/img", ".3e"), ("macs_std", "MACs std", ".2e"),
+           ("macs_cv", "MACs CV", ".3f"), ("distinct_plans", "plans", "d"),
+           ("latency_b1_ms", "b1 ms", ".2f"), ("throughput_b64", "b64 img/s", ".0f")]
+
+
+def evaluate_ofas(model, split, dataset: str, threshold: float, batch_size: int = 500):
+    """(plans (N, L), correct (N,)) of the OFAS model at a decision threshold (masked executor:
+    the same numbers as cond / bucketed, tested)."""
+    graphdef, state = nnx.split(model)
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+
+    @jax.jit
+    def step(state, images_u8, labels):
+        m = nnx.merge(graphdef, state)
+        features = m.backbone.stem(normalize(images_u8, mean, std))
+        plan = decisions.threshold(m.execute_probs(features), threshold)
+        logits = m.backbone.classify(masked.run_blocks(m.backbone, features, plan))
+        return plan, logits.argmax(-1) == labels
+
+    plans, correct = [], []
+    for images, labels, mask in pipeline.eval_batches(split, batch_size):
+        p, c = step(state, images, labels)
+        keep = mask > 0
+        plans.append(np.asarray(p)[keep])
+        correct.append(np.asarray(c)[keep])
+    return np.concatenate(plans), np.concatenate(correct)
+
+
+def ofas_timings(model, split, dataset: str, latency_images: int, throughput_batches: int) -> dict:
+    """Batch 1: full network vs the cond executor on each image's own plan (interleaved image by
+    image). Batch 64: full network vs the bucketed executor (plans computed inside)."""
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    images = np.asarray(normalize(split.images[:max(latency_images, 64 * throughput_batches)],
+                                  mean, std), np.float32)
+    planned, full = inference.make_ofas_predictors(graphdef, "cond")
+    planned_ms, full_ms = latency.interleaved_batch1_ms((planned, full), (params, batch_stats),
+                                                        images[:latency_images])
+    in_buckets, _ = inference.make_ofas_predictors(graphdef, "bucketed")
+    batches = [images[i * 64:(i + 1) * 64] for i in range(throughput_batches)]
+    b64 = latency.interleaved_batch_ms({"planned": in_buckets, "full": full},
+                                       (params, batch_stats), batches)
+    return {"latency_b1_ms": planned_ms, "full_latency_b1_ms": full_ms,
+            "throughput_b64": 64e3 / b64["planned"], "full_throughput_b64": 64e3 / b64["full"]}
+
+
+def static_row(name: str, split, dataset: str, latency_images: int, throughput_batches: int) -> dict:
+    model, rec = zoo.load(name)
+    got = zoo.evaluate(model, split.images, split.labels, dataset)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    images = np.asarray(normalize(split.images[:max(latency_images, 64 * throughput_batches)],
+                                  mean, std), np.float32)
+
+    @jax.jit
+    def predict(params, batch_stats, x):
+        return nnx.merge(graphdef, params, batch_stats)(x)
+
+    b1 = np.median([latency.measure_latency(predict, params, batch_stats, images[i:i + 1],
+                                            warmup=2, repeats=5).median_ms
+                    for i in range(latency_images)])
+    batches = [images[i * 64:(i + 1) * 64] for i in range(throughput_batches)]
+    b64 = latency.interleaved_batch_ms({"full": predict}, (params, batch_stats), batches)["full"]
+    return {"model": name, "threshold": "-", "test_accuracy": got["accuracy"],
+            "recorded_accuracy": rec.test_accuracy, "macs_mean": float(rec.macs), "macs_std": 0.0,
+            "macs_cv": 0.0, "distinct_plans": 1, "latency_b1_ms": float(b1),
+            "throughput_b64": 64e3 / b64}
+
+
+def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = None,
+        static_names=("resnet20", "resnet32"), thresholds=(0.35, 0.5, 0.65), num_examples: int = 0,
+        latency_images: int = 24, throughput_batches: int = 6) -> dict:
+    start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    model, rec = zoo.load(ofas_name, ofas_zoo_dir)
+    dataset = rec.dataset
+    split = datasets.load_split(dataset, "test", download=True)  # offline: the manual dir
+    if num_examples:
+        split = datasets.Split(split.images[:num_examples], split.labels[:num_examples], split.num_classes)
+    costs = cost.block_costs(model)
+
+    rows, plans_at = [], {}
+    for t in thresholds:
+        plans, correct = evaluate_ofas(model, split, dataset, t)
+        plans_at[t] = plans
+        rows.append({"model": ofas_name, "threshold": f"{t:g}", "test_accuracy": float(correct.mean()),
+                     **ofas.plan_statistics(plans, costs)})
+    main = next((r for r in rows if r["threshold"] == "0.5"), None)
+    if main is not None:
+        main.update(ofas_timings(model, split, dataset, latency_images, throughput_batches))
+        full_row = {"model": f"{ofas_name} (all blocks)", "threshold": "-",
+                    "macs_mean": float(costs.full_macs), "macs_std": 0.0, "macs_cv": 0.0,
+                    "distinct_plans": 1, "latency_b1_ms": main["full_latency_b1_ms"],
+                    "throughput_b64": main["full_throughput_b64"]}
+        rows.append(full_row)
+    for name in static_names:
+        rows.append(static_row(name, split, dataset, latency_images, throughput_batches))
+
+    print(f"{ofas_name} ({zoo.describe(rec.architecture)}, from {rec.recipe.get('init_from') or 'scratch'})"
+          f" on {len(split)} {dataset} test images; latency measured on this machine "
+          f"({jax.devices()[0].device_kind})")
+    print(report.format_table(rows, COLUMNS), flush=True)
+    summary = {"ofas": ofas_name, "record_metrics": rec.metrics, "rows": rows,
+               "seconds": time.perf_counter() - start}
+    plots = [plot_accuracy_vs_macs(rows, rec, os.path.join(out, "accuracy_vs_macs.png")),
+             plot_least_most(split, plans_at.get(0.5, next(iter(plans_at.values()))), costs,
+                             os.path.join(out, "least_most_compute.png"))]
+    with open(os.path.join(out, "demo.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"report: {os.path.join(out, 'demo.json')}; plots: {', '.join(plots)}; "
+          f"{summary['seconds']:.0f} s")
+    return summary
+
+
+def plot_accuracy_vs_macs(rows, rec, path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    curve = sorted((r for r in rows if r["threshold"] != "-"), key=lambda r: r["macs_mean"])
+    ax.plot([r["macs_mean"] / 1e6 for r in curve], [r["test_accuracy"] for r in curve], "o-",
+            label=f"{rec.name} (thresholds)")
+    for r in curve:
+        ax.annotate(f"t={r['threshold']}", (r["macs_mean"] / 1e6, r["test_accuracy"]), fontsize=7)
+    for r in rows:
+        if r["threshold"] == "-" and "test_accuracy" in r:
+            ax.plot(r["macs_mean"] / 1e6, r["test_accuracy"], "s", label=f"{r['model']} (static)")
+    static_sub = rec.metrics.get("static_subnet")
+    if static_sub:
+        ax.plot(static_sub["macs"] / 1e6, static_sub["test_accuracy"], "x", color="k",
+                label="best static sub-net, fine-tuned alike")
+    ax.set_xlabel("MACs per image (millions)")
+    ax.set_ylabel("test top-1")
+    ax.set_title("Adaptive (OFAS) vs static ResNets, CIFAR-10")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_least_most(split, plans, costs, path: str, count: int = 8) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from adaptive_jax.data.cifar_binary import LABEL_NAMES
+
+    macs = costs.plan_macs(plans)
+    order = np.argsort(macs, kind="stable")
+    fig, axes = plt.subplots(2, count, figsize=(count * 1.2, 3.2))
+    for row, (title, idx) in enumerate((("least", order[:count]), ("most", order[::-1][:count]))):
+        for ax, i in zip(axes[row], idx):
+            ax.imshow(split.images[i])
+            ax.set_title(f"{LABEL_NAMES[split.labels[i]]}\n{macs[i] / 1e6:.0f}M", fontsize=6)
+            ax.axis("off")
+        axes[row][0].text(-8, 16, title, rotation=90, va="center", fontsize=8)
+    fig.suptitle("Test images the policy spends least (top) and most (bottom) MACs on", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

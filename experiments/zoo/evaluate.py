@@ -1,0 +1,69 @@
+"""Re-evaluate zoo entries on the test set: recorded top-1 against reproduced, per entry.
+
+    python -m experiments.zoo.evaluate                          # every entry, all 10,000 images
+    python -m experiments.zoo.evaluate --names=resnet20 --num_examples=1000
+    python -m experiments.zoo.evaluate --record                 # also append to benchmarks/
+
+With --num_examples=1000 the recorded figure compared is the entry's top-1 on those first 1,000
+images (`metrics.test_accuracy_first_1000`), which is what the test suite checks.
+"""
+
+from absl import app, flags, logging
+
+from adaptive_jax import report, zoo
+from adaptive_jax.data import datasets
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("names", [], "Entries to evaluate (default: all).")
+flags.DEFINE_integer("num_examples", 0, "First this-many test images (0: all).")
+flags.DEFINE_string("zoo_dir", None, "Zoo directory (default: the package's).")
+flags.DEFINE_bool("record", False, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
+
+COLUMNS = [("name", "name", "s"), ("examples", "images", "d"), ("recorded", "recorded", ".4f"),
+           ("reproduced", "reproduced", ".4f"), ("difference", "diff", "+.4f")]
+
+
+def evaluate(names=(), num_examples: int = 0, zoo_dir: str | None = None) -> list[dict]:
+    rows, splits = [], {}
+    for rec in zoo.list(zoo_dir):
+        if names and rec.name not in names:
+            continue
+        if rec.dataset not in splits:
+            splits[rec.dataset] = datasets.load_split(rec.dataset, "test", download=True)
+        split = splits[rec.dataset]
+        n = num_examples or len(split)
+        if n == len(split):
+            recorded = rec.test_accuracy
+        else:
+            recorded = rec.metrics.get(f"test_accuracy_first_{n}")
+            if recorded is None:
+                raise ValueError(f"{rec.name} records top-1 on the whole test set and on the first "
+                                 f"{zoo.SMOKE_EXAMPLES} images, not on {n}; pass --num_examples=0 "
+                                 f"or {zoo.SMOKE_EXAMPLES}")
+        model, _ = zoo.load(rec.name, zoo_dir)
+        got = zoo.evaluate(model, split.images[:n], split.labels[:n], rec.dataset)
+        rows.append({"name": rec.name, "examples": n, "recorded": recorded,
+                     "reproduced": got["accuracy"], "difference": got["accuracy"] - recorded})
+    missing = set(names) - {r["name"] for r in rows}
+    if missing:
+        raise ValueError(f"no zoo entries {sorted(missing)}; the zoo has {[r.name for r in zoo.list(zoo_dir)]}")
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    rows = evaluate(tuple(FLAGS.names), FLAGS.num_examples, FLAGS.zoo_dir)
+    table = report.format_table(rows, COLUMNS)
+    print(table)
+    if FLAGS.record:
+        from benchmarks.common import append_results
+        append_results("zoo", [{"metric": "test_accuracy", "value": r["reproduced"], "unit": "fraction",
+                                "model": r["name"], "test_images": r["examples"],
+                                "recorded": r["recorded"]} for r in rows], table)
+
+
+if __name__ == "__main__":
+    app.run(main)

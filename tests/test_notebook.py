@@ -1,0 +1,29 @@
+"""notebooks/demo.ipynb runs, cell by cell in order, on the shipped zoo and real CIFAR-10 (smoke
+size: 300 test images). Cells run as plain Python in one namespace, as a kernel would run them."""
+
+import json
+import os
+
+import pytest
+
+from tests.test_real_data import requires_cifar
+
+NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "notebooks", "demo.ipynb")
+
+
+@requires_cifar
+def test_demo_notebook_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTIVE_JAX_NOTEBOOK_SMOKE", "1")
+    monkeypatch.setenv("ADAPTIVE_JAX_NOTEBOOK_OUT", str(tmp_path))
+    with open(NOTEBOOK) as f:
+        cells = [c for c in json.load(f)["cells"] if c["cell_type"] == "code"]
+    namespace = {"__name__": "__main__"}
+    for i, cell in enumerate(cells):
+        exec(compile("".join(cell["source"]), f"{NOTEBOOK}[cell {i}]", "exec"), namespace)
+    summary = namespace["summary"]
+    ofas_row = next(r for r in summary["rows"] if r["threshold"] == "0.5")
+    assert ofas_row["test_accuracy"] > 0.5 and ofas_row["latency_b1_ms"] > 0
+    assert {r["model"] for r in summary["rows"]} >= {"resnet20", "resnet32"}
+    for plot in ("accuracy_vs_macs.png", "least_most_compute.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
