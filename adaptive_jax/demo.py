@@ -26,7 +26,6 @@ from flax import nnx
 from adaptive_jax import cost, inference, latency, report, zoo
 from adaptive_jax.data import datasets, normalize, pipeline
 from adaptive_jax.execution import masked
-from adaptive_jax.policies import decisions
 from adaptive_jax.train import ofas
 
 COLUMNS = [("model", "model", "s"), ("threshold", "thr", "s"), ("test_accuracy", "top-1", ".4f"),
@@ -35,27 +34,31 @@ COLUMNS = [("model", "model", "s"), ("threshold", "thr", "s"), ("test_accuracy",
            ("latency_b1_ms", "b1 ms", ".2f"), ("throughput_b64", "b64 img/s", ".0f")]
 
 
-def evaluate_ofas(model, split, dataset: str, threshold: float, batch_size: int = 500):
-    """(plans (N, L), correct (N,)) of the OFAS model at a decision threshold (masked executor:
-    the same numbers as cond / bucketed, tested)."""
+def evaluate_ofas(model, split, dataset: str, thresholds, batch_size: int = 500) -> dict:
+    """{threshold: (plans (N, L), correct (N,))} of the OFAS model at each decision threshold
+    (masked executor: the same numbers as cond / bucketed, tested). One compiled step serves
+    every threshold (it is an argument, not a constant)."""
     graphdef, state = nnx.split(model)
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
 
     @jax.jit
-    def step(state, images_u8, labels):
+    def step(state, images_u8, labels, threshold):
         m = nnx.merge(graphdef, state)
         features = m.backbone.stem(normalize(images_u8, mean, std))
-        plan = decisions.threshold(m.execute_probs(features), threshold)
+        plan = m.execute_probs(features) >= threshold
         logits = m.backbone.classify(masked.run_blocks(m.backbone, features, plan))
         return plan, logits.argmax(-1) == labels
 
-    plans, correct = [], []
-    for images, labels, mask in pipeline.eval_batches(split, batch_size):
-        p, c = step(state, images, labels)
-        keep = mask > 0
-        plans.append(np.asarray(p)[keep])
-        correct.append(np.asarray(c)[keep])
-    return np.concatenate(plans), np.concatenate(correct)
+    results = {}
+    for t in thresholds:
+        plans, correct = [], []
+        for images, labels, mask in pipeline.eval_batches(split, batch_size):
+            p, c = step(state, images, labels, np.float32(t))
+            keep = mask > 0
+            plans.append(np.asarray(p)[keep])
+            correct.append(np.asarray(c)[keep])
+        results[t] = (np.concatenate(plans), np.concatenate(correct))
+    return results
 
 
 def ofas_timings(model, split, dataset: str, latency_images: int, throughput_batches: int) -> dict:
@@ -112,8 +115,7 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     costs = cost.block_costs(model)
 
     rows, plans_at = [], {}
-    for t in thresholds:
-        plans, correct = evaluate_ofas(model, split, dataset, t)
+    for t, (plans, correct) in evaluate_ofas(model, split, dataset, thresholds).items():
         plans_at[t] = plans
         rows.append({"model": ofas_name, "threshold": f"{t:g}", "test_accuracy": float(correct.mean()),
                      **ofas.plan_statistics(plans, costs)})

@@ -7,7 +7,9 @@
 Appends one `ofas_test_accuracy` and one `ofas_mean_block_macs_frac` record per point of the
 curve (stage A and each penalty) to results.jsonl, and the table to RESULTS.md, with the static
 baseline it is compared with: the best point at no more than the baseline's MACs against the
-baseline's accuracy.
+baseline's accuracy. Points measured over the test set also give `ofas_distinct_plans` and
+`ofas_macs_cv`; a run with `rl.static_baseline` gives `ofas_minus_static_subnet_accuracy` per
+penalty (OFAS top-1 minus the greedy static sub-net's at the same MACs, fine-tuned alike).
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ def main(argv):
         figures.append({"metric": "ofas_mean_block_macs_frac",
                         "value": round(point["test_block_macs_frac"], 4), "unit": "fraction",
                         **context})
+        if "macs_cv" in point:
+            figures.append({"metric": "ofas_distinct_plans", "value": point["distinct_plans"],
+                            "unit": "plans", **context})
+            figures.append({"metric": "ofas_macs_cv", "value": round(point["macs_cv"], 4),
+                            "unit": "ratio", **context})
         rows.append(point)
+    for static in (p for p in run["points"] if "ofas_minus_static_accuracy" in p):
+        figures.append({"metric": "ofas_minus_static_subnet_accuracy",
+                        "value": round(static["ofas_minus_static_accuracy"], 4), "unit": "fraction",
+                        "model": run["model"], "point": static["point"],
+                        "static_accuracy": round(static["test_accuracy"], 4),
+                        "static_macs": int(static["test_macs"]), "static_plan": static["static_plan"],
+                        "run_command": FLAGS.run_command})
     verdict = ""
     if FLAGS.baseline_accuracy is not None and FLAGS.baseline_macs is not None:
         within = [p for p in run["points"] if p["test_macs"] <= FLAGS.baseline_macs]
@@ -61,7 +75,8 @@ def main(argv):
     table = report.format_table(rows, [
         ("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
         ("test_block_macs_frac", "block MACs", ".3f"), ("test_macs", "MACs/img", ".3e"),
-        ("latency_b1_ms", "b1 ms", ".2f"), ("speedup_b1", "b1 speedup", ".2f")])
+        ("latency_b1_ms", "b1 ms", ".2f"), ("speedup_b1", "b1 speedup", ".2f"),
+        ("distinct_plans", "plans", "d"), ("macs_cv", "MACs CV", ".3f")])
     print(table)
     if verdict:
         print(verdict)
