@@ -44,7 +44,8 @@ class ZooError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ZooRecord:
-    """One manifest entry. `architecture` rebuilds the model (see `build_model`)."""
+    """One manifest entry. `architecture` rebuilds the model (see `build_model`). `macs` is the
+    full network's count per image; an adaptive model's measured mean is `metrics["macs_mean"]`."""
 
     name: str
     file: str
@@ -430,11 +431,12 @@ def format_records(records: builtins.list[ZooRecord]) -> str:
     from adaptive_jax.report import format_table
 
     rows = [{"name": r.name, "model": describe(r.architecture), "dataset": r.dataset,
-             "top1": r.test_accuracy, "macs": r.macs, "params": r.params, "device": r.device}
+             "top1": r.test_accuracy, "macs": r.metrics.get("macs_mean", r.macs),
+             "params": r.params, "device": r.device}
             for r in records]
     return format_table(rows, [("name", "name", "s"), ("model", "architecture", "s"),
                                ("dataset", "dataset", "s"), ("top1", "top-1", ".4f"),
-                               ("macs", "MACs", ".3e"), ("params", "params", ",d"),
+                               ("macs", "MACs/img", ".3e"), ("params", "params", ",d"),
                                ("device", "trained on", "s")])
 
 
