@@ -250,19 +250,26 @@ def load(name: str, zoo_dir: str | None = None) -> tuple[nnx.Module, ZooRecord]:
 
 
 def save_entry(name: str, graphdef, state, *, dataset: str, test_accuracy: float,
-               num_test_examples: int, recipe: dict, command: str,
+               num_test_examples: int, recipe: dict, command: str, test_split=None,
                train_time_s: float | None = None, metrics: dict | None = None,
                zoo_dir: str | None = None) -> ZooRecord:
     """Writes `name`'s weights file and manifest record (both atomically) and returns the record.
 
     `state` holds `params` and `batch_stats` (a loop `TrainState`); MACs and parameters are
-    counted from the model itself, the device and versions read from this process.
+    counted from the model itself, the device and versions read from this process. With
+    `test_split`, the record also keeps top-1 on its first SMOKE_EXAMPLES images, the figure the
+    test suite reproduces.
     """
     from adaptive_jax import cost, latency
 
     zoo_dir = _zoo_dir(zoo_dir)
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     model.eval()
+    metrics = dict(metrics or {})
+    if test_split is not None:
+        n = SMOKE_EXAMPLES
+        metrics[f"test_accuracy_first_{n}"] = evaluate(
+            model, test_split.images[:n], test_split.labels[:n], dataset)["accuracy"]
     architecture = architecture_of(model)
     arrays = flat_arrays(model)
     arrays[_ARCHITECTURE_KEY] = np.asarray(json.dumps(architecture, sort_keys=True))
@@ -290,7 +297,7 @@ def save_entry(name: str, graphdef, state, *, dataset: str, test_accuracy: float
                   "numpy": np.__version__},
         date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
         train_time_s=None if train_time_s is None else float(train_time_s),
-        metrics=_jsonable(metrics or {}))
+        metrics=_jsonable(metrics))
     manifest = _read_manifest(zoo_dir)
     manifest[name] = dataclasses.asdict(rec)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"

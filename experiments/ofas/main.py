@@ -116,7 +116,8 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         if point is None:
             raise ValueError(f"--zoo_penalty={zoo_penalty} is not one of rl.penalties {config.rl.penalties}")
         static = next((r for r in rows if r["point"] == f"static @{zoo_penalty:g}"), None)
-        save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, static, command, zoo_dir)
+        save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, static, test_split,
+                    command, zoo_dir)
     return rows
 
 
@@ -144,23 +145,19 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> dict:
     return r
 
 
-def save_to_zoo(name, config, graphdef, state, point, static, command, zoo_dir=None):
+def save_to_zoo(name, config, graphdef, state, point, static, test_split, command, zoo_dir=None):
     from adaptive_jax import zoo
 
-    test = loop.load_data(config)[1]
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
-    n = zoo.SMOKE_EXAMPLES
-    prefix = zoo.evaluate(model, test.images[:n], test.labels[:n], config.dataset)
     metrics = {k: point[k] for k in PLAN_STATISTICS}
-    metrics.update({f"test_accuracy_first_{n}": prefix["accuracy"], "penalty": point["penalty"],
-                    "test_block_macs_frac": point["test_block_macs_frac"]})
+    metrics.update({"penalty": point["penalty"], "test_block_macs_frac": point["test_block_macs_frac"]})
     if static is not None:  # the comparison the entry stands on, kept with it
         metrics["static_subnet"] = {"plan": static["static_plan"], "macs": static["test_macs"],
                                     "test_accuracy": static["test_accuracy"]}
     record = zoo.save_entry(name, graphdef, state, dataset=config.dataset,
                             test_accuracy=point["test_accuracy"],
                             num_test_examples=point["test_examples"], recipe=config.to_dict(),
-                            command=command, train_time_s=point.get("train_time_s"),
+                            command=command, test_split=test_split,
+                            train_time_s=point.get("train_time_s"),
                             metrics=metrics, zoo_dir=zoo_dir)
     print(zoo.format_records([record]), flush=True)
 
