@@ -76,3 +76,11 @@ def test_reinforce_learns_when_a_block_is_worth_its_cost(penalty, want_on):
     probs = jax.nn.sigmoid(logits)
     assert bool(probs[0] > 0.5) == want_on, probs
     assert probs[1] < 0.5, probs
+
+
+def test_normalized_advantage_keeps_sign_and_zeros():
+    adv = jnp.array([[0.0, 4.0], [-2.0, 0.0]])
+    out = pg.normalize_advantage(adv)
+    assert float(jnp.std(out)) == pytest.approx(1.0, rel=1e-4)
+    assert (jnp.sign(out) == jnp.sign(adv)).all()
+    assert float(pg.normalize_advantage(jnp.zeros((3, 2))).max()) == 0.0

@@ -50,6 +50,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.bound = 0.9                        # bounded Bernoulli: p' = b p + (1 - b)(1 - p)
     c.rl.epsilon = 0.1                      # ofas_code's epsilon-greedy
     c.rl.self_critical = True               # advantage = R(sampled) - R(greedy)
+    c.rl.normalize_advantage = False        # divide advantages by their batch std (step size
+                                            # independent of the reward's scale)
     c.rl.entropy_weight = 0.0
     c.rl.rl_weight = 1.0                    # loss = CE(sampled plan) + rl_weight * REINFORCE
     c.rl.curriculum_steps_per_block = 0     # > 0: BlockDrop's curriculum, one block released per N steps
@@ -176,8 +178,10 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
             metrics["greedy_accuracy"] = g_correct.mean()
         else:
             baseline = 0.0
-        policy_loss = pg.reinforce_loss(log_prob, returns - baseline, entropy, rl.entropy_weight,
-                                        weights)
+        advantage = returns - baseline
+        if rl.normalize_advantage:
+            advantage = pg.normalize_advantage(advantage)
+        policy_loss = pg.reinforce_loss(log_prob, advantage, entropy, rl.entropy_weight, weights)
         loss = ce.mean() + rl.rl_weight * policy_loss
         metrics.update(
             loss=ce.mean(), accuracy=correct.mean(), policy_loss=policy_loss,

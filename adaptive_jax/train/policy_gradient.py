@@ -70,6 +70,13 @@ def returns(shape: str, *, ce: jax.Array, correct: jax.Array, actions: jax.Array
     raise ValueError(f"unknown reward shape {shape!r}; expected one of {REWARDS}")
 
 
+def normalize_advantage(advantage: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Advantages divided by their standard deviation over the batch (not re-centred: the
+    self-critical baseline already centres them, and a batch where the sampled plans all tie with
+    the greedy one stays all zeros)."""
+    return advantage / (jnp.std(advantage) + eps)
+
+
 def reinforce_loss(log_prob: jax.Array, advantage: jax.Array, entropy: jax.Array | None = None,
                    entropy_weight: float = 0.0, block_weights: jax.Array | None = None) -> jax.Array:
     """-mean_b sum_k w_k log pi(a_k) A_k - entropy_weight * mean entropy.
