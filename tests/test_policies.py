@@ -86,3 +86,20 @@ def test_ofas_code_estimator_keeps_the_greedy_action_nine_times_in_ten():
     # the straight-through offset lets a gradient reach p although the weights are constants
     grad = jax.grad(lambda p: decisions.ofas_code_epsilon_greedy(keys[0], p, 0.1)[1].sum())(probs)
     assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+
+
+def test_ofas_head_grid_pool_relu_and_layer_norm():
+    head = OFASHead(16, 9, (32,), pool_grid=4, activation="relu", input_norm="layer", rngs=_rngs())
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 32, 32, 16))
+    pooled = head.pooled(x)
+    assert pooled.shape == (3, 256)
+    # cell (i, j) of the grid is the mean of its 8 x 8 window
+    np.testing.assert_allclose(pooled[:, :16], x[:, :8, :8].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert head(x).shape == (3, 9)
+    # Layer norm: a common offset on every pooled feature does not change the logits.
+    np.testing.assert_allclose(head(x + 3.0), head(x), rtol=1e-4, atol=1e-4)
+    assert head.config()["input_norm"] == "layer"
+    with pytest.raises(ValueError, match="pool_grid 3 must divide"):
+        OFASHead(16, 9, pool_grid=3, rngs=_rngs())(x)
+    with pytest.raises(ValueError, match="unknown OFAS head input_norm 'batch'"):
+        OFASHead(16, 9, input_norm="batch", rngs=_rngs())

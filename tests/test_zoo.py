@@ -56,10 +56,12 @@ def test_round_trip_is_exact_and_records_what_it_should(tmp_path):
 
 def test_ofas_entry_round_trips_with_its_head(tmp_path):
     backbone = _resnet()
-    model = OFASNet(backbone, (32,), pool_grid=4, activation="relu", rngs=nnx.Rngs(3))
+    model = OFASNet(backbone, (32,), pool_grid=4, activation="relu", input_norm="layer",
+                    rngs=nnx.Rngs(3))
     rec = _entry(tmp_path, model, "ofas_tiny")
     assert rec.architecture["kind"] == "ofas"
     assert rec.architecture["policy"]["pool_grid"] == 4
+    assert rec.architecture["policy"]["input_norm"] == "layer"
     loaded, _ = zoo.load("ofas_tiny", str(tmp_path))
     images = jnp.asarray(np.random.default_rng(1).normal(size=(3, 32, 32, 3)), jnp.float32)
     model.eval()

@@ -22,12 +22,12 @@ BLOCK_RUNNERS = {"masked": masked.run_blocks, "cond": cond.run_blocks,
 class OFASNet(nnx.Module):
     def __init__(self, backbone: CifarResNet, hidden: tuple[int, ...] = (32,), *,
                  initial_execute_prob: float = 0.9, pool_grid: int = 1, activation: str = "none",
-                 rngs: nnx.Rngs):
+                 input_norm: str = "none", rngs: nnx.Rngs):
         self.backbone = backbone
         self.spec = backbone.spec
         self.policy = OFASHead(backbone.spec.widths[0], backbone.spec.num_blocks, tuple(hidden),
                                initial_execute_prob=initial_execute_prob, pool_grid=pool_grid,
-                               activation=activation, rngs=rngs)
+                               activation=activation, input_norm=input_norm, rngs=rngs)
 
     @classmethod
     def from_config(cls, backbone: CifarResNet, policy: dict, *, rngs: nnx.Rngs) -> "OFASNet":
@@ -38,7 +38,8 @@ class OFASNet(nnx.Module):
                              f"{policy['num_blocks']} blocks does not fit a backbone with "
                              f"{expected[0]} and {expected[1]}")
         return cls(backbone, tuple(policy["hidden"]), pool_grid=policy["pool_grid"],
-                   activation=policy["activation"], rngs=rngs)
+                   activation=policy["activation"], input_norm=policy.get("input_norm", "none"),
+                   rngs=rngs)
 
     @property
     def training(self) -> bool:

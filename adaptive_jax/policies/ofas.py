@@ -12,6 +12,10 @@ affine map of them can only rank images along one direction; trained that way, e
 got the same plan (docs/ofas.md). `pool_grid=g` pools to a g x g grid (C g^2 inputs: where the
 edges are, not only how many), and `activation="relu"` puts a ReLU between the linear layers. Both
 cost thousands of MACs against the backbone's tens of millions (counted by `cost.block_costs`).
+`input_norm="layer"` standardises the pooled vector per image: the stem's pooled features are
+all positive with a large common part, so Adam's near-uniform steps on a wide first layer moved
+every image's logits together and saturated the head within ~40-80 steps (docs/ofas.md);
+without the common part, a step moves images apart rather than all at once.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ OFAS_VARIANTS = {
     "II_rl": (48, 32),       # ResNet-110, RL
 }
 ACTIVATIONS = ("none", "relu")
+INPUT_NORMS = ("none", "layer")
 
 
 class OFASHead(nnx.Module):
@@ -36,7 +41,9 @@ class OFASHead(nnx.Module):
 
     def __init__(self, in_features: int, num_blocks: int, hidden: tuple[int, ...] = (32,), *,
                  initial_execute_prob: float = 0.9, pool_grid: int = 1, activation: str = "none",
-                 rngs: nnx.Rngs):
+                 input_norm: str = "none", rngs: nnx.Rngs):
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown OFAS head input_norm {input_norm!r}; expected one of {INPUT_NORMS}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown OFAS head activation {activation!r}; expected one of {ACTIVATIONS}")
         if not isinstance(pool_grid, int) or pool_grid < 1:
@@ -46,8 +53,9 @@ class OFASHead(nnx.Module):
         if num_blocks < 1 or any(h < 1 for h in hidden):
             raise ValueError(f"num_blocks and hidden widths must be positive, got {num_blocks}, {hidden}")
         self.in_features, self.hidden = in_features, tuple(hidden)
-        self.pool_grid, self.activation = pool_grid, activation
+        self.pool_grid, self.activation, self.input_norm = pool_grid, activation, input_norm
         widths = (in_features * pool_grid ** 2, *hidden, num_blocks)
+        self.norm = nnx.LayerNorm(widths[0], rngs=rngs) if input_norm == "layer" else None
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
         # Start with every block (nearly) on, as ConvNet-AIG does (its gates start ~85 % open): a
         # freshly initialised backbone learns as a plain ResNet while the policy finds its feet.
@@ -59,7 +67,7 @@ class OFASHead(nnx.Module):
         """What rebuilds this head (the zoo stores it): `OFASHead(**config, rngs=...)`."""
         return {"in_features": self.in_features, "num_blocks": self.num_blocks,
                 "hidden": list(self.hidden), "pool_grid": self.pool_grid,
-                "activation": self.activation}
+                "activation": self.activation, "input_norm": self.input_norm}
 
     def pooled(self, stem_features: jax.Array) -> jax.Array:
         """(B, H, W, C) -> (B, C g^2): the average over each cell of a g x g grid."""
@@ -72,6 +80,8 @@ class OFASHead(nnx.Module):
 
     def __call__(self, stem_features: jax.Array) -> jax.Array:
         h = self.pooled(stem_features)
+        if self.norm is not None:
+            h = self.norm(h)
         for i, layer in enumerate(self.layers):
             if i and self.activation == "relu":
                 h = jax.nn.relu(h)

@@ -40,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.policy.initial_execute_prob = 0.9
     c.policy.pool_grid = 1                  # 1: global average pool (the reference); g: g x g grid
     c.policy.activation = "none"            # "none": the reference's linear stack; "relu"
+    c.policy.input_norm = "none"            # "layer": standardise the pooled features per image
     c.rl = ml_collections.ConfigDict()
     c.rl.num_epochs = 1
     c.rl.fidelity = "clean"                 # "ofas_code": the reference code's estimator and rewards
@@ -79,6 +80,7 @@ def build_model(config, num_classes: int, in_channels: int) -> OFASNet:
     return OFASNet(backbone, OFAS_VARIANTS[config.policy.variant],
                    initial_execute_prob=config.policy.initial_execute_prob,
                    pool_grid=config.policy.pool_grid, activation=config.policy.activation,
+                   input_norm=config.policy.input_norm,
                    rngs=nnx.Rngs(config.seed + 1))
 
 

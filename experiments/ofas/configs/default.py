@@ -50,6 +50,7 @@ def get_config(variant: str = "demo"):
         config.num_epochs = 0
         config.policy.pool_grid = 4
         config.policy.activation = "relu"
+        config.policy.input_norm = "layer"
         config.policy.initial_execute_prob = 0.9
         config.rl.reward = "blockdrop"
         config.rl.penalties = (1.0,)
