@@ -11,7 +11,7 @@ from flax import nnx
 from adaptive_jax import cost
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.models.ofas import OFASNet
-from adaptive_jax.train import ofas, read_metrics, train_and_evaluate
+from adaptive_jax.train import create_train_state, ofas, read_metrics, train_and_evaluate
 from tests.conftest import random_split
 
 DEPTH = 14
@@ -140,3 +140,31 @@ def test_per_block_gates_batch1_path_matches_their_blend():
         model.predict(images)
     with pytest.raises(TypeError, match="not GatedResNet"):  # its gates are not block-priced
         cost.block_costs(model)
+
+
+def test_straight_through_stage_b_trades_blocks_for_its_penalty(tmp_path):
+    """rl.estimator='straight_through': the head learns from the loss gradient through the hard
+    decisions; a large compute penalty pushes every block's execute logit down (Adam's first step
+    is -lr * sign(gradient)), and a few steps of it turn blocks off."""
+    config = _tiny_config(estimator="straight_through", policy_learning_rate=0.05)
+    config.policy.input_norm = "layer"
+    images = random_split(16, seed=1)
+    biases, fractions = {}, {}
+    last = len(ofas.OFAS_VARIANTS[config.policy.variant])  # the head's output layer
+    for penalty in (0.0, 50.0):
+        b = ofas.stage_b_config(config, penalty)
+        tx, _ = ofas.make_stage_b_tx(b, 4, 12)
+        graphdef, state = create_train_state(ofas.build_model(b, 10, 3), tx, 0)
+        start = np.asarray(state.params["policy"]["layers"][last]["bias"][...])
+        step = ofas.make_stage_b_step(graphdef, tx, b, num_classes=10, mean=(0.5,) * 3,
+                                      std=(0.25,) * 3)
+        state, _ = step(state, images.images, images.labels)
+        biases[penalty] = np.asarray(state.params["policy"]["layers"][last]["bias"][...]) - start
+        for _ in range(5):
+            state, metrics = step(state, images.images, images.labels)
+        fractions[penalty] = float(metrics["greedy_block_macs_frac"])
+    np.testing.assert_allclose(biases[50.0], -0.05, rtol=1e-3)
+    assert fractions[50.0] < 0.7
+    with pytest.raises(ValueError, match="unknown rl.estimator 'gumbel'"):
+        train_and_evaluate(_tiny_config(estimator="gumbel"), str(tmp_path / "bad"),
+                           (random_split(32, seed=1), random_split(20, seed=2)), ofas.stage_a_task())

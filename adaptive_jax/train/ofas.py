@@ -29,6 +29,7 @@ from adaptive_jax.policies import OFAS_VARIANTS, decisions
 from adaptive_jax.train import loop, optim, policy_gradient as pg, steps
 
 FIDELITIES = ("clean", "ofas_code")
+ESTIMATORS = ("reinforce", "straight_through")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -51,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.bound = 0.9                        # bounded Bernoulli: p' = b p + (1 - b)(1 - p)
     c.rl.epsilon = 0.1                      # ofas_code's epsilon-greedy
     c.rl.self_critical = True               # advantage = R(sampled) - R(greedy)
+    c.rl.estimator = "reinforce"            # "straight_through": Gumbel-sigmoid decisions, hard
+                                            # forward / soft backward, loss CE + penalty * compute
     c.rl.normalize_advantage = False        # divide advantages by their batch std (step size
                                             # independent of the reward's scale)
     c.rl.entropy_weight = 0.0
@@ -69,6 +72,8 @@ def check_config(config) -> None:
                          f"expected one of {sorted(OFAS_VARIANTS)}")
     if config.rl.fidelity not in FIDELITIES:
         raise ValueError(f"unknown rl.fidelity {config.rl.fidelity!r}; expected one of {FIDELITIES}")
+    if config.rl.estimator not in ESTIMATORS:
+        raise ValueError(f"unknown rl.estimator {config.rl.estimator!r}; expected one of {ESTIMATORS}")
     if config.rl.reward not in pg.REWARDS:
         raise ValueError(f"unknown rl.reward {config.rl.reward!r}; expected one of {pg.REWARDS}")
     decisions.bound(jnp.zeros(()), config.rl.bound)  # the range check
@@ -193,11 +198,36 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
             execute_prob=probs.mean())
         return loss, (metrics, nnx.state(model, nnx.BatchStat))
 
+    def straight_through_loss_fn(params, batch_stats, images, labels, key, step):
+        """ConvNet-AIG's estimator on the OFAS head: logistic (Gumbel-sigmoid) noise on the
+        logits, the hard decision going forward and the noisy sigmoid's gradient going back, so
+        every image tells every block, every step, whether it helped its loss; the compute term
+        (penalty x the share of block MACs run) pushes against it. No second forward pass."""
+        batch_stats = jax.tree.map(lambda x: x, batch_stats)
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.train()
+        features = model.backbone.stem(images)
+        logits = model.policy(features)
+        u = jax.random.uniform(key, logits.shape, minval=1e-6, maxval=1 - 1e-6)
+        soft = jax.nn.sigmoid(logits + jnp.log(u) - jnp.log1p(-u))
+        gates = decisions.straight_through(soft)
+        block_frac = (gates * run_macs).sum(-1) / run_macs.sum()
+        out, ce = outcome(model, features, gates, labels)
+        loss = ce.mean() + rl.penalty * block_frac.mean()
+        greedy = decisions.threshold(jax.nn.sigmoid(logits))
+        metrics = dict(loss=ce.mean(), accuracy=(out.argmax(-1) == labels).mean(),
+                       block_macs_frac=block_frac.mean(),
+                       greedy_block_macs_frac=((greedy * run_macs).sum(-1) / run_macs.sum()).mean(),
+                       execute_prob=jax.nn.sigmoid(logits).mean())
+        return loss, (metrics, nnx.state(model, nnx.BatchStat))
+
+    chosen_loss = straight_through_loss_fn if rl.estimator == "straight_through" else loss_fn
+
     def train_step(state: steps.TrainState, images_u8, labels):
         key = jax.random.fold_in(state.rng, state.step)
         aug_key, policy_key = jax.random.split(key)
         images = augment(aug_key, images_u8, mean, std)
-        grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(
+        grads, (metrics, batch_stats) = jax.grad(chosen_loss, has_aux=True)(
             state.params, state.batch_stats, images, labels, policy_key, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
