@@ -131,10 +131,25 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> dict:
     train_split, _ = data
     n = b_config.rl.static_heldout_examples
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
-    plan, path = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
-                                         b_config.dataset, costs, ofas_row["macs_mean"],
-                                         b_config.eval_batch_size)
     run_dir = os.path.join(workdir, f"static_penalty_{ofas_row['penalty']:g}")
+    # The search costs minutes (a forward pass of the held-out images per candidate block), so a
+    # re-run reuses the one it made for the same MACs and held-out images.
+    search_path = os.path.join(run_dir, "greedy_search.json")
+    key = {"max_macs": ofas_row["macs_mean"], "heldout_examples": n}
+    cached = None
+    if os.path.exists(search_path):
+        with open(search_path) as f:
+            cached = json.load(f)
+    if cached is not None and cached["key"] == key:
+        plan, path = tuple(cached["plan"]), cached["path"]
+    else:
+        plan, path = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
+                                             b_config.dataset, costs, ofas_row["macs_mean"],
+                                             b_config.eval_batch_size)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(search_path + ".tmp", "w") as f:
+            json.dump({"key": key, "plan": list(plan), "path": path}, f)
+        os.replace(search_path + ".tmp", search_path)
     result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
     r = {"point": f"static @{ofas_row['penalty']:g}",
          **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
