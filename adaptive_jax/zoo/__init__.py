@@ -186,6 +186,9 @@ def _write_atomically(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shipped file from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
