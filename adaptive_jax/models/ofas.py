@@ -9,6 +9,7 @@ runs it so that skipped blocks do not run (cond at batch 1 or a shared plan, buc
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from adaptive_jax.execution import bucketed, cond, masked
@@ -77,7 +78,8 @@ class OFASNet(nnx.Module):
 class FixedPlanNet(nnx.Module):
     """A backbone that runs one plan for every image: the *static* sub-net an adaptive policy is
     compared with. The plan is a Python tuple of bools (part of the graph, not a weight), applied
-    by the masked executor in training and by `predict` like OFASNet's."""
+    by the masked executor (training and evaluation; for inference that skips the work, give the
+    plan to the cond or static executor)."""
 
     def __init__(self, backbone: CifarResNet, plan):
         plan = tuple(bool(b) for b in plan)
@@ -89,7 +91,6 @@ class FixedPlanNet(nnx.Module):
         self.fixed_plan = plan
 
     def plan(self, images: jax.Array) -> jax.Array:
-        import jax.numpy as jnp
         return jnp.broadcast_to(jnp.asarray(self.fixed_plan), (images.shape[0], len(self.fixed_plan)))
 
     def __call__(self, images: jax.Array) -> jax.Array:
