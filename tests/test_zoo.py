@@ -121,8 +121,8 @@ def test_init_from_another_depth_names_both_sides(tmp_path, monkeypatch):
 
 
 def test_training_loop_starts_from_the_zoo(tmp_path, monkeypatch):
-    """config.init_from: a fresh OFAS stage-A run starts from the zoo backbone (evaluated before
-    any step: stop_after_steps would train; 0 epochs are refused, so compare step-0 states)."""
+    """config.init_from: the model gets the zoo backbone before its train state is made, and a
+    loop run at a negligible learning rate ends next to those weights."""
     backbone = _resnet()
     (tmp_path / "zoo").mkdir()
     _entry(tmp_path / "zoo", backbone, "resnet8")
