@@ -1,8 +1,13 @@
-"""Config checking: an unknown or misspelt key is an error that names it, never silently ignored."""
+"""Config checking: an unknown or misspelt key is an error that names it, never silently ignored;
+a value of the wrong type or out of range is an error before any data is loaded or step compiled.
+"""
 
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
+from collections.abc import Callable
 
 import ml_collections
 
@@ -56,6 +61,79 @@ def check_override_flags(argv: list[str], reference, flag_name: str = "config") 
                 node = node.setdefault(part, {})
             node[leaf] = None
     check_config_keys(overrides, reference)
+
+
+# -- value checks: (predicate, what was expected) pairs, applied by `check_config_values` ----------
+
+Check = tuple[Callable[[object], bool], str]
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
+    """An int (not a bool) in [minimum, maximum]."""
+    def ok(v):
+        return (isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                and (minimum is None or v >= minimum) and (maximum is None or v <= maximum))
+    bounds = "" if minimum is None and maximum is None else \
+        f" >= {minimum}" if maximum is None else f" in [{minimum}, {maximum}]"
+    return ok, f"an integer{bounds}"
+
+
+def number(minimum: float | None = None, maximum: float | None = None, *,
+           above: float | None = None, below: float | None = None) -> Check:
+    """A finite real number (not a bool) within the bounds: minimum / maximum inclusive, above /
+    below exclusive."""
+    def ok(v):
+        return (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                and (minimum is None or v >= minimum) and (maximum is None or v <= maximum)
+                and (above is None or v > above) and (below is None or v < below))
+    parts = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+             f"<= {maximum}" if maximum is not None else "", f"< {below}" if below is not None else ""]
+    bounds = " and ".join(p for p in parts if p)
+    return ok, "a finite number" + (f" {bounds}" if bounds else "")
+
+
+def one_of(*choices) -> Check:
+    return (lambda v: isinstance(v, (str, bool, numbers.Number)) and v in choices,
+            f"one of {list(choices)}")
+
+
+def boolean() -> Check:
+    return (lambda v: isinstance(v, bool)), "True or False"
+
+
+def string() -> Check:
+    return (lambda v: isinstance(v, str)), "a string"
+
+
+def sequence_of(item: Check, *, nonempty: bool = True, unique: bool = False) -> Check:
+    """A tuple or list whose every item passes `item` (a comma-separated flag value arrives as
+    a tuple)."""
+    item_ok, item_expected = item
+
+    def ok(v):
+        return (isinstance(v, (tuple, list)) and (len(v) > 0 or not nonempty)
+                and all(item_ok(x) for x in v) and (not unique or len(set(v)) == len(v)))
+    extra = (", non-empty" if nonempty else "") + (", without repeats" if unique else "")
+    return ok, f"a list of {item_expected.removeprefix('a ').removeprefix('an ')}{extra} (e.g. 1,2)"
+
+
+def _get(config, key: str):
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def check_config_values(config, checks: dict[str, Check]) -> None:
+    """Raises one ValueError listing every `config.<key>` whose value fails its check."""
+    errors = []
+    for key, (ok, expected) in checks.items():
+        value = _get(config, key)
+        if not ok(value):
+            errors.append(f"config.{key} = {value!r}: expected {expected}")
+    if errors:
+        raise ValueError("invalid config value" + ("s" if len(errors) > 1 else "") + ":\n  "
+                         + "\n  ".join(errors))
 
 
 def apply_smoke(config, num_epochs: int = 1):

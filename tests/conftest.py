@@ -1,6 +1,7 @@
 """Test set-up: two fake CPU devices (for the sharding tests) before JAX initialises."""
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
@@ -13,6 +14,13 @@ from adaptive_jax.data import Split  # noqa: E402
 from adaptive_jax.data import cifar_binary  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+# Many tests train the same tiny model: XLA's persistent cache (fresh per session, so no test
+# depends on an earlier session) turns every repeat of an identical computation into a load.
+# The experiments' subprocesses share it through the environment.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="adaptive_jax_xla_cache_")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def random_split(n: int, seed: int = 0, num_classes: int = 10) -> Split:

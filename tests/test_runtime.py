@@ -39,7 +39,7 @@ def test_bad_points_and_constraints_are_named():
         OperatingPoint("x", 0.0)
     with pytest.raises(ValueError, match="unknown start point 'w2'"):
         RuntimeManager(POINTS, 50.0, start="w2")
-    with pytest.raises(ValueError, match="budget must be positive"):
+    with pytest.raises(ValueError, match="budget must be a positive number"):
         RuntimeManager(POINTS, 0.0)
 
 

@@ -21,7 +21,9 @@ request instead of re-learning the machine after every switch. (The first versio
 milliseconds of the current point and restarted the window on every switch; on the benchmark's
 trace that left it blind for a window after each budget change: within budget 0.952-0.976.)
 A step down right after a step up pins the lower level until the constraints change (the
-oscillation guard). A switch only changes which pre-compiled executable the caller runs:
+oscillation guard). An observed latency that is not a finite positive number is refused at
+`record` (or dropped and counted, `on_invalid="ignore"`), so one failed timer cannot disable the
+manager; budgets, floors and scales are checked wherever they enter. A switch only changes which pre-compiled executable the caller runs:
 nothing compiles.
 """
 
@@ -31,7 +33,10 @@ import bisect
 import collections
 import dataclasses
 import math
+import numbers
 from collections.abc import Hashable, Sequence
+
+INVALID_ACTIONS = ("raise", "ignore")  # what `RuntimeManager.record` does with a bad latency
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +50,13 @@ class OperatingPoint:
     key: Hashable = None
 
     def __post_init__(self):
-        if not (self.latency_ms > 0 and math.isfinite(self.latency_ms)):
+        if not (_is_real(self.latency_ms) and self.latency_ms > 0 and math.isfinite(self.latency_ms)):
             raise ValueError(f"operating point {self.name!r}: latency_ms must be a positive number, "
-                             f"got {self.latency_ms}")
+                             f"got {self.latency_ms!r}")
+        if self.accuracy is not None and not (_is_real(self.accuracy)
+                                              and math.isfinite(self.accuracy)):
+            raise ValueError(f"operating point {self.name!r}: accuracy must be a finite number or "
+                             f"None, got {self.accuracy!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +79,23 @@ def _check_points(points: Sequence[OperatingPoint]) -> None:
         raise ValueError(f"operating point names must be unique, got {names}")
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_constraints(latency_budget_ms, accuracy_floor, latency_scale=1.0) -> None:
+    """Budgets, floors and scales at every entry point: a NaN, negative or non-number value would
+    otherwise pick a point silently (NaN compares false with everything)."""
+    if latency_budget_ms is not None and not (_is_real(latency_budget_ms) and latency_budget_ms > 0):
+        raise ValueError(f"latency budget must be a positive number of ms (or None: no budget), "
+                         f"got {latency_budget_ms!r}")
+    if accuracy_floor is not None and not (_is_real(accuracy_floor) and math.isfinite(accuracy_floor)):
+        raise ValueError(f"accuracy floor must be a finite number (or None: no floor), "
+                         f"got {accuracy_floor!r}")
+    if not (_is_real(latency_scale) and math.isfinite(latency_scale) and latency_scale > 0):
+        raise ValueError(f"latency scale must be a finite positive number, got {latency_scale!r}")
+
+
 def _accuracy(point: OperatingPoint) -> float:
     return -math.inf if point.accuracy is None else point.accuracy
 
@@ -79,6 +105,7 @@ def choose(points: Sequence[OperatingPoint], latency_budget_ms: float | None = N
     """The best point for the constraints; `latency_scale` multiplies every table latency (the
     observed slowdown of this machine against the table)."""
     _check_points(points)
+    _check_constraints(latency_budget_ms, accuracy_floor, latency_scale)
     return _choose(points, latency_budget_ms, accuracy_floor, latency_scale)
 
 
@@ -117,10 +144,18 @@ class RuntimeManager:
     def __init__(self, points: Sequence[OperatingPoint], latency_budget_ms: float,
                  accuracy_floor: float | None = None, *, window: int = 20, warmup: int = 20,
                  outlier_ms: float | None = None, hysteresis: float = 0.1,
-                 quantile: float | None = None, start: str | None = None):
+                 quantile: float | None = None, start: str | None = None,
+                 on_invalid: str = "raise"):
         _check_points(points)
-        if window < 1 or warmup < 1:
-            raise ValueError(f"window and warmup must be at least 1, got {window}, {warmup}")
+        if on_invalid not in INVALID_ACTIONS:
+            raise ValueError(f"on_invalid must be one of {INVALID_ACTIONS}, got {on_invalid!r}")
+        self.on_invalid = on_invalid
+        self.rejected = 0  # latencies refused by `record` (on_invalid="ignore")
+        for name, value in (("window", window), ("warmup", warmup)):
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1 (requests), got {value!r}")
+        if outlier_ms is not None and not (_is_real(outlier_ms) and outlier_ms > 0):
+            raise ValueError(f"outlier_ms must be a positive number of ms or None, got {outlier_ms!r}")
         if not 0.0 <= hysteresis < 1.0:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
         if quantile is not None and not 0.0 < quantile <= 1.0:
@@ -151,8 +186,10 @@ class RuntimeManager:
     def set_constraints(self, latency_budget_ms: float, accuracy_floor: float | None = None) -> Choice:
         """New constraints (a budget trace changes over time): re-choose from the table scaled by
         the observed slowdown. The slowdown window is kept: the machine has not changed."""
-        if not latency_budget_ms > 0:
-            raise ValueError(f"latency budget must be positive, got {latency_budget_ms} ms")
+        if latency_budget_ms is None:
+            raise ValueError("the runtime manager needs a latency budget (ms); use `choose` "
+                             "for an accuracy floor alone")
+        _check_constraints(latency_budget_ms, accuracy_floor)
         self.latency_budget_ms, self.accuracy_floor = latency_budget_ms, accuracy_floor
         self.choice = choose(self.points, latency_budget_ms, accuracy_floor, self.slowdown)
         old = getattr(self, "level", None)
@@ -187,7 +224,18 @@ class RuntimeManager:
         self._last_switch = switch
 
     def record(self, latency_ms: float) -> Switch | None:
-        """Reports one request's latency (at the current point); returns the switch it caused."""
+        """Reports one request's latency (at the current point); returns the switch it caused.
+
+        A latency that is not a finite positive number (a failed timer, a clock step) is an
+        error, or with `on_invalid="ignore"` counted in `rejected` and dropped: it never enters
+        the window, so it cannot poison the slowdown."""
+        if not (_is_real(latency_ms) and math.isfinite(latency_ms) and latency_ms > 0):
+            if self.on_invalid == "ignore":
+                self.rejected += 1
+                return None
+            raise ValueError(f"observed latency must be a finite positive number of ms, got "
+                             f"{latency_ms!r} (RuntimeManager(on_invalid='ignore') drops such "
+                             "samples instead)")
         self._seen += 1
         if self.outlier_ms is not None and latency_ms >= self.outlier_ms:
             return None

@@ -19,10 +19,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from adaptive_jax import config as config_lib
 from adaptive_jax.config import check_config_keys
 from adaptive_jax.data import datasets, pipeline
-from adaptive_jax.models.resnet import CifarResNet, ResNetSpec
+from adaptive_jax.models.resnet import SHORTCUT_KINDS, CifarResNet, ResNetSpec
+from adaptive_jax.nn.conv import LOWERINGS
 from adaptive_jax.train import checkpoint, metrics as metrics_lib, optim, sharding, steps
+from adaptive_jax.train.workdir import WorkdirLock, reconcile_metrics
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -60,8 +63,58 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0  # 0 -> at the end of every epoch only
     c.max_checkpoints_to_keep = 3
     c.stop_after_steps = 0    # > 0: stop (as if interrupted) after this many steps in total
+    c.on_nonfinite = "stop"   # a NaN / inf loss or gradient: "stop" (error), "skip" (drop the step)
     c.progress_bar = True
     return c
+
+
+NONFINITE_ACTIONS = ("stop", "skip")
+
+
+def _value_checks() -> dict:
+    c = config_lib
+    return {
+        "dataset": c.one_of(*datasets.CHANNEL_MEAN), "data_dir": c.string(),
+        "manual_dir": c.string(), "download": c.boolean(),
+        "num_train_examples": c.integer(0), "num_eval_examples": c.integer(0),
+        "model.depth": (lambda d: c.integer(8)[0](d) and (d - 2) % 6 == 0,
+                        "a CIFAR ResNet depth 6n+2 (8, 14, 20, 32, 56, 110, ...)"),
+        "model.shortcut": c.one_of(*SHORTCUT_KINDS), "model.conv_lowering": c.one_of(*LOWERINGS),
+        "init_from": (lambda v: isinstance(v, str) and (v == "" or v.startswith("zoo:")),
+                      '"" or "zoo:NAME" (python -c "from adaptive_jax import zoo; print(zoo.list())")'),
+        "seed": c.integer(0, 2**32 - 1), "num_epochs": c.integer(0),
+        "batch_size": c.integer(1), "eval_batch_size": c.integer(1),
+        "optimizer.schedule": c.one_of(*optim.SCHEDULES),
+        "optimizer.learning_rate": c.number(above=0), "optimizer.warmup_epochs": c.number(0),
+        "optimizer.momentum": c.number(0, below=1), "optimizer.nesterov": c.boolean(),
+        "optimizer.weight_decay": c.number(0), "optimizer.label_smoothing": c.number(0, below=1),
+        "num_devices": c.integer(0), "log_every_steps": c.integer(1),
+        "eval_every_epochs": c.integer(1), "checkpoint_every_steps": c.integer(0),
+        "max_checkpoints_to_keep": c.integer(1), "stop_after_steps": c.integer(0),
+        "on_nonfinite": c.one_of(*NONFINITE_ACTIONS), "progress_bar": c.boolean(),
+    }
+
+
+def validate_config(config, task: "Task | None" = None) -> None:
+    """The whole config, before any data is loaded: no unknown keys, every loop key's type and
+    range (all errors at once), a zoo `init_from` that exists and fits `config.model`, and the
+    task's own keys. Experiments with several stages call it once up front."""
+    task = task or Task()
+    check_config_keys(config, task.reference_config())
+    config_lib.check_config_values(config, _value_checks())
+    if task.validate_config is not None:
+        task.validate_config(config)
+    if config.init_from:
+        from adaptive_jax import zoo
+        source = config.init_from
+        arch = zoo.record(source.removeprefix("zoo:")).architecture  # unknown: names the entries
+        arch = arch.get("backbone", arch)  # an OFAS entry: its backbone
+        for key in ("depth", "shortcut"):
+            if arch.get(key) != config.model[key]:
+                raise zoo.ZooError(
+                    f"init_from {source!r}: the zoo model is a {zoo.describe(arch)}, but "
+                    f"config.model.{key} = {config.model[key]!r}; pass "
+                    f"--config.model.{key}={arch.get(key)} or pick another entry")
 
 
 def build_model(config, num_classes: int, in_channels: int) -> CifarResNet:
@@ -130,6 +183,8 @@ class Task:
         (params, batch_stats, images uint8, labels, mask) -> {"<name>_sum": ..., "count": ...}
     init_state(state) -> state: e.g. start from another run's weights (applied to a fresh run only,
         never over a restored checkpoint)
+    validate_config(config): checks the method's own keys before any data is loaded (the loop's
+        keys are checked by `validate_config` in this module)
     reference_config: the config whose keys are the known ones (unknown keys are errors)
     """
 
@@ -140,6 +195,11 @@ class Task:
     make_eval_step: Callable = _supervised_eval_step
     init_state: Callable | None = None
     reference_config: Callable = default_config
+    validate_config: Callable | None = None  # (config) -> None: the method's own keys, raises
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or gradient (config.on_nonfinite = "stop")."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -148,11 +208,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Trains, evaluates after every epoch, checkpoints into `workdir`; returns the final metrics.
 
     `data` (train, test) bypasses TFDS, for users with their own arrays and for tests. `task`
-    (default: supervised classification of `config.model`) is what a method plugs in.
+    (default: supervised classification of `config.model`) is what a method plugs in. One run
+    holds `workdir` at a time (a second is refused with the holder's pid); docs/robustness.md
+    says what happens on NaN, on a corrupt checkpoint and on every other way out of a run.
     """
     task = task or Task()
-    check_config_keys(config, task.reference_config())
-    os.makedirs(workdir, exist_ok=True)
+    validate_config(config, task)
+    with WorkdirLock(workdir):
+        return _train_and_evaluate(config, workdir, data, task)
+
+
+def _train_and_evaluate(config, workdir, data, task) -> dict:
     train_split, test_split = data if data is not None else load_data(config)
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
 
@@ -172,32 +238,82 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    config.max_checkpoints_to_keep)
-    if ckpt.latest_step() is not None:
-        try:
-            state, data_state = ckpt.restore(state)
-        except checkpoint.CheckpointError:
-            ckpt.close()  # release orbax's background threads before the error propagates
-            raise
-        iterator.state = pipeline.IteratorState.from_dict(data_state)
-    elif task.init_state is not None:
-        state = task.init_state(state)
-    state = sharding.replicate(state, mesh)
+    try:  # every way out waits for in-flight checkpoint writes and closes the manager
+        restored_step = None
+        if ckpt.latest_step() is not None:
+            state, data_state, restored_step, skipped = ckpt.restore_latest_intact(state)
+            for bad_step, message in skipped:
+                print(f"WARNING: skipped checkpoint step {bad_step} (moved to {ckpt.directory}"
+                      f".corrupt/): {message}; resuming from step {restored_step}", flush=True)
+            iterator.state = pipeline.IteratorState.from_dict(data_state)
+        elif task.init_state is not None:
+            state = task.init_state(state)
+        metrics_path = os.path.join(workdir, "metrics.jsonl")
+        reconcile_metrics(metrics_path, restored_step)
+        state = sharding.replicate(state, mesh)
 
-    common = dict(num_classes=train_split.num_classes, mean=mean, std=std)
-    train_step = task.make_train_step(graphdef, tx, config, steps_per_epoch=steps_per_epoch, **common)
-    eval_step = task.make_eval_step(graphdef, config, **common)
-    writer = metrics_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+        common = dict(num_classes=train_split.num_classes, mean=mean, std=std)
+        train_step = task.make_train_step(graphdef, tx, config, steps_per_epoch=steps_per_epoch,
+                                          **common)
+        eval_step = task.make_eval_step(graphdef, config, **common)
+        writer = metrics_lib.MetricsWriter(metrics_path)
+        return _loop(config, ckpt, writer, iterator, train_step, eval_step, schedule, state,
+                     graphdef, test_split, mesh, steps_per_epoch)
+    finally:
+        _close(ckpt)
 
+
+def _close(ckpt) -> None:
+    try:
+        ckpt.wait()
+    finally:
+        ckpt.close()
+
+
+def _loop(config, ckpt, writer, iterator, train_step, eval_step, schedule, state, graphdef,
+          test_split, mesh, steps_per_epoch) -> dict:
     step = int(state.step)
-    saved = {step}
+    saved = {step}  # the restored (or initial) state: nothing new to save
+    nonfinite_total = 0
+    # device metrics since the last host sync, with the (step, epoch, batch) each belongs to: the
+    # host syncs only to log, save and evaluate, never per step; `fetched` holds what was synced
+    # (and checked) since the last log line
+    pending: list[tuple[tuple[int, int, int], dict]] = []
+    fetched: list[dict] = []
+
+    def sync() -> None:
+        """Fetches pending metrics; stops on a dropped (non-finite) step unless told to skip."""
+        nonlocal pending, nonfinite_total
+        if not pending:
+            return
+        positions, values = zip(*pending)
+        values = jax.device_get(list(values))
+        pending = []
+        bad = [pos for pos, m in zip(positions, values) if m.get("nonfinite", 0.0)]
+        if bad and config.on_nonfinite == "stop":
+            raise _nonfinite_error(config, bad, step, ckpt, steps_per_epoch)
+        if bad:
+            nonfinite_total += len(bad)
+            print(f"WARNING: dropped {len(bad)} steps with a non-finite loss or gradient (first: "
+                  f"step {bad[0][0]}); {nonfinite_total} so far", flush=True)
+        fetched.extend(values)
+
+    def log_means() -> dict:
+        sync()
+        means = jax.tree.map(lambda *xs: float(np.mean(xs)),
+                             *[{k: v for k, v in m.items() if k != "nonfinite"} for m in fetched])
+        if config.on_nonfinite == "skip":
+            means["nonfinite_steps"] = int(sum(m.get("nonfinite", 0.0) for m in fetched))
+        fetched.clear()
+        return means
 
     def save():  # at most once per step: a step's checkpoint can coincide with an epoch end
         if step not in saved:
+            sync()  # a checkpoint never holds a run that has gone non-finite unnoticed
             ckpt.save(step, state, iterator.state.to_dict())
             saved.add(step)
 
     result = {}
-    pending = []  # device metrics since the last log: no host sync per step
     start = time.perf_counter()
     while iterator.state.epoch < config.num_epochs:
         epoch = iterator.state.epoch
@@ -206,13 +322,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    desc=f"epoch {epoch + 1}/{config.num_epochs}",
                    disable=not config.progress_bar, leave=False)
         for images, labels in iterator.epoch_batches():
+            batch = iterator.state.batch - 1  # this batch (the iterator has counted it as taken)
             state, step_metrics = train_step(state, *sharding.shard_batch((images, labels), mesh))
             step += 1
-            pending.append(step_metrics)
+            pending.append(((step, epoch, batch), step_metrics))
             bar.update()
             if step % config.log_every_steps == 0:
-                means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-                pending = []
+                means = log_means()
                 writer.write(step, epoch=epoch, learning_rate=float(schedule(step - 1)),
                              **{f"train_{k}": v for k, v in means.items()})
                 bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
@@ -221,26 +337,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if config.stop_after_steps and step >= config.stop_after_steps:
                 bar.close()
                 save()
-                ckpt.wait()
-                ckpt.close()
                 return {"stopped_at_step": step}
         bar.close()
         epoch_time = time.perf_counter() - epoch_start
-        save()
+        sync()
         last = epoch + 1 == config.num_epochs
-        if not (last or (epoch + 1) % config.eval_every_epochs == 0):
-            continue
-        result = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh)
-        result.update(epoch=epoch + 1, epoch_time_s=epoch_time,
-                      train_time_s=time.perf_counter() - start)
-        writer.write(step, **result)
-        print(f"epoch {epoch + 1}/{config.num_epochs}: test accuracy {result['test_accuracy']:.4f}, "
-              f"test loss {result['test_loss']:.4f}, {epoch_time:.0f} s", flush=True)
+        if last or (epoch + 1) % config.eval_every_epochs == 0:
+            # evaluated and written before the epoch's checkpoint: a run killed in between
+            # resumes from the step before, drops this record and evaluates again
+            result = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh)
+            result.update(epoch=epoch + 1, epoch_time_s=epoch_time,
+                          train_time_s=time.perf_counter() - start)
+            _check_finite_evaluation(result, step, epoch, ckpt)  # before it is written or saved
+            writer.write(step, **result)
+            print(f"epoch {epoch + 1}/{config.num_epochs}: test accuracy "
+                  f"{result['test_accuracy']:.4f}, test loss {result['test_loss']:.4f}, "
+                  f"{epoch_time:.0f} s", flush=True)
+        save()
     if not result:  # resumed a finished run: nothing trained, so evaluate what was restored
         result = evaluate(eval_step, state, test_split, config.eval_batch_size, mesh)
-    ckpt.wait()
-    ckpt.close()
+    if config.on_nonfinite == "skip":
+        result["nonfinite_steps"] = nonfinite_total
     result["step"] = step
     result["state"] = state
     result["graphdef"] = graphdef
     return result
+
+
+def _check_finite_evaluation(result: dict, step: int, epoch: int, ckpt) -> None:
+    """Finite training steps can still leave weights that evaluate to NaN (huge but finite
+    values); such a state is neither written to the metrics nor checkpointed."""
+    bad = {k: v for k, v in result.items() if isinstance(v, float) and not np.isfinite(v)}
+    if bad:
+        good = ckpt.latest_step()
+        raise NonFiniteError(
+            f"evaluation after epoch {epoch + 1} (step {step}) is not finite: {bad}; the weights "
+            "have diverged, so this state was not saved"
+            + (f"; the last good checkpoint is step {good} in {ckpt.directory}" if good is not None
+               else "") + ". Usual cause: a learning rate too high")
+
+
+def _nonfinite_error(config, bad, step, ckpt, steps_per_epoch) -> NonFiniteError:
+    (bad_step, epoch, batch) = bad[0]
+    good = ckpt.latest_step()
+    where = (f"the last good checkpoint is step {good} in {ckpt.directory} (intact; rerunning "
+             "resumes from it)" if good is not None else
+             f"no checkpoint was saved yet in {ckpt.directory}")
+    return NonFiniteError(
+        f"non-finite loss or gradient at step {bad_step} (epoch {epoch + 1}, batch {batch + 1} of "
+        f"{steps_per_epoch}; {len(bad)} such steps up to step {step}); its update was not applied "
+        f"and nothing after it was saved: {where}. Usual causes: a learning rate too high "
+        f"(optimizer.learning_rate = {config.optimizer.learning_rate}) or bad input data. To drop "
+        "such steps and go on instead, set config.on_nonfinite='skip'")

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adaptive_jax import cost
+from adaptive_jax import config as config_lib, cost
 from adaptive_jax.config import check_config_keys
 from adaptive_jax.data.augment import augment, normalize
 from adaptive_jax.execution import masked
@@ -67,6 +67,20 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def check_config(config) -> None:
+    """The head's and stage B's keys (types, ranges, menus): run before any data is loaded."""
+    c = config_lib
+    c.check_config_values(config, {
+        "policy.initial_execute_prob": c.number(above=0, below=1),
+        "policy.pool_grid": c.integer(1), "policy.activation": c.one_of("none", "relu"),
+        "policy.input_norm": c.one_of("none", "layer"),
+        "rl.num_epochs": c.integer(0), "rl.penalty": c.number(0),
+        "rl.penalties": c.sequence_of(c.number(0), unique=True), "rl.wrong_penalty": c.number(0),
+        "rl.epsilon": c.number(0, 1), "rl.self_critical": c.boolean(),
+        "rl.normalize_advantage": c.boolean(), "rl.entropy_weight": c.number(0),
+        "rl.rl_weight": c.number(0), "rl.curriculum_steps_per_block": c.integer(0),
+        "rl.backbone_learning_rate": c.number(above=0), "rl.policy_learning_rate": c.number(above=0),
+        "rl.static_baseline": c.boolean(), "rl.static_heldout_examples": c.integer(1),
+    })
     if config.policy.variant not in OFAS_VARIANTS:
         raise ValueError(f"unknown OFAS head variant {config.policy.variant!r}; "
                          f"expected one of {sorted(OFAS_VARIANTS)}")
@@ -121,7 +135,7 @@ def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
 
 def stage_a_task() -> loop.Task:
     return loop.Task(build_model=build_model, make_eval_step=make_eval_step,
-                     reference_config=default_config)
+                     reference_config=default_config, validate_config=check_config)
 
 
 def make_stage_b_tx(config, steps_per_epoch: int, total_steps: int):
@@ -227,12 +241,10 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
         key = jax.random.fold_in(state.rng, state.step)
         aug_key, policy_key = jax.random.split(key)
         images = augment(aug_key, images_u8, mean, std)
-        grads, (metrics, batch_stats) = jax.grad(chosen_loss, has_aux=True)(
+        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(chosen_loss, has_aux=True)(
             state.params, state.batch_stats, images, labels, policy_key, state.step)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), metrics
+        state, metrics["nonfinite"] = steps.apply_gradients(state, tx, grads, batch_stats, loss)
+        return state, metrics
 
     return jax.jit(train_step, donate_argnums=0)
 
@@ -257,7 +269,8 @@ def stage_b_task(stage_a_state: steps.TrainState) -> loop.Task:
 
     return loop.Task(build_model=build_model, make_tx=make_stage_b_tx,
                      make_train_step=make_stage_b_step, make_eval_step=make_eval_step,
-                     init_state=init_state, reference_config=default_config)
+                     init_state=init_state, reference_config=default_config,
+                     validate_config=check_config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +393,8 @@ def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) ->
         return jax.jit(step)
 
     return loop.Task(build_model=build, make_tx=make_stage_b_tx, make_eval_step=eval_step,
-                     init_state=init_state, reference_config=default_config)
+                     init_state=init_state, reference_config=default_config,
+                     validate_config=check_config)
 
 
 def _subtree_copy(target, source):

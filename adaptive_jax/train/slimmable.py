@@ -30,6 +30,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from adaptive_jax import config as config_lib
 from adaptive_jax.data.augment import augment, normalize
 from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
 from adaptive_jax.nn.slim import width_index
@@ -50,6 +51,12 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def check_config(config) -> None:
+    """The width menu and training mode: run before any data is loaded."""
+    c = config_lib
+    c.check_config_values(config, {
+        "slim.widths": c.sequence_of(c.number(above=0, maximum=1), unique=True),
+        "slim.mode": c.one_of(*MODES), "slim.width": c.number(above=0, maximum=1),
+        "slim.num_random": c.integer(0), "slim.steps_per_switch": c.integer(0)})
     if config.slim.mode not in MODES:
         raise ValueError(f"unknown slim.mode {config.slim.mode!r}; expected one of {MODES}")
     SlimmableSpec(config.model.depth, widths=tuple(config.slim.widths))  # the menu's checks
@@ -92,21 +99,19 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
         return sum(losses), (metrics, nnx.state(model, nnx.BatchStat))
 
     def grads_for(train_widths, params, batch_stats, images, labels):
-        grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(
+        (total, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, batch_stats, images, labels, train_widths)
-        return grads, stats, metrics["loss"], metrics["accuracy"]
+        return grads, stats, total, metrics["loss"], metrics["accuracy"]
 
     branches, pick = _branches(config, widths, steps_per_epoch)
 
     def branch_step(train_widths, state: steps.TrainState, images_u8, labels):
         aug_key, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
         images = augment(aug_key, images_u8, mean, std)
-        grads, batch_stats, loss, accuracy = grads_for(train_widths, state.params,
-                                                       state.batch_stats, images, labels)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                             opt_state=opt_state), {"loss": loss, "accuracy": accuracy}
+        grads, batch_stats, total, loss, accuracy = grads_for(train_widths, state.params,
+                                                              state.batch_stats, images, labels)
+        state, nonfinite = steps.apply_gradients(state, tx, grads, batch_stats, total)
+        return state, {"loss": loss, "accuracy": accuracy, "nonfinite": nonfinite}
 
     # One compiled step per set of widths, picked on the host. A `lax.switch` over the
     # gradient branches ran 3.2x slower on XLA:CPU (sandwich 10.1 s per step; 3.1 s picked on
@@ -178,4 +183,5 @@ def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
 
 def task() -> loop.Task:
     return loop.Task(build_model=build_model, make_train_step=make_train_step,
-                     make_eval_step=make_eval_step, reference_config=default_config)
+                     make_eval_step=make_eval_step, reference_config=default_config,
+                     validate_config=check_config)

@@ -60,6 +60,11 @@ def recorded_train_time(workdir: str) -> float | None:
 
 def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         zoo_penalty: float | None = None, command: str = "", zoo_dir: str | None = None) -> list[dict]:
+    # every stage's settings, before the data loads and stage A trains
+    loop.validate_config(config, ofas.stage_b_task(None))
+    if zoo_name and zoo_penalty not in config.rl.penalties:
+        raise ValueError(f"--zoo_penalty={zoo_penalty} is not one of rl.penalties "
+                         f"{config.rl.penalties}; pass one of them")
     train_split, test_split = loop.load_data(config)
     data = (train_split, test_split)
     stage_a_dir = os.path.join(workdir, "stage_a")
@@ -112,9 +117,7 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
                       f"OFAS ResNet-{config.model.depth} on {config.dataset}")
     print(f"report: {os.path.join(workdir, 'report.json')}, plot: {plot}")
     if zoo_name:
-        point = next((r for r in rows if r.get("penalty") == zoo_penalty), None)
-        if point is None:
-            raise ValueError(f"--zoo_penalty={zoo_penalty} is not one of rl.penalties {config.rl.penalties}")
+        point = next(r for r in rows if r.get("penalty") == zoo_penalty)  # checked up front
         static = next((r for r in rows if r["point"] == f"static @{zoo_penalty:g}"), None)
         save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, static, test_split,
                     command, zoo_dir)
