@@ -52,6 +52,14 @@ class BlockLayout:
         return f"{self.model or 'a model'} ({self.num_blocks} blocks: {stages})"
 
 
+def as_block_plan(plan):
+    """`plan` as an array: a Python list or tuple (of bools, or of rows of bools) becomes a numpy
+    array; arrays and tracers pass through. `check_block_plan` then checks dtype and shape."""
+    if isinstance(plan, (list, tuple)):
+        return np.asarray(plan)
+    return plan
+
+
 def check_block_plan(plan, layout: BlockLayout, batch_size: int | None = None):
     """Returns `plan` if it is a valid block plan for `layout`, else raises naming the problem.
 
@@ -96,6 +104,8 @@ class StaticBlockPlan:
         if isinstance(plan, jax.core.Tracer):
             raise TypeError("a StaticBlockPlan needs a concrete plan, got a traced value; "
                             "use a traced block plan with the masked / cond / bucketed executors")
+        if isinstance(plan, StaticBlockPlan):
+            return plan.check_for(layout)
         plan = np.asarray(check_block_plan(np.asarray(plan), layout))
         if plan.ndim != 1:
             raise ValueError(f"a static plan is one plan of shape (num_blocks,), got {plan.shape}")

@@ -299,3 +299,99 @@ def test_bad_floors_and_scales_are_refused():
         OperatingPoint("b", 1.0, math.nan)
     with pytest.raises(ValueError, match="window must be an integer"):
         RuntimeManager(points, 10.0, window=2.5)
+
+
+# -- near-misses at the public API ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def resnet8():
+    from flax import nnx
+    from adaptive_jax.models import CifarResNet, ResNetSpec
+    model = CifarResNet(ResNetSpec(8), rngs=nnx.Rngs(0))
+    model.eval()
+    return model
+
+
+def test_plans_as_lists_and_arrays_are_accepted_where_a_plan_is_expected(resnet8):
+    from flax import nnx
+    from adaptive_jax.execution import StaticExecutor, cond, masked
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    want = cond.forward(resnet8, images, np.array([True, False, True]))
+    np.testing.assert_allclose(cond.forward(resnet8, images, [True, False, True]), want, atol=1e-5)
+    np.testing.assert_allclose(masked.forward(resnet8, images, [True, False, True]), want, atol=1e-5)
+    executor = StaticExecutor(*nnx.split(resnet8, nnx.Param, nnx.BatchStat))
+    np.testing.assert_allclose(executor(images, np.array([True, False, True])), want, atol=1e-5)
+    np.testing.assert_allclose(executor(images, [True, False, True]), want, atol=1e-5)
+    assert executor.stats()["compilations"] == 1  # the array and the list are the same plan
+    with pytest.raises(TypeError, match="must have dtype bool.*probs > 0.5"):
+        masked.forward(resnet8, images, [1, 0, 1])
+
+
+def test_counts_of_buckets_executables_and_channels_are_checked():
+    from flax import nnx
+    from adaptive_jax.execution import SubnetExecutor, bucketed
+    from adaptive_jax.execution.static import ExecutableCache
+    from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
+    with pytest.raises(ValueError, match="buckets must be an integer >= 1"):
+        bucketed.capacities(8, 0)
+    with pytest.raises(ValueError, match="max_executables must be an integer >= 1"):
+        ExecutableCache(0)
+    model = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="channel_multiple must be an integer >= 1"):
+        SubnetExecutor(model, channel_multiple=0)  # was silently replaced by 8
+
+
+def test_widths_accept_numpy_scalars_and_name_what_they_refuse():
+    from flax import nnx
+    from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec, WidthSubnet
+    model = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(0))
+    images = np.zeros((1, 32, 32, 3), np.float32)
+    np.testing.assert_array_equal(model(images, np.float32(0.5)), model(images, 0.5))
+    assert WidthSubnet.of(np.float64(0.25)) == WidthSubnet.of(0.25)
+    assert WidthSubnet.of([0.25, np.float32(0.5), 1]) == WidthSubnet((0.25, 0.5, 1.0))
+    with pytest.raises(TypeError, match="a width is a number in \\(0, 1\\] such as 0.5, got str"):
+        model(images, "0.5")
+    with pytest.raises(TypeError, match="got bool True"):
+        WidthSubnet.of(True)
+    with pytest.raises(ValueError, match="strictly increasing \\(no repeats\\)"):
+        SlimmableSpec(8, widths=(0.5, 0.5, 1.0))
+    assert SlimmableSpec(8, widths=np.array([0.5, 1.0])).widths == (0.5, 1.0)
+
+
+def test_nan_images_are_refused_by_the_compiled_paths_when_asked(resnet8):
+    from flax import nnx
+    from adaptive_jax.execution import StaticExecutor, make_predict_fn
+    from adaptive_jax.inference import make_predict_fn as make_model_predict_fn
+    graphdef, params, stats = nnx.split(resnet8, nnx.Param, nnx.BatchStat)
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    images[1, 3, 4, 0] = np.nan
+    plan = np.ones(3, bool)
+    unchecked = make_predict_fn(graphdef, "cond")
+    unchecked(params, stats, images, plan)  # off by default: no error, whatever XLA returns
+    with pytest.raises(ValueError, match="1 of 2 images contain NaN or inf pixels \\(first: image 1\\)"):
+        make_predict_fn(graphdef, "cond", check_finite=True)(params, stats, images, plan)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        make_model_predict_fn(graphdef, check_finite=True)(params, stats, jax.numpy.asarray(images))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        StaticExecutor(graphdef, params, stats, check_finite=True)(images, plan)
+    clean = np.zeros((2, 32, 32, 3), np.float32)
+    np.testing.assert_allclose(make_predict_fn(graphdef, "cond", check_finite=True)(
+        params, stats, clean, plan), unchecked(params, stats, clean, plan))
+
+
+def test_a_download_without_a_network_fails_at_once_with_the_offline_way(tmp_path, monkeypatch):
+    import socket
+    import time
+    from adaptive_jax.data.datasets import DataNotFoundError, load_split
+
+    def no_network(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    (tmp_path / "empty").mkdir()
+    start = time.perf_counter()
+    with pytest.raises(DataNotFoundError, match="(?s)no network: cannot reach www.cs.toronto.edu.*"
+                                                "offline: put"):
+        load_split("cifar10", "train", data_dir=str(tmp_path / "tfds"),
+                   manual_dir=str(tmp_path / "empty"), download=True)
+    assert time.perf_counter() - start < 30  # not TFDS's minutes of retries

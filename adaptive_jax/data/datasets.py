@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import urllib.parse
 
 import grain
 import numpy as np
@@ -89,6 +91,9 @@ def data_source(name: str, data_dir: str | None = None, manual_dir: str | None =
         if local is not None:
             offline.build_from_local_files(name, data_dir, local)
         elif download:
+            unreachable = _unreachable(builder.info.homepage)
+            if unreachable:  # fail now, not after TFDS's minutes of retries
+                raise DataNotFoundError(_missing_message(name, data_dir, manual_dir, unreachable))
             try:
                 builder.download_and_prepare()
             except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
@@ -97,6 +102,21 @@ def data_source(name: str, data_dir: str | None = None, manual_dir: str | None =
         else:
             raise DataNotFoundError(_missing_message(name, data_dir, manual_dir, "download is off"))
     return tfds.data_source(name, data_dir=data_dir, download=False)
+
+
+def _unreachable(url: str, timeout_s: float = 5.0) -> str | None:
+    """Why the dataset's host cannot be reached (no DNS, no route, a timeout), or None if a TCP
+    connection to it opens: a quick probe before a download whose retries take minutes."""
+    parsed = urllib.parse.urlparse(url or "")
+    host = parsed.hostname
+    if not host:
+        return None  # nothing to probe: let TFDS try
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        return f"no network: cannot reach {host}:{port} to download ({type(e).__name__}: {e})"
+    return None
 
 
 def _decode(record) -> tuple[np.ndarray, int, str]:

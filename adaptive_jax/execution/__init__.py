@@ -11,7 +11,8 @@
           sliced weights, from the same kind of cache.
 
 `make_predict_fn(graphdef, executor, **options)` gives a jit-compiled pure function
-(params, batch_stats, images, plan) -> logits in inference mode; options go to the executor
+(params, batch_stats, images, plan) -> logits in inference mode (`check_finite=True`: NaN / inf
+pixels are an error, at the cost of a reduction per call); options go to the executor
 (e.g. `buckets=32` for bucketed: a finer capacity menu, closer to the ideal speedup, longer to
 compile).
 """
@@ -24,11 +25,13 @@ from flax import nnx
 from adaptive_jax.execution import bucketed, cond, masked, static
 from adaptive_jax.execution.static import ExecutableCache, StaticExecutor, use_persistent_cache
 from adaptive_jax.execution.subnets import SubnetExecutor
+from adaptive_jax.models.resnet import check_finite_images
 
 EXECUTORS = {"masked": masked.forward, "cond": cond.forward, "bucketed": bucketed.forward}
 
 
-def make_predict_fn(graphdef, executor: str, **options) -> Callable:
+def make_predict_fn(graphdef, executor: str, check_finite: bool = False, **options) -> Callable:
+    """`check_finite=True` refuses images with NaN / inf pixels on every call (check_finite_images)."""
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; expected one of {sorted(EXECUTORS)}")
     forward = EXECUTORS[executor]
@@ -38,7 +41,17 @@ def make_predict_fn(graphdef, executor: str, **options) -> Callable:
         model.eval()
         return forward(model, images, plan, **options)
 
-    return jax.jit(predict)
+    return with_finite_check(jax.jit(predict), images_arg=2) if check_finite else jax.jit(predict)
 
 
-__all__ = ["EXECUTORS", "ExecutableCache", "StaticExecutor", "SubnetExecutor", "use_persistent_cache", "bucketed", "cond", "make_predict_fn", "masked", "static"]
+def with_finite_check(fn: Callable, images_arg: int) -> Callable:
+    """`fn` that first refuses non-finite images (its positional argument `images_arg`)."""
+
+    def checked(*args):
+        check_finite_images(args[images_arg])
+        return fn(*args)
+
+    return checked
+
+
+__all__ = ["EXECUTORS", "ExecutableCache", "StaticExecutor", "SubnetExecutor", "use_persistent_cache", "bucketed", "cond", "make_predict_fn", "masked", "static", "with_finite_check"]

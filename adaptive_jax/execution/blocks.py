@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptive_jax.models.resnet import BasicBlock, CifarResNet, Stage, check_images
-from adaptive_jax.plans import BlockLayout, check_block_plan
+from adaptive_jax.plans import BlockLayout, as_block_plan, check_block_plan
 
 FirstBlockFn = Callable[[BasicBlock, jax.Array, jax.Array], jax.Array]
 RestFn = Callable[[Stage, jax.Array, jax.Array], jax.Array]
@@ -32,6 +32,7 @@ def run_blocks(model: CifarResNet, features: jax.Array, plan: jax.Array,
     `float_gates`: the executor also takes a float plan (gates in [0, 1]); its shape is checked.
     """
     layout = layout_of(model)
+    plan = as_block_plan(plan)
     if float_gates and jnp.issubdtype(plan.dtype, jnp.floating):
         check_block_plan(jax.ShapeDtypeStruct(plan.shape, jnp.bool_), layout, features.shape[0])
     else:

@@ -14,6 +14,8 @@ Never `vmap` over `lax.cond` instead: under `vmap` both branches run for every r
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -26,6 +28,9 @@ DEFAULT_BUCKETS = 8
 
 def capacities(batch: int, buckets: int) -> tuple[int, ...]:
     """The static row capacities a block may run at: multiples of batch / buckets, up to batch."""
+    if not (isinstance(buckets, numbers.Integral) and not isinstance(buckets, bool) and buckets >= 1):
+        raise ValueError(f"buckets must be an integer >= 1 (how many row capacities a block may "
+                         f"run at), got {buckets!r}")
     if batch % buckets:
         raise ValueError(f"batch {batch} is not a multiple of buckets={buckets}; "
                          f"pad the batch or choose buckets dividing it")

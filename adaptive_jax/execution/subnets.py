@@ -16,7 +16,9 @@ from flax import nnx
 
 from adaptive_jax.execution.static import ExecutableCache
 from adaptive_jax.latency import measure_table
-from adaptive_jax.models.slimmable import SlimmableResNet, WidthSubnet, extract_subnet
+from adaptive_jax.models.resnet import check_finite_images
+from adaptive_jax.models.slimmable import (SlimmableResNet, WidthSubnet, check_channel_multiple,
+                                          extract_subnet)
 
 
 class SubnetExecutor(ExecutableCache):
@@ -24,11 +26,14 @@ class SubnetExecutor(ExecutableCache):
     widths, or a `WidthSubnet`), in inference mode, from its own compiled executable."""
 
     def __init__(self, model: SlimmableResNet, max_executables: int = 16,
-                 channel_multiple: int | None = None):
-        super().__init__(max_executables)
+                 channel_multiple: int | None = None, check_finite: bool = False):
+        super().__init__(max_executables, check_finite)
         self.model = model
         # XLA:CPU runs convs with 4 or 12 channels slower than with 8 or 16 (see extract_subnet)
-        self.channel_multiple = channel_multiple or (8 if jax.default_backend() == "cpu" else 1)
+        if channel_multiple is None:
+            channel_multiple = 8 if jax.default_backend() == "cpu" else 1
+        check_channel_multiple(channel_multiple)
+        self.channel_multiple = channel_multiple
         self._weights: dict[WidthSubnet, tuple] = {}
 
     def weights(self, subnet: WidthSubnet) -> tuple:
@@ -61,6 +66,8 @@ class SubnetExecutor(ExecutableCache):
         super().warm_up([WidthSubnet.of(w) for w in widths], batch_sizes, image_shape)
 
     def __call__(self, images, width) -> jax.Array:
+        if self.check_finite:
+            check_finite_images(images)
         subnet = WidthSubnet.of(width)
         run = self.executable(subnet, tuple(images.shape))
         _, params, stats = self._weights[subnet]

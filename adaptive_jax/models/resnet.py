@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adaptive_jax.nn import LOWERINGS, conv_general_dilated_fn
@@ -221,6 +222,26 @@ def check_images(images: jax.Array, channels: int = 3) -> None:
         raise TypeError(
             f"expected floating-point (normalised) images, got dtype {images.dtype}; "
             "use adaptive_jax.data.normalize() on uint8 pixels first")
+
+
+def check_finite_images(images) -> None:
+    """Raises if any pixel is NaN or inf, naming how many images are affected.
+
+    Off the hot path by default: the compiled predict paths take `check_finite=True` to call it
+    on every request (one reduction and a host sync; cost in benchmarks/RESULTS.md). Why bother:
+    XLA:CPU drops NaN inside a fused relu + mean-pool, so a jit-compiled network can return
+    confident logits for an all-NaN image, where an eager call returns NaN."""
+    if isinstance(images, jax.Array):
+        bad = np.asarray(~jnp.isfinite(images).reshape(images.shape[0], -1).all(axis=1))
+    else:
+        images = np.asarray(images)
+        if not np.issubdtype(images.dtype, np.floating):
+            return  # integer pixels are always finite
+        bad = ~np.isfinite(images).reshape(images.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(bad)} images contain NaN or inf pixels (first: "
+                         f"image {int(np.argmax(bad))}); check the decoding / normalisation that "
+                         "produced them")
 
 
 def resnet(depth: int = 20, num_classes: int = 10, shortcut: str = "projection",

@@ -17,6 +17,7 @@ important ones (OFA's first step).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,8 @@ import numpy as np
 from flax import nnx
 
 from adaptive_jax.models.resnet import STAGE_WIDTHS, CifarResNet, ResNetSpec, check_images
-from adaptive_jax.nn.slim import (SlimConv, SlimLinear, SwitchableBatchNorm, slim_channels,
-                                  width_index)
+from adaptive_jax.nn.slim import (SlimConv, SlimLinear, SwitchableBatchNorm, as_width,
+                                  is_scalar_width, slim_channels, width_index)
 
 UNIFORM_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -41,20 +42,36 @@ class SlimmableSpec:
     def __post_init__(self):
         if (self.depth - 2) % 6 or self.depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {self.depth}")
-        if not self.widths or sorted(self.widths) != list(self.widths) or self.widths[-1] != 1.0:
-            raise ValueError(f"widths must be increasing and end at 1.0, got {self.widths}")
-        for w in self.widths:
-            slim_channels(16, w)  # range check
+        if isinstance(self.widths, (str, bytes)) or not hasattr(self.widths, "__iter__"):
+            raise TypeError(f"widths is a sequence of numbers in (0, 1] ending at 1.0, such as "
+                            f"(0.25, 0.5, 1.0); got {self.widths!r}")
+        widths = tuple(as_width(w) for w in self.widths)  # numpy scalars welcome, True is not
+        if not widths or any(a >= b for a, b in zip(widths, widths[1:])) or widths[-1] != 1.0:
+            raise ValueError(f"widths must be strictly increasing (no repeats) and end at 1.0, "
+                             f"got {self.widths}")
+        object.__setattr__(self, "widths", widths)
 
 
 def stage_widths(width, widths_menu) -> tuple[float, float, float]:
     """A uniform width or three per-stage widths, checked against the model's menu."""
-    per_stage = (width,) * 3 if isinstance(width, (int, float)) else tuple(width)
-    if len(per_stage) != 3:
-        raise ValueError(f"a non-uniform width gives one width per stage (3), got {width}")
+    per_stage = per_stage_widths(width)
     for w in per_stage:
         width_index(widths_menu, w)
     return per_stage
+
+
+def per_stage_widths(width) -> tuple[float, float, float]:
+    """One width (uniform) or three (one per stage) as three Python floats; anything else is an
+    error saying which forms are accepted."""
+    if is_scalar_width(width):
+        return (as_width(width),) * 3
+    if isinstance(width, WidthSubnet):
+        return width.stage_widths
+    if isinstance(width, (str, bytes, bool, np.bool_)) or not hasattr(width, "__len__"):
+        as_width(width)  # raises, naming what a width is
+    if len(width) != 3:
+        raise ValueError(f"a non-uniform width gives one width per stage (3), got {width}")
+    return tuple(as_width(w) for w in width)
 
 
 class SlimBlock(nnx.Module):
@@ -118,10 +135,7 @@ class WidthSubnet:
         """`WidthSubnet.of(0.5)` (uniform) or `WidthSubnet.of((0.25, 0.5, 1.0))`."""
         if isinstance(width, WidthSubnet):
             return width
-        per_stage = (width,) * 3 if isinstance(width, (int, float)) else tuple(width)
-        if len(per_stage) != 3:
-            raise ValueError(f"a non-uniform width gives one width per stage (3), got {width}")
-        return cls(tuple(float(w) for w in per_stage))
+        return cls(per_stage_widths(width))
 
     @property
     def name(self) -> str:
@@ -134,12 +148,18 @@ class WidthSubnet:
         return tuple(slim_channels(c, w) for c, w in zip(STAGE_WIDTHS, self.stage_widths))
 
 
+def check_channel_multiple(channel_multiple) -> None:
+    if not (isinstance(channel_multiple, numbers.Integral) and not isinstance(channel_multiple, bool)
+            and channel_multiple >= 1):
+        raise ValueError(f"channel_multiple must be an integer >= 1 (1: no rounding), "
+                         f"got {channel_multiple!r}")
+
+
 def subnet_spec(spec: SlimmableSpec, subnet: WidthSubnet, channel_multiple: int = 1) -> ResNetSpec:
     """The static ResNet a sub-net is: same depth, the sub-net's channels (rounded up to
     `channel_multiple`), projection shortcuts."""
     stage_widths(subnet.stage_widths, spec.widths)  # every width must be on the menu
-    if channel_multiple < 1:
-        raise ValueError(f"channel_multiple must be at least 1, got {channel_multiple}")
+    check_channel_multiple(channel_multiple)
     channels = tuple(-(-c // channel_multiple) * channel_multiple for c in subnet.channels())
     return ResNetSpec(spec.depth, spec.num_classes, "projection", channels,
                       spec.in_channels, conv_lowering=spec.conv_lowering)

@@ -14,23 +14,50 @@ ceil(w * C) channels for a static width w, so every narrower sub-net is a prefix
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adaptive_jax.nn.conv import conv2d
 
 
-def slim_channels(channels: int, width: float) -> int:
-    """ceil(width * channels), at least 1: how many channels a layer keeps at `width`."""
+def is_scalar_width(value) -> bool:
+    """A Python or numpy real number (or 0-d numpy array), not a bool: one width, not three."""
+    if isinstance(value, bool) or isinstance(value, np.bool_):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.number)
+
+
+def as_width(value) -> float:
+    """`value` as a width: a real number in (0, 1] (numpy scalars welcome) as a Python float.
+
+    Widths are static (they choose the shapes that compile), so a bool, a string or a traced jax
+    value is an error that says what was expected."""
+    if not is_scalar_width(value):
+        hint = (" (pass the number itself, e.g. 0.5)" if isinstance(value, str) else
+                " (a width is static Python data; it cannot be traced)" if isinstance(value, jax.Array)
+                else "")
+        raise TypeError(f"a width is a number in (0, 1] such as 0.5, got {type(value).__name__} "
+                        f"{value!r}{hint}")
+    width = float(value)
     if not 0.0 < width <= 1.0:
         raise ValueError(f"a width must be in (0, 1], got {width}")
-    return max(1, math.ceil(width * channels - 1e-9))
+    return width
+
+
+def slim_channels(channels: int, width: float) -> int:
+    """ceil(width * channels), at least 1: how many channels a layer keeps at `width`."""
+    return max(1, math.ceil(as_width(width) * channels - 1e-9))
 
 
 def width_index(widths: Sequence[float], width: float) -> int:
+    width = as_width(width)
     for i, w in enumerate(widths):
         if abs(w - width) < 1e-9:
             return i

@@ -55,7 +55,7 @@ def check_config(config) -> None:
     c = config_lib
     c.check_config_values(config, {
         "slim.widths": c.sequence_of(c.number(above=0, maximum=1), unique=True),
-        "slim.mode": c.one_of(*MODES), "slim.width": c.number(above=0, maximum=1),
+        "slim.width": c.number(above=0, maximum=1),
         "slim.num_random": c.integer(0), "slim.steps_per_switch": c.integer(0)})
     if config.slim.mode not in MODES:
         raise ValueError(f"unknown slim.mode {config.slim.mode!r}; expected one of {MODES}")

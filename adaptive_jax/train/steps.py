@@ -37,7 +37,7 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed
 
 
 def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, batch_stats,
-                    loss: jax.Array) -> tuple[TrainState, jax.Array]:
+                    loss: jax.Array, guard: bool = True) -> tuple[TrainState, jax.Array]:
     """One optimiser update, taken only when the loss and every update are finite.
 
     Returns (new state, `nonfinite`: 1.0 if this step's update was dropped, else 0.0). A dropped
@@ -45,9 +45,14 @@ def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads, 
     advances `step` (the data position): NaN never reaches the weights, so the loop can stop with
     the last good state intact or, by choice, skip the batch (docs/robustness.md). The check is
     one norm over the gradients and one select per array: no host sync, no measurable cost
-    (`python -m benchmarks.train_step_guard`).
+    (`python -m benchmarks.robustness_cost`). `guard=False` applies every update unchecked (the
+    benchmark's before).
     """
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if not guard:
+        params = optax.apply_updates(state.params, updates)
+        return (state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state), jnp.zeros((), jnp.float32))
     # the updates, not the gradients: they carry any non-finite gradient, and also what an
     # optimiser makes non-finite from finite gradients
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(updates))
@@ -67,8 +72,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: int,
-                    mean, std, label_smoothing: float = 0.0) -> Callable:
-    """(state, images uint8 (B,H,W,C), labels int32 (B,)) -> (state, metrics); augments on device."""
+                    mean, std, label_smoothing: float = 0.0, guard_nonfinite: bool = True) -> Callable:
+    """(state, images uint8 (B,H,W,C), labels int32 (B,)) -> (state, metrics); augments on device.
+    A non-finite step is dropped and flagged in metrics["nonfinite"] (`apply_gradients`)."""
 
     def loss_fn(params, batch_stats, images, labels):
         # NNX states hold Variables; batch_stats is not differentiated, so it still belongs to the
@@ -86,7 +92,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: 
         images = augment(key, images_u8, mean, std)
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, images, labels)
-        state, nonfinite = apply_gradients(state, tx, grads, batch_stats, loss)
+        state, nonfinite = apply_gradients(state, tx, grads, batch_stats, loss, guard_nonfinite)
         metrics = {"loss": loss, "accuracy": (logits.argmax(-1) == labels).mean(),
                    "nonfinite": nonfinite}
         return state, metrics

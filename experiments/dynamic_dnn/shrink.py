@@ -70,6 +70,7 @@ def run(config, workdir: str, calibration_batches: int = 20, data=None) -> list[
     if config.slim.mode != "alone" or config.slim.width != 1.0:
         raise ValueError("shrink reads a run trained at full width only: pass "
                          "--config.slim.mode=alone --config.slim.width=1.0 (as it was trained)")
+    loop.validate_config(config, slimmable.task())  # before the data loads
     train_split, test_split = data if data is not None else loop.load_data(config)
     # restores the finished run; trains nothing
     trained = train_and_evaluate(config, workdir, (train_split, test_split), slimmable.task())

@@ -37,6 +37,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def run(config, workdir: str, name: str | None = None, zoo_dir: str | None = None,
         command: str = "") -> dict:
+    loop.validate_config(config)  # before the data loads
     train, test = loop.load_data(config)
     result = train_and_evaluate(config, workdir, data=(train, test))
     from adaptive_jax import zoo  # imported late: a background run picks up the zoo code at its end
