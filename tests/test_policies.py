@@ -103,3 +103,31 @@ def test_ofas_head_grid_pool_relu_and_layer_norm():
         OFASHead(16, 9, pool_grid=3, rngs=_rngs())(x)
     with pytest.raises(ValueError, match="unknown OFAS head input_norm 'batch'"):
         OFASHead(16, 9, input_norm="batch", rngs=_rngs())
+
+
+def test_ofas_head_batch_logit_norm_separates_rate_from_ranking():
+    head = OFASHead(16, 5, (32,), pool_grid=4, activation="relu", logit_norm="batch",
+                    logit_scale=2.0, initial_execute_prob=0.9, rngs=_rngs())
+    x = jax.random.normal(jax.random.PRNGKey(0), (64, 32, 32, 16))
+    head.train()
+    logits = np.asarray(head(x))
+    # over the batch, every block's logits have mean = its bias (logit(0.9)) and std = the scale
+    np.testing.assert_allclose(logits.mean(0), np.log(9.0), atol=1e-4)
+    np.testing.assert_allclose(logits.std(0), 2.0, rtol=1e-2)
+    # the score ranks images; the batch-common part of its gradient is removed by the norm, so
+    # a loss that pushes every image's logit up moves the bias only
+    graphdef, params, stats = nnx.split(head, nnx.Param, nnx.BatchStat)
+
+    def common_push(params):
+        model = nnx.merge(graphdef, params, jax.tree.map(lambda s: s, stats))
+        model.train()
+        return model(x).sum()
+
+    grads = jax.grad(common_push)(params)
+    assert np.abs(grads["layers"][0]["kernel"][...]).max() < 1e-4
+    np.testing.assert_allclose(grads["gate_bias"][...], 64.0)
+    head.eval()  # running statistics: one image gets a logit alone
+    assert head(x[:1]).shape == (1, 5)
+    assert head.config()["logit_norm"] == "batch"
+    with pytest.raises(ValueError, match="unknown OFAS head logit_norm 'layer'"):
+        OFASHead(16, 5, logit_norm="layer", rngs=_rngs())

@@ -23,12 +23,14 @@ BLOCK_RUNNERS = {"masked": masked.run_blocks, "cond": cond.run_blocks,
 class OFASNet(nnx.Module):
     def __init__(self, backbone: CifarResNet, hidden: tuple[int, ...] = (32,), *,
                  initial_execute_prob: float = 0.9, pool_grid: int = 1, activation: str = "none",
-                 input_norm: str = "none", rngs: nnx.Rngs):
+                 input_norm: str = "none", logit_norm: str = "none", logit_scale: float = 2.0,
+                 rngs: nnx.Rngs):
         self.backbone = backbone
         self.spec = backbone.spec
         self.policy = OFASHead(backbone.spec.widths[0], backbone.spec.num_blocks, tuple(hidden),
                                initial_execute_prob=initial_execute_prob, pool_grid=pool_grid,
-                               activation=activation, input_norm=input_norm, rngs=rngs)
+                               activation=activation, input_norm=input_norm,
+                               logit_norm=logit_norm, logit_scale=logit_scale, rngs=rngs)
 
     @classmethod
     def from_config(cls, backbone: CifarResNet, policy: dict, *, rngs: nnx.Rngs) -> "OFASNet":
@@ -40,7 +42,8 @@ class OFASNet(nnx.Module):
                              f"{expected[0]} and {expected[1]}")
         return cls(backbone, tuple(policy["hidden"]), pool_grid=policy["pool_grid"],
                    activation=policy["activation"], input_norm=policy.get("input_norm", "none"),
-                   rngs=rngs)
+                   logit_norm=policy.get("logit_norm", "none"),
+                   logit_scale=policy.get("logit_scale", 2.0), rngs=rngs)
 
     @property
     def training(self) -> bool:

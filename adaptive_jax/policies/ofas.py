@@ -16,6 +16,17 @@ cost thousands of MACs against the backbone's tens of millions (counted by `cost
 all positive with a large common part, so Adam's near-uniform steps on a wide first layer moved
 every image's logits together and saturated the head within ~40-80 steps (docs/ofas.md);
 without the common part, a step moves images apart rather than all at once.
+
+`logit_norm="batch"` separates *how often* a block runs from *which images* run it. Trained from
+a zoo backbone with the straight-through estimator, the plain head saturates: per block, the
+logits' spread over test images is a fraction of their distance from 0 (e.g. 6.3 +- 0.5), so
+every image gets nearly the same plan (docs/ofas.md). With the option, each block's score is
+batch-normalised (running statistics in eval mode, as BN), scaled by a fixed `logit_scale` and
+shifted by a learned per-block bias: logit = logit_scale * (s - mean) / std + bias. The bias sets
+the block's run rate; the normalised score can only rank images, and BN's backward pass removes
+the batch-common part of the gradient from it, so the score learns which images gain more than
+average from the block. No saturation of the score is possible (it is unit-variance by
+construction); a block stays all-on or all-off only if its bias says so.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ OFAS_VARIANTS = {
 }
 ACTIVATIONS = ("none", "relu")
 INPUT_NORMS = ("none", "layer")
+LOGIT_NORMS = ("none", "batch")
 
 
 class OFASHead(nnx.Module):
@@ -41,7 +53,12 @@ class OFASHead(nnx.Module):
 
     def __init__(self, in_features: int, num_blocks: int, hidden: tuple[int, ...] = (32,), *,
                  initial_execute_prob: float = 0.9, pool_grid: int = 1, activation: str = "none",
-                 input_norm: str = "none", rngs: nnx.Rngs):
+                 input_norm: str = "none", logit_norm: str = "none", logit_scale: float = 2.0,
+                 rngs: nnx.Rngs):
+        if logit_norm not in LOGIT_NORMS:
+            raise ValueError(f"unknown OFAS head logit_norm {logit_norm!r}; expected one of {LOGIT_NORMS}")
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be positive, got {logit_scale}")
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown OFAS head input_norm {input_norm!r}; expected one of {INPUT_NORMS}")
         if activation not in ACTIVATIONS:
@@ -59,15 +76,24 @@ class OFASHead(nnx.Module):
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
         # Start with every block (nearly) on, as ConvNet-AIG does (its gates start ~85 % open): a
         # freshly initialised backbone learns as a plain ResNet while the policy finds its feet.
+        initial_logit = math.log(initial_execute_prob / (1 - initial_execute_prob))
         last = self.layers[-1]
-        last.bias[...] = jnp.full_like(last.bias[...], math.log(initial_execute_prob / (1 - initial_execute_prob)))
+        last.bias[...] = jnp.full_like(last.bias[...], initial_logit)
         self.num_blocks = num_blocks
+        self.logit_norm, self.logit_scale = logit_norm, float(logit_scale)
+        if logit_norm == "batch":
+            self.score_norm = nnx.BatchNorm(num_blocks, use_scale=False, use_bias=False,
+                                            momentum=0.9, rngs=rngs)
+            self.gate_bias = nnx.Param(jnp.full((num_blocks,), initial_logit, jnp.float32))
+        else:
+            self.score_norm = self.gate_bias = None
 
     def config(self) -> dict:
         """What rebuilds this head (the zoo stores it): `OFASHead(**config, rngs=...)`."""
         return {"in_features": self.in_features, "num_blocks": self.num_blocks,
                 "hidden": list(self.hidden), "pool_grid": self.pool_grid,
-                "activation": self.activation, "input_norm": self.input_norm}
+                "activation": self.activation, "input_norm": self.input_norm,
+                "logit_norm": self.logit_norm, "logit_scale": self.logit_scale}
 
     def pooled(self, stem_features: jax.Array) -> jax.Array:
         """(B, H, W, C) -> (B, C g^2): the average over each cell of a g x g grid."""
@@ -86,4 +112,6 @@ class OFASHead(nnx.Module):
             if i and self.activation == "relu":
                 h = jax.nn.relu(h)
             h = layer(h)
+        if self.score_norm is not None:
+            h = self.logit_scale * self.score_norm(h) + self.gate_bias[...]
         return h

@@ -95,7 +95,7 @@ def _value_checks() -> dict:
     }
 
 
-def validate_config(config, task: "Task | None" = None) -> None:
+def validate_config(config, task: Task | None = None) -> None:
     """The whole config, before any data is loaded: no unknown keys, every loop key's type and
     range (all errors at once), a zoo `init_from` that exists and fits `config.model`, and the
     task's own keys. Experiments with several stages call it once up front."""

@@ -42,6 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.policy.pool_grid = 1                  # 1: global average pool (the reference); g: g x g grid
     c.policy.activation = "none"            # "none": the reference's linear stack; "relu"
     c.policy.input_norm = "none"            # "layer": standardise the pooled features per image
+    c.policy.logit_norm = "none"            # "batch": per-block score batch-normalised, x logit_scale,
+    c.policy.logit_scale = 2.0              # + a learned bias (rate and ranking apart; policies/ofas.py)
     c.rl = ml_collections.ConfigDict()
     c.rl.num_epochs = 1
     c.rl.fidelity = "clean"                 # "ofas_code": the reference code's estimator and rewards
@@ -72,7 +74,8 @@ def check_config(config) -> None:
     c.check_config_values(config, {
         "policy.initial_execute_prob": c.number(above=0, below=1),
         "policy.pool_grid": c.integer(1), "policy.activation": c.one_of("none", "relu"),
-        "policy.input_norm": c.one_of("none", "layer"),
+        "policy.input_norm": c.one_of("none", "layer"), "policy.logit_norm": c.one_of("none", "batch"),
+        "policy.logit_scale": c.number(above=0),
         "rl.num_epochs": c.integer(0), "rl.penalty": c.number(0),
         "rl.penalties": c.sequence_of(c.number(0), unique=True), "rl.wrong_penalty": c.number(0),
         "rl.epsilon": c.number(0, 1), "rl.self_critical": c.boolean(),
@@ -99,8 +102,8 @@ def build_model(config, num_classes: int, in_channels: int) -> OFASNet:
     return OFASNet(backbone, OFAS_VARIANTS[config.policy.variant],
                    initial_execute_prob=config.policy.initial_execute_prob,
                    pool_grid=config.policy.pool_grid, activation=config.policy.activation,
-                   input_norm=config.policy.input_norm,
-                   rngs=nnx.Rngs(config.seed + 1))
+                   input_norm=config.policy.input_norm, logit_norm=config.policy.logit_norm,
+                   logit_scale=config.policy.logit_scale, rngs=nnx.Rngs(config.seed + 1))
 
 
 def model_costs(config, num_classes: int, in_channels: int) -> cost.BlockCosts:
