@@ -114,7 +114,7 @@ def sequence_of(item: Check, *, nonempty: bool = True, unique: bool = False) -> 
         return (isinstance(v, (tuple, list)) and (len(v) > 0 or not nonempty)
                 and all(item_ok(x) for x in v) and (not unique or len(set(v)) == len(v)))
     extra = (", non-empty" if nonempty else "") + (", without repeats" if unique else "")
-    return ok, f"a list of {item_expected.removeprefix('a ').removeprefix('an ')}{extra} (e.g. 1,2)"
+    return ok, f"a list{extra} (e.g. 1,2), each item {item_expected}"
 
 
 def _get(config, key: str):

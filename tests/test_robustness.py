@@ -250,7 +250,8 @@ def test_ofas_penalties_are_checked_before_stage_a():
     from adaptive_jax.train import ofas
     config = ofas.default_config()
     config.rl.penalties = ("abc",)
-    with pytest.raises(ValueError, match="rl.penalties = \\('abc',\\): expected a list of"):
+    with pytest.raises(ValueError, match="rl.penalties = \\('abc',\\): expected a list.*"
+                                         "each item a finite number >= 0"):
         loop.validate_config(config, ofas.stage_b_task(None))
 
 
