@@ -78,6 +78,15 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Check:
     return ok, f"an integer{bounds}"
 
 
+def check_count(name: str, value, minimum: int = 1, meaning: str = "") -> None:
+    """Raises ValueError unless `value` is an int (not a bool) >= minimum: for the counts public
+    functions take (buckets, cache sizes, windows, channel multiples). `meaning` says what it
+    counts, for the message."""
+    if not integer(minimum)[0](value):
+        raise ValueError(f"{name} must be an integer >= {minimum}"
+                         + (f" ({meaning})" if meaning else "") + f", got {value!r}")
+
+
 def number(minimum: float | None = None, maximum: float | None = None, *,
            above: float | None = None, below: float | None = None) -> Check:
     """A finite real number (not a bool) within the bounds: minimum / maximum inclusive, above /

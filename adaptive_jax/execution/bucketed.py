@@ -14,12 +14,11 @@ Never `vmap` over `lax.cond` instead: under `vmap` both branches run for every r
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adaptive_jax.config import check_count
 from adaptive_jax.execution import blocks
 from adaptive_jax.models.resnet import BasicBlock, CifarResNet, Stage
 
@@ -28,9 +27,7 @@ DEFAULT_BUCKETS = 8
 
 def capacities(batch: int, buckets: int) -> tuple[int, ...]:
     """The static row capacities a block may run at: multiples of batch / buckets, up to batch."""
-    if not (isinstance(buckets, numbers.Integral) and not isinstance(buckets, bool) and buckets >= 1):
-        raise ValueError(f"buckets must be an integer >= 1 (how many row capacities a block may "
-                         f"run at), got {buckets!r}")
+    check_count("buckets", buckets, meaning="how many row capacities a block may run at")
     if batch % buckets:
         raise ValueError(f"batch {batch} is not a multiple of buckets={buckets}; "
                          f"pad the batch or choose buckets dividing it")

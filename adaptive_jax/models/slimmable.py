@@ -17,13 +17,13 @@ important ones (OFA's first step).
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from adaptive_jax.config import check_count
 from adaptive_jax.models.resnet import STAGE_WIDTHS, CifarResNet, ResNetSpec, check_images
 from adaptive_jax.nn.slim import (SlimConv, SlimLinear, SwitchableBatchNorm, as_width,
                                   is_scalar_width, slim_channels, width_index)
@@ -149,10 +149,7 @@ class WidthSubnet:
 
 
 def check_channel_multiple(channel_multiple) -> None:
-    if not (isinstance(channel_multiple, numbers.Integral) and not isinstance(channel_multiple, bool)
-            and channel_multiple >= 1):
-        raise ValueError(f"channel_multiple must be an integer >= 1 (1: no rounding), "
-                         f"got {channel_multiple!r}")
+    check_count("channel_multiple", channel_multiple, meaning="1: no rounding")
 
 
 def subnet_spec(spec: SlimmableSpec, subnet: WidthSubnet, channel_multiple: int = 1) -> ResNetSpec:

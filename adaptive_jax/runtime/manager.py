@@ -36,6 +36,8 @@ import math
 import numbers
 from collections.abc import Hashable, Sequence
 
+from adaptive_jax.config import check_count
+
 INVALID_ACTIONS = ("raise", "ignore")  # what `RuntimeManager.record` does with a bad latency
 
 
@@ -151,9 +153,8 @@ class RuntimeManager:
             raise ValueError(f"on_invalid must be one of {INVALID_ACTIONS}, got {on_invalid!r}")
         self.on_invalid = on_invalid
         self.rejected = 0  # latencies refused by `record` (on_invalid="ignore")
-        for name, value in (("window", window), ("warmup", warmup)):
-            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1 (requests), got {value!r}")
+        check_count("window", window, meaning="requests")
+        check_count("warmup", warmup, meaning="requests")
         if outlier_ms is not None and not (_is_real(outlier_ms) and outlier_ms > 0):
             raise ValueError(f"outlier_ms must be a positive number of ms or None, got {outlier_ms!r}")
         if not 0.0 <= hysteresis < 1.0:
