@@ -125,7 +125,7 @@ def test_ofas_head_batch_logit_norm_separates_rate_from_ranking():
 
     grads = jax.grad(common_push)(params)
     assert np.abs(grads["layers"][0]["kernel"][...]).max() < 1e-4
-    np.testing.assert_allclose(grads["gate_bias"][...], 64.0)
+    np.testing.assert_allclose(grads["gate_bias"][...], 64.0 * 20.0)  # BIAS_STEP
     head.eval()  # running statistics: one image gets a logit alone
     assert head(x[:1]).shape == (1, 5)
     assert head.config()["logit_norm"] == "batch"
