@@ -142,5 +142,5 @@ def test_static_executor_equals_masked_and_caches(net):
     other = StaticBlockPlan(BlockLayout.of(ResNetSpec(20)), (True,) * 9)
     with pytest.raises(ValueError, match="made for resnet20.*not for resnet14"):
         executor(images, other)
-    with pytest.raises(ValueError, match="max_executables must be at least 1"):
+    with pytest.raises(ValueError, match="max_executables must be an integer >= 1"):
         StaticExecutor(graphdef, params, stats, max_executables=0)
