@@ -117,7 +117,8 @@ class ExecutableCache:
 
 
 class StaticExecutor(ExecutableCache):
-    """Serves `(params, batch_stats, images, plan)` from per-plan executables in an LRU cache."""
+    """`executor(images, plan)`: logits from per-plan executables in an LRU cache; `plan` is a
+    `StaticBlockPlan` or a (num_blocks,) bool array / list (the same cache entry)."""
 
     def __init__(self, graphdef, params, batch_stats, max_executables: int = 16,
                  check_finite: bool = False):
@@ -141,7 +142,7 @@ class StaticExecutor(ExecutableCache):
         images = jax.ShapeDtypeStruct(images_shape, np.float32)
         return jax.jit(predict).lower(self.params, self.batch_stats, images).compile()
 
-    def __call__(self, images, plan: StaticBlockPlan) -> jax.Array:
+    def __call__(self, images, plan) -> jax.Array:
         if self.check_finite:
             check_finite_images(images)
         return self.executable(plan, tuple(images.shape))(self.params, self.batch_stats, images)
