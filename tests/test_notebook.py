@@ -4,7 +4,6 @@ size: 300 test images). Cells run as plain Python in one namespace, as a kernel 
 import json
 import os
 
-import pytest
 
 from tests.test_real_data import requires_cifar
 
