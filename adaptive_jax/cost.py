@@ -4,7 +4,7 @@ MACs are counted from the jaxpr of the function itself, not from a hand-kept tab
 `conv_general_dilated` and `dot_general` contributes (output elements) x (contraction size), and
 `scan` bodies count once per iteration. So any model, and later any plan's executable, is priced
 by what it actually computes. Normalisation, activations, pooling and additions are not MACs
-(the convention of SkipNet, BlockDrop and OFA, methods.md 1.2); FLOPs here are exactly 2 x MACs.
+(the convention of SkipNet, BlockDrop and OFA, docs/methods.md 1.2); FLOPs here are exactly 2 x MACs.
 
 `xla_flops` reads XLA's own `cost_analysis()` of the compiled function as an independent cross-check.
 """

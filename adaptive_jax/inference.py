@@ -1,6 +1,6 @@
 """Compiled inference of a trained model: a pure function of (state, images) under `jax.jit`.
 
-`nnx.jit` costs milliseconds of Python per call (design.md), so latency-critical paths split the
+`nnx.jit` costs milliseconds of Python per call (docs/design.md), so latency-critical paths split the
 model once and jit a pure function instead.
 """
 

@@ -1,4 +1,4 @@
-"""Plans: which residual blocks a network runs, as plain data (design.md: decide -> plan -> execute).
+"""Plans: which residual blocks a network runs, as plain data (docs/design.md: decide -> plan -> execute).
 
 Two kinds, one per way a plan reaches an executor:
   * a **block plan** array, per sample `(B, L)` or shared by the batch `(L,)`, of bools, True =

@@ -30,7 +30,7 @@ def test_macs_match_hand_count(depth, shortcut):
 
 def test_resnet110_is_about_2_5e8_macs_and_flops_double():
     c = cost.model_cost(resnet(110))
-    assert 2.45e8 < c.macs < 2.6e8  # methods.md 1.1: "ResNet-110 about 2.5e8"
+    assert 2.45e8 < c.macs < 2.6e8  # docs/methods.md 1.1: "ResNet-110 about 2.5e8"
     assert c.flops == 2 * c.macs
     assert c.params == 1_730_714
 

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 
 MANUAL_DIR_ENV = "ADAPTIVE_JAX_MANUAL_DIR"
 SUPPORTED = ("cifar10", "cifar100", "fashion_mnist")
-# Per-channel statistics used for normalisation (methods.md 1.1; fashion_mnist computed on train).
+# Per-channel statistics used for normalisation (docs/methods.md 1.1; fashion_mnist computed on train).
 CHANNEL_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409),
                 "fashion_mnist": (0.2860,)}
 CHANNEL_STD = {"cifar10": (0.2023, 0.1994, 0.2010), "cifar100": (0.2673, 0.2564, 0.2762),

@@ -4,7 +4,7 @@ Per block: the rows whose bit is on are gathered (active rows first, in batch or
 capacity, the smallest multiple of B / `buckets` that holds them, run through the block, and
 scattered back over the block's shortcut output. The capacity is picked at run time by
 `lax.switch` among `buckets` compiled branches (plus one for "no row active": the shortcut only),
-so the work done follows the plan while every shape stays static. design.md measured this menu
+so the work done follows the plan while every shape stays static. docs/design.md measured this menu
 (multiples of B/8) at 0.76-0.86 of the ideal speedup, and power-of-two capacities at 0.65-0.75.
 A block that every row runs takes a branch of its own, the block on the batch as it is (no gather
 or scatter): so a batch whose rows share one plan runs like the cond executor.

@@ -3,7 +3,7 @@ skipped blocks do not run.
 
 The first block of each stage is a `lax.cond` between the block and its shortcut. The stacked
 blocks are a `fori_loop` over the indices of the *active* blocks only (their weights picked from
-the stack by a dynamic index): design.md measured ~0 cost per skipped block this way, against
+the stack by a dynamic index): docs/design.md measured ~0 cost per skipped block this way, against
 ~10 us for a skipped `lax.cond` inside a scan. Inference only (a loop with a traced trip count
 has no reverse-mode gradient); training uses the masked executor.
 """

@@ -14,10 +14,7 @@ from adaptive_jax.models.resnet import BasicBlock, CifarResNet, Stage
 
 
 def _blend(block: BasicBlock, x: jax.Array, gate: jax.Array) -> jax.Array:
-    shortcut = block.shortcut(x)
-    out = nnx.relu(shortcut + block.residual(x))
-    gate = gate.astype(out.dtype).reshape(gate.shape + (1,) * (out.ndim - gate.ndim))
-    return shortcut + gate * (out - shortcut)
+    return block.gated(x, gate)
 
 
 def _run_rest(stage: Stage, x: jax.Array, gates: jax.Array) -> jax.Array:

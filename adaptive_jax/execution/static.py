@@ -4,12 +4,12 @@ The plan enters the executable as a constant, through the cond executor's walk: 
 stage's first-block decision and the loops' trip counts, so dead blocks cost no control flow,
 while the stacked blocks keep their loop. That loop matters: a flat graph of only the active
 blocks, unrolled in Python, ran 12.1 ms against 11.0 ms for this form (ResNet-110, batch 1, 50 %
-active, one core; design.md measured flat graphs 13-23 % slower than looped ones too).
+active, one core; docs/design.md measured flat graphs 13-23 % slower than looped ones too).
 Executables are compiled ahead of time and kept in a bounded LRU cache keyed by
 (StaticBlockPlan, input shape); `warm_up` compiles a menu before serving, and `stats()` counts
 compilations, so a caller can check that none happen after warm-up. `use_persistent_cache(DIR)`
 points XLA's persistent compilation cache at a directory, so a later process (a restarted server)
-loads its executables instead of compiling them (design.md: 2.3 s -> 0.3 s on CPU).
+loads its executables instead of compiling them (docs/design.md: 2.3 s -> 0.3 s on CPU).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Per-block gates (SkipNet / ConvNet-AIG style, methods.md 2.2-2.3): the baseline OFAS is compared
+"""Per-block gates (SkipNet / ConvNet-AIG style, docs/methods.md 2.2-2.3): the baseline OFAS is compared
 with. Every block has its own gate, evaluated on that block's input, so each decision waits for the
 block before it: the plan is not known up front. At batch 1 each block is therefore a `lax.cond`
-inside the stage's scan (a skipped cond still costs ~10 us, design.md), where OFAS, planning every
+inside the stage's scan (a skipped cond still costs ~10 us, docs/design.md), where OFAS, planning every
 block after the stem, loops over the active blocks only.
 
 `GatedResNet(backbone)`: `model(images)` blends each block by its gate (straight-through in
@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adaptive_jax.execution.masked import _blend
 from adaptive_jax.models.resnet import CifarResNet, check_images
 from adaptive_jax.plans import BlockLayout
 from adaptive_jax.policies import BlockGate, decisions
@@ -62,7 +61,7 @@ class GatedResNet(nnx.Module):
         plan = []
         for stage, gates in zip(self.backbone.stages, self.gates):
             g = decide(jax.nn.sigmoid(gates.first(x)))
-            x = _blend(stage.first, x, g)
+            x = stage.first.gated(x, g)
             plan.append(g[:, None])
             if stage.rest is not None:
                 block_def, block_state = nnx.split(stage.rest)
@@ -72,7 +71,7 @@ class GatedResNet(nnx.Module):
                 def step(h, states):
                     block = nnx.merge(block_def, states[0])
                     g = decide(jax.nn.sigmoid(nnx.merge(gate_def, states[1])(h)))
-                    h = _blend(block, h, g)
+                    h = block.gated(h, g)
                     return h, (g, nnx.state(block, nnx.BatchStat) if training else None)
 
                 x, (gs, stats) = jax.lax.scan(step, x, (block_state, gate_state),

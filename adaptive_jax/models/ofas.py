@@ -1,4 +1,4 @@
-"""OFAS (methods.md 3): a CIFAR ResNet whose blocks are all planned by one head after the stem.
+"""OFAS (docs/methods.md 3): a CIFAR ResNet whose blocks are all planned by one head after the stem.
 
 `OFASNet(backbone, head)`: `model(images)` is the training / evaluation forward through the masked
 executor (straight-through decisions in training mode, thresholded in eval mode: stage A and the

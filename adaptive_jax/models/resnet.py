@@ -1,12 +1,12 @@
 """CIFAR ResNets of depth 6n+2 (He et al. 2016), built so each residual block can be skipped.
 
-Layout (methods.md section 1.1): a 3x3 stem conv (3 -> 16) + BN + ReLU, three stages of n basic
+Layout (docs/methods.md section 1.1): a 3x3 stem conv (3 -> 16) + BN + ReLU, three stages of n basic
 blocks with widths 16/32/64 (stride 2 at the first block of stages 2 and 3), global average pool
 and a linear classifier. Images are NHWC.
 
 Each stage keeps its first block (which may change resolution and width) apart and stores its
 other n - 1 blocks, all of identical shape, *stacked* along a leading axis and applies them with
-`lax.scan`. design.md measured a scan over identical blocks compiling ~7x faster than a flat graph
+`lax.scan`. docs/design.md measured a scan over identical blocks compiling ~7x faster than a flat graph
 of ResNet-110 and running 13-23 % faster; a stacked layout is also what lets later executors pick
 blocks by index (`lax.cond` inside the scan, or a loop over active block indices).
 
@@ -129,6 +129,15 @@ class BasicBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return nnx.relu(self.shortcut(x) + self.residual(x))
+
+    def gated(self, x: jax.Array, gate: jax.Array) -> jax.Array:
+        """shortcut + gate * (block output - shortcut): the block blended in by a per-sample bool
+        or float gate in [0, 1] (dense and differentiable: the masked executor and per-block
+        gates use it)."""
+        shortcut = self.shortcut(x)
+        out = nnx.relu(shortcut + self.residual(x))
+        gate = gate.astype(out.dtype).reshape(gate.shape + (1,) * (out.ndim - gate.ndim))
+        return shortcut + gate * (out - shortcut)
 
 
 def _stack_blocks(blocks: list[BasicBlock]) -> BasicBlock:

@@ -1,4 +1,4 @@
-"""A slimmable CIFAR ResNet (Yang & Fan's dynamic DNN, methods.md 4; Slimmable / US-Nets 2.4):
+"""A slimmable CIFAR ResNet (Yang & Fan's dynamic DNN, docs/methods.md 4; Slimmable / US-Nets 2.4):
 one set of weights; `model(images, width)` runs the sub-net that keeps the first ceil(w * C)
 channels of every layer. `width` is one float (uniform) or one per stage (non-uniform), each from
 the model's width menu, since every width has its own BN statistics (switchable BN).

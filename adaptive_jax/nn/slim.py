@@ -1,4 +1,4 @@
-"""Slimmable layers (Yu et al.; methods.md 2.4, 4): one set of weights, run on the first
+"""Slimmable layers (Yu et al.; docs/methods.md 2.4, 4): one set of weights, run on the first
 ceil(w * C) channels for a static width w, so every narrower sub-net is a prefix of the full one.
 
 - `SlimConv`: the kernel sliced to the input's channels and the requested output channels; the

@@ -1,7 +1,7 @@
 """Policies: modules that look at the input and return execution probabilities, and the rules that
 turn probabilities into plans (adaptive_jax.plans).
 
-  ofas.OFASHead: one evaluation after the stem plans every block (methods.md 3.2).
+  ofas.OFASHead: one evaluation after the stem plans every block (docs/methods.md 3.2).
   gates.BlockGate: a per-block gate in front of each block (SkipNet / ConvNet-AIG style), the
       baseline OFAS is compared with.
   decisions: threshold (inference), bounded Bernoulli (policy gradient), straight-through (stage A),

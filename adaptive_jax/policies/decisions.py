@@ -51,7 +51,7 @@ def bounded_bernoulli(key: jax.Array, probs: jax.Array, alpha: float = 0.9):
 
 
 def ofas_code_epsilon_greedy(key: jax.Array, probs: jax.Array, epsilon: float = 0.1):
-    """The reference code's estimator (methods.md 3.3, stage B), reproduced for comparison only.
+    """The reference code's estimator (docs/methods.md 3.3, stage B), reproduced for comparison only.
 
     The greedy action 1[p >= 0.5] gets weight 1 - epsilon, the other epsilon; the straight-through
     offset p - stopgrad(p) is added to both weights, and the pair is normalised as a categorical

@@ -1,4 +1,4 @@
-"""A per-block gate (SkipNet / ConvNet-AIG style, methods.md 2.2-2.3): the baseline OFAS is compared
+"""A per-block gate (SkipNet / ConvNet-AIG style, docs/methods.md 2.2-2.3): the baseline OFAS is compared
 with. Each block has its own gate, evaluated on that block's input, so L gates run one after the
 other, interleaved with the blocks, instead of OFAS's single head after the stem.
 

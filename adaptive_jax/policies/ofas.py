@@ -1,4 +1,4 @@
-"""The OFAS head (methods.md 3.2): one tiny module, evaluated once after the stem, that returns the
+"""The OFAS head (docs/methods.md 3.2): one tiny module, evaluated once after the stem, that returns the
 execute-probability logits of every block.
 
 stem output (B, H, W, C) -> stop-gradient -> average pool -> linear stack -> (B, L) logits.
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Hidden widths of the linear stack, per variant of the reference code (methods.md 3.2).
+# Hidden widths of the linear stack, per variant of the reference code (docs/methods.md 3.2).
 OFAS_VARIANTS = {
     "I": (32,),              # ResNet-38, supervised and RL
     "II": (32, 32),          # ResNet-110, supervised

@@ -1,4 +1,4 @@
-"""OFAS training (methods.md 3.3) as two tasks for `train_and_evaluate`.
+"""OFAS training (docs/methods.md 3.3) as two tasks for `train_and_evaluate`.
 
 Stage A (`stage_a_task`): end-to-end supervised training of backbone and head, straight-through
 decisions, cross-entropy only: `OFASNet.__call__` in training mode is exactly that, so the

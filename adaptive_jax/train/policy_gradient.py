@@ -5,7 +5,7 @@ the outcome of one forward pass to per-block returns (B, L); the advantage is th
 sampled plan minus the return of the greedy plan on the same image (self-critical baseline,
 BlockDrop), and the loss is -sum_k log pi(a_k) * advantage_k, averaged over the batch.
 
-Reward shapes (methods.md 2.1, 2.2, 3.3). `penalty` is the weight of compute in every shape: the
+Reward shapes (docs/methods.md 2.1, 2.2, 3.3). `penalty` is the weight of compute in every shape: the
 knob that moves a policy along the accuracy / MACs curve.
 - "blockdrop": R = 1 - penalty * c^2 if the prediction is right, else -wrong_penalty; c = the
   share of blocks executed. The same R for every block.
@@ -13,7 +13,7 @@ knob that moves a policy along the accuracy / MACs curve.
   a bonus for each block skipped at or after k, and the terminal reward -CE.
 - "ofas_code": the OFAS reference code's returns, reproduced for comparison only:
   R_k = -a_k penalty / L + CE penalty / L * 0.99^(L-k+1) + 0.9 R_{k+1}. The CE enters with a plus
-  sign there, which rewards a high loss: it looks like a sign error (methods.md 3.3).
+  sign there, which rewards a high loss: it looks like a sign error (docs/methods.md 3.3).
 """
 
 from __future__ import annotations

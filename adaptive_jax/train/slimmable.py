@@ -1,4 +1,4 @@
-"""Training nested sub-nets in one set of weights (Yang & Fan, methods.md 4; US-Nets, 2.4), as a
+"""Training nested sub-nets in one set of weights (Yang & Fan, docs/methods.md 4; US-Nets, 2.4), as a
 `Task` of the training loop.
 
 Modes (`config.slim.mode`):
@@ -7,7 +7,7 @@ Modes (`config.slim.mode`):
 - "single_path": one width per epoch, drawn at random from the menu (the paper's proposal): one
   pass per step. `slim.steps_per_switch` draws more often (short schedules: 2 epochs would train
   only 2 of 4 widths). The width is static per compiled step; the host picks the step's.
-- "progressive": single-path as methods.md 4.2 reconstructs it (the paper's tables were not
+- "progressive": single-path as docs/methods.md 4.2 reconstructs it (the paper's tables were not
   retrievable): one run in which the sub-nets are derived one after another, widest first, at
   evenly spaced points of the schedule; from then on every step sums the cross-entropies of the
   full net and of every sub-net derived so far. Its cost grows from one pass to all of them.
