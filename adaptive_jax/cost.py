@@ -7,6 +7,9 @@ by what it actually computes. Normalisation, activations, pooling and additions 
 (the convention of SkipNet, BlockDrop and OFA, docs/methods.md 1.2); FLOPs here are exactly 2 x MACs.
 
 `xla_flops` reads XLA's own `cost_analysis()` of the compiled function as an independent cross-check.
+
+Plans are priced per decision unit and option (`unit_costs` -> `PlanCosts`): MACs of each unit
+under each option of a menu, and BitOPs (bits_w x bits_a x MACs) for options at lower precision.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from adaptive_jax.models.options import RUN_OR_SKIP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,88 +144,141 @@ def xla_flops(fn: Callable, *args) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockCosts:
-    """Per-example MACs of a block-skipping ResNet, for pricing block plans.
+class PlanCosts:
+    """Per-example cost of every decision unit under every option of a menu, for pricing plans.
 
-    base_macs: stem and classifier (always run); run_macs[l]: block l when it runs; skip_macs[l]:
-    block l when skipped (its shortcut: 0, or the 1x1 projection of a stage transition);
-    policy_macs: a policy that plans every input (the OFAS head), counted in every plan's MACs.
+    base_macs: stem and classifier (always run); option_macs[l][k]: unit l under option k (option
+    0, the skip: its shortcut, 0 or a transition's 1x1 projection); option_bits[k]: the (weight,
+    activation) bitwidths option k computes at (BitOPs = bits_w x bits_a x MACs; the base at
+    32 x 32); policy_macs: a policy that plans every input (the OFAS head), in every plan's MACs.
+    A block plan is the option plan of the menu ("skip", "run"): `run_macs` / `skip_macs`.
     """
 
     base_macs: int
-    run_macs: tuple[int, ...]
-    skip_macs: tuple[int, ...]
+    option_macs: tuple[tuple[int, ...], ...]
     policy_macs: int = 0
+    options: tuple[str, ...] = ("skip", "run")
+    option_bits: tuple[tuple[int, int], ...] | None = None  # None: 32 x 32 for every option
+
+    def __post_init__(self):
+        if any(len(row) != len(self.options) for row in self.option_macs):
+            raise ValueError(f"every unit needs a cost for each of the {len(self.options)} options")
+        if self.option_bits is None:
+            object.__setattr__(self, "option_bits", ((32, 32),) * len(self.options))
+
+    @property
+    def num_units(self) -> int:
+        return len(self.option_macs)
+
+    @property
+    def run_macs(self) -> tuple[int, ...]:
+        """Each unit at its last (fullest) option: the whole block."""
+        return tuple(row[-1] for row in self.option_macs)
+
+    @property
+    def skip_macs(self) -> tuple[int, ...]:
+        return tuple(row[0] for row in self.option_macs)
 
     @property
     def full_macs(self) -> int:
-        """The plain backbone, every block run and no policy."""
+        """The plain backbone, every unit at its fullest option and no policy."""
         return self.base_macs + sum(self.run_macs)
 
-    def plan_macs(self, plan) -> np.ndarray:
-        """MACs per example of a (L,) or (B, L) bool plan: a scalar or one per sample."""
+    def _choices(self, plan) -> np.ndarray:
         plan = np.asarray(plan)
-        if plan.dtype != np.bool_ or plan.shape[-1] != len(self.run_macs):
-            raise ValueError(f"expected a bool plan of {len(self.run_macs)} blocks, "
-                             f"got {plan.dtype} {plan.shape}")
-        per_block = np.where(plan, np.asarray(self.run_macs), np.asarray(self.skip_macs))
-        return self.base_macs + self.policy_macs + per_block.sum(-1)
+        if plan.shape[-1:] != (self.num_units,):
+            raise ValueError(f"expected a bool plan of {self.num_units} blocks (or an option plan "
+                             f"of {self.num_units} units), got {plan.dtype} {plan.shape}")
+        if plan.dtype == np.bool_:
+            if len(self.options) != 2:
+                raise TypeError(f"a bool block plan prices a two-option menu, not {self.options}; "
+                                "give an integer option plan")
+            return plan.astype(np.int64)
+        if not np.issubdtype(plan.dtype, np.integer):
+            raise TypeError(f"expected a bool block plan or an integer option plan, got {plan.dtype}")
+        if plan.size and (plan.min() < 0 or plan.max() >= len(self.options)):
+            raise ValueError(f"options must be in 0..{len(self.options) - 1} ({self.options}), "
+                             f"got {plan.min()}..{plan.max()}")
+        return plan
+
+    def plan_macs(self, plan) -> np.ndarray:
+        """MACs per example of a (L,) or (B, L) plan (bools or option ints): a scalar or one per
+        sample."""
+        choices = self._choices(plan)
+        table = np.asarray(self.option_macs)
+        per_unit = np.take_along_axis(np.broadcast_to(table, choices.shape + table.shape[-1:]),
+                                      choices[..., None], -1)[..., 0]
+        return self.base_macs + self.policy_macs + per_unit.sum(-1)
+
+    def plan_bitops(self, plan) -> np.ndarray:
+        """BitOPs per example: sum over units of bits_w x bits_a x MACs of the chosen option, the
+        stem, classifier and policy at 32 x 32."""
+        choices = self._choices(plan)
+        scale = np.asarray([w * a for w, a in self.option_bits])
+        table = np.asarray(self.option_macs) * scale
+        per_unit = np.take_along_axis(np.broadcast_to(table, choices.shape + table.shape[-1:]),
+                                      choices[..., None], -1)[..., 0]
+        return (self.base_macs + self.policy_macs) * 32 * 32 + per_unit.sum(-1)
 
     def block_fraction(self, plan) -> np.ndarray:
-        """The share of the blocks' MACs a plan spends (stem, head and policy left out)."""
+        """The share of the units' full MACs a plan spends (stem, head and policy left out)."""
         return (self.plan_macs(plan) - self.base_macs - self.policy_macs) / sum(self.run_macs)
 
     def plan_macs_jnp(self, plan: jax.Array) -> jax.Array:
-        """`plan_macs` inside a compiled function (float32 per sample; exact below 2**24 MACs
-        per block, and the sum's rounding is far below a block's MACs)."""
+        """`plan_macs` of a block plan inside a compiled function (float32 per sample; exact below
+        2**24 MACs per block, and the sum's rounding is far below a block's MACs)."""
         per_block = jnp.where(plan, jnp.asarray(self.run_macs, jnp.float32),
                               jnp.asarray(self.skip_macs, jnp.float32))
         return self.base_macs + self.policy_macs + per_block.sum(-1)
 
 
-def _first_of_stack(v):
-    # abstract models (nnx.eval_shape) hold ShapeDtypeStructs, which cannot be indexed
-    if isinstance(v, jax.ShapeDtypeStruct):
-        return jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
-    return v[0]
+BlockCosts = PlanCosts  # the costs of a block plan: the menu ("skip", "run")
 
 
-def _macs_and_shape(module: nnx.Module, method: str, x):
-    """MACs and output shape of `module.<method>(x)` in inference mode."""
+def _macs_and_shape(module: nnx.Module, run: Callable, x):
+    """MACs and output shape of `run(module, x)` in inference mode."""
     graphdef, state = nnx.split(module)
 
-    def run(state, x):
+    def call(state, x):
         m = nnx.merge(graphdef, state)
         m.eval()
-        return getattr(m, method)(x)
+        return run(m, x)
 
-    return function_macs(run, state, x), jax.eval_shape(run, state, x)
+    return function_macs(call, state, x), jax.eval_shape(call, state, x)
 
 
-def block_costs(model: nnx.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> BlockCosts:
-    """MACs of each part of a `CifarResNet`, each counted from the jaxpr of that part; for a model
-    with a `backbone` and a `policy` reading the stem's output (OFASNet), the policy's too."""
+def unit_costs(backbone: nnx.Module, options=None, *, policy: nnx.Module | None = None,
+               input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> PlanCosts:
+    """The one entry point for pricing plans: MACs of each part of `backbone` (stem, each decision
+    unit under each option of the menu `options`, default run-or-skip, classifier), each counted
+    from the jaxpr of that part; `policy`: a module reading the stem's output that plans every
+    input (the OFAS head), priced too."""
+    options = RUN_OR_SKIP if options is None else options
+    if not all(hasattr(backbone, a) for a in ("stem", "units", "classify")):
+        raise TypeError(f"unit_costs prices a backbone (stem, units, classify: a CifarResNet), not "
+                        f"{type(backbone).__name__}; for a method, price its backbone and pass "
+                        "its policy (e.g. `OFASNet.costs()`)")
     per = input_shape[0]
     x = jax.ShapeDtypeStruct(input_shape, np.float32)
-    if hasattr(model, "backbone"):
-        if not hasattr(model, "policy"):
-            # e.g. GatedResNet: a gate per block, which this block-level table cannot price
-            raise TypeError(f"block_costs prices a CifarResNet or a backbone with one `policy` "
-                            f"reading the stem (OFASNet), not {type(model).__name__}")
-        costs = block_costs(model.backbone, input_shape)
-        stem_out = _macs_and_shape(model.backbone, "stem", x)[1]
-        policy = _macs_and_shape(model.policy, "__call__", stem_out)[0]
-        return dataclasses.replace(costs, policy_macs=policy // per)
-    base, x = _macs_and_shape(model, "stem", x)
-    run, skip = [], []
-    for stage in model.stages:
-        blocks = [stage.first]
-        if stage.rest is not None:  # the stacked blocks share one shape: price the first of them
-            graphdef, state = nnx.split(stage.rest)
-            blocks += [nnx.merge(graphdef, jax.tree.map(_first_of_stack, state))] * stage.num_rest
-        for block in blocks:
-            skip.append(_macs_and_shape(block, "shortcut", x)[0] // per)
-            block_macs, x = _macs_and_shape(block, "__call__", x)
-            run.append(block_macs // per)
-    base += _macs_and_shape(model, "classify", x)[0]
-    return BlockCosts(base // per, tuple(run), tuple(skip))
+    base, x = _macs_and_shape(backbone, lambda m, x: m.stem(x), x)
+    policy_macs = 0
+    if policy is not None:
+        policy_macs = _macs_and_shape(policy, lambda m, x: m(x), x)[0] // per
+    rows = []
+    for block in backbone.units():
+        row = [_macs_and_shape(block, lambda m, x: m.shortcut(x), x)[0] // per]
+        for k in range(1, options.num_options):
+            macs, out = _macs_and_shape(
+                block, lambda m, x, k=k: options.apply(m, x, k, m.shortcut(x)), x)
+            row.append(macs // per)
+        rows.append(tuple(row))
+        x = out
+    base += _macs_and_shape(backbone, lambda m, x: m.classify(x), x)[0]
+    bits = tuple(options.bits(k) for k in range(options.num_options))
+    return PlanCosts(base // per, tuple(rows), policy_macs, options.names, bits)
+
+
+def block_costs(backbone: nnx.Module, input_shape: tuple[int, ...] = (1, 32, 32, 3), *,
+                policy: nnx.Module | None = None) -> BlockCosts:
+    """`unit_costs` for block plans (run or skip)."""
+    return unit_costs(backbone, policy=policy, input_shape=input_shape)

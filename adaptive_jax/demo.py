@@ -23,9 +23,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adaptive_jax import cost, inference, latency, report, zoo
+from adaptive_jax import latency, report, zoo
 from adaptive_jax.data import datasets, normalize, pipeline
-from adaptive_jax.execution import masked
+from adaptive_jax import execution
+from adaptive_jax.methods.ofas import make_predictors
 from adaptive_jax.train import ofas
 
 COLUMNS = [("model", "model", "s"), ("threshold", "thr", "s"), ("test_accuracy", "top-1", ".4f"),
@@ -46,7 +47,7 @@ def evaluate_ofas(model, split, dataset: str, thresholds, batch_size: int = 500)
         m = nnx.merge(graphdef, state)
         features = m.backbone.stem(normalize(images_u8, mean, std))
         plan = m.execute_probs(features) >= threshold
-        logits = m.backbone.classify(masked.run_blocks(m.backbone, features, plan))
+        logits = m.backbone.classify(execution.masked().run_units(m.backbone, features, plan))
         return plan, logits.argmax(-1) == labels
 
     results = {}
@@ -68,10 +69,10 @@ def ofas_timings(model, split, dataset: str, latency_images: int, throughput_bat
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
     images = np.asarray(normalize(split.images[:max(latency_images, 64 * throughput_batches)],
                                   mean, std), np.float32)
-    planned, full = inference.make_ofas_predictors(graphdef, "cond")
+    planned, full = make_predictors(graphdef, "cond")
     planned_ms, full_ms = latency.interleaved_batch1_ms((planned, full), (params, batch_stats),
                                                         images[:latency_images])
-    in_buckets, _ = inference.make_ofas_predictors(graphdef, "bucketed")
+    in_buckets, _ = make_predictors(graphdef, "bucketed")
     batches = [images[i * 64:(i + 1) * 64] for i in range(throughput_batches)]
     b64 = latency.interleaved_batch_ms({"planned": in_buckets, "full": full},
                                        (params, batch_stats), batches)
@@ -112,7 +113,7 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     split = datasets.load_split(dataset, "test", download=True)  # offline: the manual dir
     if num_examples:
         split = datasets.Split(split.images[:num_examples], split.labels[:num_examples], split.num_classes)
-    costs = cost.block_costs(model)
+    costs = model.costs()
 
     rows, plans_at = [], {}
     for t, (plans, correct) in evaluate_ofas(model, split, dataset, thresholds).items():

@@ -9,6 +9,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from adaptive_jax.models.slimmable import WidthSubnet
+
 
 @dataclasses.dataclass(frozen=True)
 class LatencyStats:
@@ -174,3 +176,20 @@ def measure_table(calls: dict[str, Callable[[int], Callable[[], object]]],
             float(ms.std() / ms.mean()), len(ms))
     created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return LatencyTable(device_signature(), entries, created)
+
+
+def subnet_latency_table(executor, widths, batch_sizes=(1,), image_shape=(32, 32, 3),
+                         warmup: int = 3, repeats: int = 30, rounds: int = 3):
+    """Measures every sub-net of a `SubnetExecutor` at every batch size from its executable
+    (compiled first, not timed); entries are named by `WidthSubnet.name` (`measure_table`)."""
+    subnets = [WidthSubnet.of(w) for w in widths]
+    executor.warm_up(subnets, batch_sizes, image_shape)
+
+    def calls(subnet):
+        def at_batch(batch):
+            images = np.zeros((batch, *image_shape), np.float32)
+            return lambda: executor(images, subnet)
+        return at_batch
+
+    return measure_table({s.name: calls(s) for s in subnets}, batch_sizes=tuple(batch_sizes),
+                         warmup=warmup, repeats=repeats, rounds=rounds)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adaptive_jax import cost, inference, latency
+from adaptive_jax import cost, execution, latency
 
 
 def measure_model(graphdef, state, image_shape: tuple[int, int, int],
@@ -17,7 +17,7 @@ def measure_model(graphdef, state, image_shape: tuple[int, int, int],
     """MACs, parameters and measured inference latency of a trained model, per batch size."""
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     model_cost = cost.model_cost(model, (1,) + tuple(image_shape))
-    predict = inference.make_predict_fn(graphdef)
+    predict = execution.make_predict_fn(graphdef)
     row = {"macs": model_cost.macs, "flops": model_cost.flops, "params": model_cost.params,
            "device": jax.devices()[0].device_kind}
     for b in batch_sizes:

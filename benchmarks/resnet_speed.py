@@ -18,7 +18,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from adaptive_jax import inference, report
+from adaptive_jax import execution, report
 from adaptive_jax.latency import measure_latency
 from adaptive_jax.models import resnet
 from adaptive_jax.train import create_train_state, make_optimizer
@@ -36,7 +36,7 @@ flags.DEFINE_bool("torch", True, "Time PyTorch alongside (needs the benchmark ex
 def inference_latency(depth: int) -> dict:
     model = resnet(depth)
     graphdef, state = create_train_state(model, make_optimizer(learning_rate=0.1), seed=0)
-    predict = inference.make_predict_fn(graphdef)
+    predict = execution.make_predict_fn(graphdef)
     out = {}
     for batch, repeats in ((1, 50), (128, 5)):
         images = np.zeros((batch, 32, 32, 3), np.float32)

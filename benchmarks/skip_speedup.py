@@ -35,10 +35,8 @@ from flax import nnx
 
 from adaptive_jax import cost, report
 from adaptive_jax.execution import StaticExecutor, make_predict_fn
-from adaptive_jax.inference import make_predict_fn as make_plain_predict_fn
 from adaptive_jax.models import CifarResNet, ResNetSpec
-from adaptive_jax.models.gated import GatedResNet
-from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.methods import GatedResNet, OFASNet
 from adaptive_jax.policies import OFAS_VARIANTS
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 from benchmarks import common
@@ -111,7 +109,7 @@ def jax_variants(depth: int, plans: dict[float, np.ndarray]) -> tuple[dict, cost
     costs = cost.block_costs(model)
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     image = np.zeros((1, 32, 32, 3), np.float32)
-    plain = make_plain_predict_fn(graphdef)
+    plain = make_predict_fn(graphdef)
     masked, cond = make_predict_fn(graphdef, "masked"), make_predict_fn(graphdef, "cond")
     static = StaticExecutor(graphdef, params, stats)
     layout = BlockLayout.of(model.spec)
@@ -134,7 +132,7 @@ def batch64_variants(depth: int, fractions: list[float]) -> tuple[dict, dict, fl
     costs = cost.block_costs(model)
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     images = np.zeros((64, 32, 32, 3), np.float32)
-    plain = make_plain_predict_fn(graphdef)
+    plain = make_predict_fn(graphdef)
     run = make_predict_fn(graphdef, "bucketed", buckets=FLAGS.buckets)
     variants = {("full_b64", 1.0): lambda: jax.block_until_ready(plain(params, stats, images))}
     ideal = {}
@@ -185,7 +183,7 @@ def trained_policy_rows(workdir: str, depth: int, rounds: int) -> tuple[list, li
     test = load_split("cifar10", "test")
     images = np.asarray(normalize(test.images[:64], CHANNEL_MEAN["cifar10"], CHANNEL_STD["cifar10"]))
     params, stats = state.params, state.batch_stats
-    costs = cost.block_costs(nnx.merge(graphdef, params, stats))
+    costs = nnx.merge(graphdef, params, stats).costs()
 
     def call(fn):
         jitted = jax.jit(fn)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from adaptive_jax.execution import make_predict_fn, masked
+from adaptive_jax.execution import cond, make_predict_fn, masked
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 
@@ -96,7 +96,7 @@ def test_masked_float_gates_are_differentiable(net):
     def loss(gates):
         model = nnx.merge(graphdef, params, stats)
         model.eval()
-        return masked.forward(model, images, gates).sum()
+        return masked().forward(model, images, gates).sum()
 
     grads = jax.grad(loss)(jnp.full((2, 6), 0.5))
     assert grads.shape == (2, 6) and bool(jnp.all(jnp.isfinite(grads)))
@@ -116,13 +116,12 @@ def test_bad_plans_and_modes_are_named(net):
         make_predict_fn(graphdef, "fast")
     model = nnx.merge(graphdef, params, stats)
     model.train()
-    from adaptive_jax.execution import cond
     with pytest.raises(ValueError, match="for inference: call model.eval"):
-        cond.forward(model, _images(1), np.ones(6, bool))
+        cond().forward(model, _images(1), np.ones(6, bool))
 
 
 def test_static_executor_equals_masked_and_caches(net):
-    from adaptive_jax.execution.static import StaticExecutor
+    from adaptive_jax.execution import StaticExecutor
     graphdef, params, stats = net
     layout = BlockLayout.of(ResNetSpec(DEPTH))
     run_masked = make_predict_fn(graphdef, "masked")

@@ -10,7 +10,7 @@ from flax import nnx
 
 from adaptive_jax import cost
 from adaptive_jax.models import CifarResNet, ResNetSpec
-from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.train import create_train_state, ofas, read_metrics, train_and_evaluate
 from tests.conftest import random_split
 
@@ -67,7 +67,7 @@ def test_training_forward_reaches_the_head_through_straight_through(net):
 
 
 def test_plan_macs_count_the_head(net):
-    costs = cost.block_costs(net)
+    costs = net.costs()
     assert costs.policy_macs == 16 * 32 + 32 * 6
     assert costs.full_macs == cost.model_cost(net.backbone).macs
     plan = np.asarray(net.plan(_images(8)))
@@ -120,7 +120,7 @@ def test_bad_ofas_config_is_named(tmp_path):
 
 
 def test_per_block_gates_batch1_path_matches_their_blend():
-    from adaptive_jax.models.gated import GatedResNet
+    from adaptive_jax.methods.gates import GatedResNet
     rngs = nnx.Rngs(jax.random.key(1, impl="rbg"))
     model = GatedResNet(CifarResNet(ResNetSpec(DEPTH), rngs=rngs), rngs=rngs)
     rng = np.random.default_rng(0)

@@ -12,18 +12,18 @@ SERVER = r"""
 import json, sys
 import jax, numpy as np
 from flax import nnx
-from adaptive_jax.execution import static
-static.use_persistent_cache(sys.argv[1])
+from adaptive_jax import execution
+execution.use_persistent_cache(sys.argv[1])
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 model = CifarResNet(ResNetSpec(8), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
 graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-executor = static.StaticExecutor(graphdef, params, stats)
+executor = execution.StaticExecutor(graphdef, params, stats)
 layout = BlockLayout.of(model.spec)
 plans = [StaticBlockPlan.from_array(np.array(bits, bool), layout) for bits in ([1, 0, 1], [0, 1, 1])]
 executor.warm_up(plans)
 out = executor(np.ones((1, 32, 32, 3), np.float32), plans[0])
-print(json.dumps({"hits": static.persistent_cache_hits(), "logits": np.asarray(out).tolist()}))
+print(json.dumps({"hits": execution.persistent_cache_hits(), "logits": np.asarray(out).tolist()}))
 """
 
 

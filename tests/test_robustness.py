@@ -315,26 +315,32 @@ def resnet8():
 
 def test_plans_as_lists_and_arrays_are_accepted_where_a_plan_is_expected(resnet8):
     from flax import nnx
-    from adaptive_jax.execution import StaticExecutor, cond, masked
+    from adaptive_jax.execution import StaticExecutor, cond, make_predict_fn, masked
     images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    want = cond.forward(resnet8, images, np.array([True, False, True]))
-    np.testing.assert_allclose(cond.forward(resnet8, images, [True, False, True]), want, atol=1e-5)
-    np.testing.assert_allclose(masked.forward(resnet8, images, [True, False, True]), want, atol=1e-5)
+    want = cond().forward(resnet8, images, np.array([True, False, True]))
+    np.testing.assert_allclose(cond().forward(resnet8, images, [True, False, True]), want, atol=1e-5)
+    np.testing.assert_allclose(masked().forward(resnet8, images, [True, False, True]), want, atol=1e-5)
+    # 0 / 1 integers are the option plan of the run-or-skip menu: the same plan
+    np.testing.assert_allclose(masked().forward(resnet8, images, [1, 0, 1]), want, atol=1e-5)
     executor = StaticExecutor(*nnx.split(resnet8, nnx.Param, nnx.BatchStat))
     np.testing.assert_allclose(executor(images, np.array([True, False, True])), want, atol=1e-5)
     np.testing.assert_allclose(executor(images, [True, False, True]), want, atol=1e-5)
     assert executor.stats()["compilations"] == 1  # the array and the list are the same plan
     with pytest.raises(TypeError, match="must have dtype bool.*probs > 0.5"):
-        masked.forward(resnet8, images, [1, 0, 1])
+        cond().forward(resnet8, images, [0.9, 0.2, 0.7])  # probabilities, not a plan
+    graphdef, params, stats = nnx.split(resnet8, nnx.Param, nnx.BatchStat)
+    with pytest.raises(ValueError, match=r"option 2 is not on the menu \('skip', 'run'\)"):
+        make_predict_fn(graphdef, "cond")(params, stats, images, np.array([1, 2, 0]))
 
 
 def test_counts_of_buckets_executables_and_channels_are_checked():
     from flax import nnx
-    from adaptive_jax.execution import SubnetExecutor, bucketed
-    from adaptive_jax.execution.static import ExecutableCache
+    from adaptive_jax.execution import ExecutableCache, SubnetExecutor, bucketed, capacities
     from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
     with pytest.raises(ValueError, match="buckets must be an integer >= 1"):
-        bucketed.capacities(8, 0)
+        capacities(8, 0)
+    with pytest.raises(ValueError, match="buckets must be an integer >= 1"):
+        bucketed(buckets=0)
     with pytest.raises(ValueError, match="max_executables must be an integer >= 1"):
         ExecutableCache(0)
     model = SlimmableResNet(SlimmableSpec(8), rngs=nnx.Rngs(0))
@@ -362,7 +368,6 @@ def test_widths_accept_numpy_scalars_and_name_what_they_refuse():
 def test_nan_images_are_refused_by_the_compiled_paths_when_asked(resnet8):
     from flax import nnx
     from adaptive_jax.execution import StaticExecutor, make_predict_fn
-    from adaptive_jax.inference import make_predict_fn as make_model_predict_fn
     graphdef, params, stats = nnx.split(resnet8, nnx.Param, nnx.BatchStat)
     images = np.zeros((2, 32, 32, 3), np.float32)
     images[1, 3, 4, 0] = np.nan
@@ -372,7 +377,7 @@ def test_nan_images_are_refused_by_the_compiled_paths_when_asked(resnet8):
     with pytest.raises(ValueError, match="1 of 2 images contain NaN or inf pixels \\(first: image 1\\)"):
         make_predict_fn(graphdef, "cond", check_finite=True)(params, stats, images, plan)
     with pytest.raises(ValueError, match="NaN or inf"):
-        make_model_predict_fn(graphdef, check_finite=True)(params, stats, jax.numpy.asarray(images))
+        make_predict_fn(graphdef, check_finite=True)(params, stats, jax.numpy.asarray(images))
     with pytest.raises(ValueError, match="NaN or inf"):
         StaticExecutor(graphdef, params, stats, check_finite=True)(images, plan)
     clean = np.zeros((2, 32, 32, 3), np.float32)

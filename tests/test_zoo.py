@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from adaptive_jax import zoo
-from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.models.resnet import CifarResNet, ResNetSpec
 from adaptive_jax.train import loop, ofas
 from adaptive_jax.train import create_train_state, make_optimizer

@@ -1,57 +1,50 @@
-"""Executors: one backbone and one set of weights, run under a block plan (adaptive_jax.plans).
+"""Execution: one backbone and one set of weights, run under a plan (adaptive_jax.plans) so that
+skipped work does not run (docs/architecture.md).
 
-  masked: every block runs, the plan blends block and shortcut; differentiable, the training path.
-  cond:   one plan per call (batch 1); skipped blocks do not run.
-  bucketed: one plan per sample; each block runs on its active rows only, gathered to a capacity
-          from a menu of multiples of B/8.
-  static: a `StaticBlockPlan` baked in at trace time; `StaticExecutor` keeps one AOT-compiled
-          executable per plan in a bounded LRU cache, with warm-up; `use_persistent_cache(DIR)`
-          keeps executables across processes.
-  subnets: `SubnetExecutor` serves a slimmable net's width sub-nets, each compiled on its own
-          sliced weights, from the same kind of cache.
+  executors   the execution modes as values (`Executor`): `masked()` (the training path),
+              `cond()` / `switch()` (one plan per call), `bucketed(buckets)` (one plan per
+              sample), `static()` (a plan baked in); each takes a menu of options
+              (`models.options`) and runs block plans and option plans alike.
+  predict     the one helper that turns a model into a pure compiled predict function.
+  cache       the bounded LRU cache of AOT executables; XLA's persistent cache across processes.
+  serving     `StaticExecutor`: one executable per static plan, served from the cache.
+  subnets     `SubnetExecutor`: a slimmable net's width sub-nets, each compiled on its own weights.
 
-`make_predict_fn(graphdef, executor, **options)` gives a jit-compiled pure function
-(params, batch_stats, images, plan) -> logits in inference mode (`check_finite=True`: NaN / inf
-pixels are an error, at the cost of a reduction per call); options go to the executor
-(e.g. `buckets=32` for bucketed: a finer capacity menu, closer to the ideal speedup, longer to
-compile).
+`make_predict_fn(graphdef, executor=None, **options)` gives a jit-compiled pure function in
+inference mode: (params, batch_stats, images) -> logits of the model as it is, or, with an
+executor (an `Executor` or its name, options to its constructor, e.g. `buckets=32`),
+(params, batch_stats, images, plan) -> logits. `check_finite=True`: NaN / inf pixels are an
+error, at the cost of a reduction per call.
 """
 
 from collections.abc import Callable
 
-import jax
-from flax import nnx
-
-from adaptive_jax.execution import bucketed, cond, masked, static
-from adaptive_jax.execution.static import ExecutableCache, StaticExecutor, use_persistent_cache
+from adaptive_jax.execution import cache, executors, predict
+from adaptive_jax.execution.cache import ExecutableCache, persistent_cache_hits, use_persistent_cache
+from adaptive_jax.execution.predict import compile_predict, jit_predict, with_finite_check
+from adaptive_jax.execution.executors import (Executor, bucketed, capacities, check_plan_values,
+                                              cond, masked, static, switch)
+from adaptive_jax.execution.serving import StaticExecutor
 from adaptive_jax.execution.subnets import SubnetExecutor
-from adaptive_jax.models.resnet import check_finite_images
-
-EXECUTORS = {"masked": masked.forward, "cond": cond.forward, "bucketed": bucketed.forward}
 
 
-def make_predict_fn(graphdef, executor: str, check_finite: bool = False, **options) -> Callable:
-    """`check_finite=True` refuses images with NaN / inf pixels on every call (check_finite_images)."""
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; expected one of {sorted(EXECUTORS)}")
-    forward = EXECUTORS[executor]
+def make_predict_fn(graphdef, executor=None, check_finite: bool = False, **options) -> Callable:
+    """jit'd predict function of a model (see the module docstring)."""
+    if executor is None:
+        if options:
+            raise TypeError(f"options {sorted(options)} configure an executor; none was given")
+        return jit_predict(graphdef, check_finite=check_finite)
+    executor = executors.get(executor, **options)
+    compiled = jit_predict(graphdef, executor.forward, check_finite=check_finite)
 
     def predict(params, batch_stats, images, plan):
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.eval()
-        return forward(model, images, plan, **options)
+        check_plan_values(plan, executor.options)
+        return compiled(params, batch_stats, images, plan)
 
-    return with_finite_check(jax.jit(predict), images_arg=2) if check_finite else jax.jit(predict)
-
-
-def with_finite_check(fn: Callable, images_arg: int) -> Callable:
-    """`fn` that first refuses non-finite images (its positional argument `images_arg`)."""
-
-    def checked(*args):
-        check_finite_images(args[images_arg])
-        return fn(*args)
-
-    return checked
+    return predict
 
 
-__all__ = ["EXECUTORS", "ExecutableCache", "StaticExecutor", "SubnetExecutor", "use_persistent_cache", "bucketed", "cond", "make_predict_fn", "masked", "static", "with_finite_check"]
+__all__ = ["ExecutableCache", "Executor", "StaticExecutor", "SubnetExecutor", "bucketed", "cache",
+           "capacities", "check_plan_values", "compile_predict", "cond", "executors",
+           "jit_predict", "make_predict_fn", "masked", "persistent_cache_hits", "predict", "static", "switch",
+           "use_persistent_cache", "with_finite_check"]

@@ -5,17 +5,17 @@ ResNet holding only its own, sliced weights (`models.slimmable.extract_subnet`; 
 channels padded to multiples of 8, the conv shapes XLA:CPU runs fastest) and compiled ahead of
 time to a pure function of those weights and the images. Executables live in the same bounded
 LRU cache as the static block-plan executor; a sub-net's weights are dropped with its last
-executable. After `warm_up` over the menu, serving any of its points compiles nothing.
+executable. After `warm_up` over the menu, serving any of its points compiles nothing
+(`latency.subnet_latency_table` measures every sub-net from its executable).
 """
 
 from __future__ import annotations
 
 import jax
-import numpy as np
 from flax import nnx
 
-from adaptive_jax.execution.static import ExecutableCache
-from adaptive_jax.latency import measure_table
+from adaptive_jax.execution.cache import ExecutableCache
+from adaptive_jax.execution.predict import compile_predict
 from adaptive_jax.models.resnet import check_finite_images
 from adaptive_jax.models.slimmable import (SlimmableResNet, WidthSubnet, check_channel_multiple,
                                           extract_subnet)
@@ -45,14 +45,7 @@ class SubnetExecutor(ExecutableCache):
 
     def _compile(self, subnet: WidthSubnet, images_shape: tuple[int, ...]):
         graphdef, params, stats = self.weights(subnet)
-
-        def predict(params, batch_stats, images):
-            model = nnx.merge(graphdef, params, batch_stats)
-            model.eval()
-            return model(images)
-
-        images = jax.ShapeDtypeStruct(images_shape, np.float32)
-        return jax.jit(predict).lower(params, stats, images).compile()
+        return compile_predict(graphdef, params, stats, images_shape)
 
     def _evicted(self, entry) -> None:
         subnet, _ = entry
@@ -72,19 +65,3 @@ class SubnetExecutor(ExecutableCache):
         run = self.executable(subnet, tuple(images.shape))
         _, params, stats = self._weights[subnet]
         return run(params, stats, images)
-
-    def latency_table(self, widths, batch_sizes=(1,), image_shape=(32, 32, 3), warmup: int = 3,
-                      repeats: int = 30, rounds: int = 3):
-        """Measures every sub-net at every batch size from its executable (compiled first, not
-        timed); entries are named by `WidthSubnet.name`. See `adaptive_jax.latency.measure_table`."""
-        subnets = [WidthSubnet.of(w) for w in widths]
-        self.warm_up(subnets, batch_sizes, image_shape)
-
-        def calls(subnet):
-            def at_batch(batch):
-                images = np.zeros((batch, *image_shape), np.float32)
-                return lambda: self(images, subnet)
-            return at_batch
-
-        return measure_table({s.name: calls(s) for s in subnets}, batch_sizes=tuple(batch_sizes),
-                             warmup=warmup, repeats=repeats, rounds=rounds)

@@ -12,7 +12,13 @@ blocks by index (`lax.cond` inside the scan, or a loop over active block indices
 
 Two shortcut kinds at a stage transition:
   * "projection": 1x1 conv (stride 2) + BN, as in SkipNet and OFAS;
-  * "pad": 2x2 average pool and zero-padded channels, parameter-free, as in BlockDrop.
+  * "pad": 2x2 average pool, then zero channels appended after the input's, parameter-free: He et
+    al.'s option A in BlockDrop's layout (its `DownsampleB` concatenates the zeros after).
+
+The backbone protocol every executor relies on (docs/architecture.md): `stem(images)`, `layout`
+(its decision units: the residual blocks, per stage), `walk(x, step, ...)` over every unit or
+`walk_active(x, active, step)` over the active ones only, `classify(features)`, and `units()`
+(one module per unit, for pricing). The walk is written here once, on `nn.stack`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaptive_jax.nn import LOWERINGS, conv_general_dilated_fn
+from adaptive_jax.nn import LOWERINGS, conv2d, conv_general_dilated_fn, stack
+from adaptive_jax.plans import BlockLayout
 
 SHORTCUT_KINDS = ("projection", "pad")
 DEPTHS = (20, 32, 38, 44, 56, 74, 110)
@@ -80,11 +87,11 @@ def _batch_norm(c: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 
 def pad_shortcut(x: jax.Array, out_channels: int) -> jax.Array:
-    """BlockDrop's parameter-free shortcut: 2x2 average pool, then zero channels on both sides."""
+    """BlockDrop's parameter-free shortcut: 2x2 average pool, then zero channels after the input's
+    (so channel i of the input stays channel i, as in BlockDrop's and He et al.'s option A)."""
     b, h, w, c = x.shape
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-    extra = out_channels - c
-    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, out_channels - c)))
 
 
 class Projection(nnx.Module):
@@ -108,6 +115,7 @@ class BasicBlock(nnx.Module):
         self.conv2 = _conv(cout, cout, 3, 1, lowering, rngs)
         self.bn2 = _batch_norm(cout, rngs)
         self.changes_shape = stride != 1 or cin != cout
+        self.stride, self.lowering = stride, lowering
         self.out_channels = cout
         self.shortcut_kind = shortcut
         if self.changes_shape and shortcut == "projection":
@@ -127,24 +135,28 @@ class BasicBlock(nnx.Module):
         y = nnx.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(y))
 
+    def residual_at(self, x: jax.Array, channels: int) -> jax.Array:
+        """The residual on only the first `channels` of the block's inner width: conv1's first
+        output channels, their BN, conv2 reading only them. Static slices, so the MACs shrink
+        with `channels`. Inference only (running BN statistics): a narrower option of an option
+        plan (`models.options`), not a trained slimmable net."""
+        if channels == self.out_channels:
+            return self.residual(x)
+        if not 1 <= channels < self.out_channels:
+            raise ValueError(f"a block of inner width {self.out_channels} cannot run on "
+                             f"{channels} channels")
+        if not self.bn1.use_running_average:
+            raise ValueError("a narrowed block runs in inference only: call model.eval() first")
+        pad = ((1, 1), (1, 1))
+        y = conv2d(x, self.conv1.kernel[...][..., :channels], (self.stride,) * 2, pad, self.lowering)
+        bn = self.bn1
+        scale = bn.scale[...][:channels] * jax.lax.rsqrt(bn.var[...][:channels] + bn.epsilon)
+        y = nnx.relu((y - bn.mean[...][:channels]) * scale + bn.bias[...][:channels])
+        y = conv2d(y, self.conv2.kernel[...][:, :, :channels, :], (1, 1), pad, self.lowering)
+        return self.bn2(y)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         return nnx.relu(self.shortcut(x) + self.residual(x))
-
-    def gated(self, x: jax.Array, gate: jax.Array) -> jax.Array:
-        """shortcut + gate * (block output - shortcut): the block blended in by a per-sample bool
-        or float gate in [0, 1] (dense and differentiable: the masked executor and per-block
-        gates use it)."""
-        shortcut = self.shortcut(x)
-        out = nnx.relu(shortcut + self.residual(x))
-        gate = gate.astype(out.dtype).reshape(gate.shape + (1,) * (out.ndim - gate.ndim))
-        return shortcut + gate * (out - shortcut)
-
-
-def _stack_blocks(blocks: list[BasicBlock]) -> BasicBlock:
-    """One BasicBlock whose every variable gains a leading axis over `blocks`."""
-    graphdef, _ = nnx.split(blocks[0])
-    states = [nnx.split(b)[1] for b in blocks]
-    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
 
 
 class Stage(nnx.Module):
@@ -156,7 +168,7 @@ class Stage(nnx.Module):
         self.unroll_training = unroll_training
         self.num_rest = num_blocks - 1
         if self.num_rest:
-            self.rest = _stack_blocks(
+            self.rest = stack.stack_modules(
                 [BasicBlock(cout, cout, 1, shortcut, rngs=rngs, lowering=lowering)
                  for _ in range(self.num_rest)])
         else:
@@ -166,23 +178,23 @@ class Stage(nnx.Module):
         x = self.first(x)
         if self.rest is None:
             return x
-        graphdef, state = nnx.split(self.rest)
+        x, _ = stack.scan((self.rest,), _run_block, x, length=self.num_rest,
+                          training=self.training, unroll=self.training and self.unroll_training)
+        return x
+
+    @property
+    def training(self) -> bool:
         # Only training mode moves batch statistics; in inference the scan writes nothing back,
         # so the stage is also callable under a plain jax transform.
-        training = not self.rest.bn1.use_running_average
-        # Training unrolls the scan: XLA:CPU runs the gradient of a scanned stage 3.2x slower
-        # (12x with XLA's own conv weight gradients; `python -m benchmarks.stage_scan`).
-        # Inference keeps the loop, which compiles faster and runs as fast.
+        return not self.first.bn1.use_running_average
 
-        def step(h, block_state):
-            block = nnx.merge(graphdef, block_state)
-            h = block(h)
-            return h, (nnx.state(block, nnx.BatchStat) if training else None)
+    # Training unrolls the scan: XLA:CPU runs the gradient of a scanned stage 3.2x slower
+    # (12x with XLA's own conv weight gradients; `python -m benchmarks.stage_scan`).
+    # Inference keeps the loop, which compiles faster and runs as fast.
 
-        x, new_stats = jax.lax.scan(step, x, state, unroll=training and self.unroll_training)
-        if training:
-            nnx.update(self.rest, new_stats)
-        return x
+
+def _run_block(modules: tuple, x: jax.Array, _) -> tuple[jax.Array, None]:
+    return modules[0](x), None
 
 
 class CifarResNet(nnx.Module):
@@ -210,10 +222,73 @@ class CifarResNet(nnx.Module):
 
     def __call__(self, images: jax.Array) -> jax.Array:
         check_images(images, self.spec.in_channels)
-        x = self.stem(images)
-        for stage in self.stages:
-            x = stage(x)
+        x, _ = self.walk(self.stem(images), _run_block)
         return self.classify(x)
+
+    # -- the backbone protocol (docs/architecture.md) --
+
+    @property
+    def layout(self) -> BlockLayout:
+        """The decision units (residual blocks) a plan for this network addresses."""
+        return BlockLayout.of(self.spec)
+
+    @property
+    def training(self) -> bool:
+        return not self.stem_bn.use_running_average
+
+    def walk(self, x: jax.Array, step: stack.ScanStep, per_unit=None, companions=None):
+        """Every residual block in network order, from the stem's output: returns (x, outs).
+
+        `step(modules, h, inputs) -> (h, out)`: `modules` is `(block,)`, or `(block, companion)`
+        with `companions` (per stage, an object with `first` and stacked `rest` modules laid out
+        like the stage's blocks, e.g. per-block gates); `inputs` is this block's slice of
+        `per_unit` (a pytree whose leaves have a leading axis of one entry per block); the
+        `out`s come back stacked the same way (or None). Stacked blocks run under one
+        `lax.scan` (unrolled in training), batch statistics written back in training.
+        """
+        layout, training, outs = self.layout, self.training, []
+        for index, (stage, cols) in enumerate(zip(self.stages, layout.stage_slices())):
+            inputs = jax.tree.map(lambda leaf: leaf[cols], per_unit)
+            extra = None if companions is None else companions[index]
+            first = (stage.first,) if extra is None else (stage.first, extra.first)
+            x, out = step(first, x, jax.tree.map(lambda leaf: leaf[0], inputs))
+            outs.append(jax.tree.map(lambda leaf: leaf[None], out))
+            if stage.rest is not None:
+                rest = (stage.rest,) if extra is None else (stage.rest, extra.rest)
+                x, ys = stack.scan(rest, step, x, jax.tree.map(lambda leaf: leaf[1:], inputs),
+                                   length=stage.num_rest, training=training,
+                                   unroll=training and stage.unroll_training)
+                outs.append(ys)
+        return x, jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *outs)
+
+    def walk_active(self, x: jax.Array, active: jax.Array, step, per_unit=None) -> jax.Array:
+        """Only the blocks `active` ((L,) bools shared by the batch) turns on; the others output
+        their shortcut. `step(block, h, inputs) -> h`. A stage's first block is a `lax.cond`; the
+        stacked blocks a loop over the active ones' indices only (`nn.stack.loop_over`), so a
+        skipped block costs no time (docs/design.md). Inference only."""
+        for stage, cols in zip(self.stages, self.layout.stage_slices()):
+            bits = active[cols]
+            inputs = jax.tree.map(lambda leaf: leaf[cols], per_unit)
+            first, first_inputs = stage.first, jax.tree.map(lambda leaf: leaf[0], inputs)
+            x = jax.lax.cond(bits[0], lambda h: step(first, h, first_inputs), first.shortcut, x)
+            if stage.rest is not None:
+                rest_bits = bits[1:]
+                rest_inputs = jax.tree.map(lambda leaf: leaf[1:], inputs)
+                order = jnp.argsort(~rest_bits, stable=True)  # the active blocks first, in order
+                x = stack.loop_over(
+                    stage.rest, order, rest_bits.sum(),
+                    lambda block, h, i: step(block, h, jax.tree.map(lambda leaf: leaf[i], rest_inputs)),
+                    x)
+        return x
+
+    def units(self) -> list[BasicBlock]:
+        """One module per decision unit, in plan order (stacked blocks taken out of their stack;
+        works on abstract models from `nnx.eval_shape` too)."""
+        blocks = []
+        for stage in self.stages:
+            blocks.append(stage.first)
+            blocks += [stack.module_at(stage.rest, i) for i in range(stage.num_rest)]
+        return blocks
 
 
 def check_images(images: jax.Array, channels: int = 3) -> None:

@@ -27,6 +27,7 @@ from adaptive_jax.config import check_count
 from adaptive_jax.models.resnet import STAGE_WIDTHS, CifarResNet, ResNetSpec, check_images
 from adaptive_jax.nn.slim import (SlimConv, SlimLinear, SwitchableBatchNorm, as_width,
                                   is_scalar_width, slim_channels, width_index)
+from adaptive_jax.plans import StaticPlan
 
 UNIFORM_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -124,9 +125,9 @@ class SlimmableResNet(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class WidthSubnet:
-    """One sub-net of a slimmable ResNet: a width per stage. Frozen and hashable, so it keys
-    compiled executables (`adaptive_jax.execution.SubnetExecutor`) and latency tables."""
+class WidthSubnet(StaticPlan):
+    """One sub-net of a slimmable ResNet: a width per stage. A static plan (`plans.StaticPlan`):
+    frozen and hashable, so it keys compiled executables (`adaptive_jax.execution.SubnetExecutor`) and latency tables."""
 
     stage_widths: tuple[float, float, float]
 

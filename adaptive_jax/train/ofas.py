@@ -20,13 +20,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adaptive_jax import config as config_lib, cost
+from adaptive_jax import config as config_lib, cost, execution
 from adaptive_jax.config import check_config_keys
 from adaptive_jax.data.augment import augment, normalize
-from adaptive_jax.execution import masked
-from adaptive_jax.models.ofas import OFASNet
+from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.policies import OFAS_VARIANTS, decisions
 from adaptive_jax.train import loop, optim, policy_gradient as pg, steps
+
+_MASKED = execution.masked()  # the training / evaluation path of every plan
 
 FIDELITIES = ("clean", "ofas_code")
 ESTIMATORS = ("reinforce", "straight_through")
@@ -109,7 +110,7 @@ def build_model(config, num_classes: int, in_channels: int) -> OFASNet:
 def model_costs(config, num_classes: int, in_channels: int) -> cost.BlockCosts:
     """MACs per block and of the head, priced on an abstract model (no weights are made)."""
     model = nnx.eval_shape(lambda: build_model(config, num_classes, in_channels))
-    return cost.block_costs(model, (1, 32, 32, in_channels))
+    return model.costs((1, 32, 32, in_channels))
 
 
 def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
@@ -123,7 +124,7 @@ def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
         images = normalize(images_u8, mean, std)
         features = model.backbone.stem(images)
         plan = decisions.threshold(model.execute_probs(features))
-        logits = model.backbone.classify(masked.run_blocks(model.backbone, features, plan))
+        logits = model.backbone.classify(_MASKED.run_units(model.backbone, features, plan))
         loss = steps.cross_entropy(logits, labels, num_classes)
         macs = costs.plan_macs_jnp(plan)
         block_frac = (macs - costs.base_macs - costs.policy_macs) / sum(costs.run_macs)
@@ -167,7 +168,7 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
     run_macs = jnp.asarray(costs.run_macs, jnp.float32)
 
     def outcome(model, features, actions, labels):
-        logits = model.backbone.classify(masked.run_blocks(model.backbone, features, actions))
+        logits = model.backbone.classify(_MASKED.run_units(model.backbone, features, actions))
         return logits, steps.cross_entropy(logits, labels, num_classes)
 
     def loss_fn(params, batch_stats, images, labels, key, step):
@@ -348,7 +349,7 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
         model.eval()
         features = model.backbone.stem(normalize(images_u8, mean, std))
         plan = jnp.broadcast_to(plan, (images_u8.shape[0], plan.shape[-1]))
-        logits = model.backbone.classify(masked.run_blocks(model.backbone, features, plan))
+        logits = model.backbone.classify(_MASKED.run_units(model.backbone, features, plan))
         return ((logits.argmax(-1) == labels) * mask).sum()
 
     def accuracy(plan):
@@ -374,7 +375,7 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
 def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) -> loop.Task:
     """The static sub-net `plan` fine-tuned like stage B's backbone (same optimiser, schedule and
     steps, CE only), from stage A's weights: what an adaptive policy must beat at equal MACs."""
-    from adaptive_jax.models.ofas import FixedPlanNet
+    from adaptive_jax.methods.ofas import FixedPlanNet
 
     def build(config, num_classes: int, in_channels: int):
         return FixedPlanNet(loop.build_model(config, num_classes, in_channels), plan)

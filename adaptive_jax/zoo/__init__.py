@@ -71,7 +71,7 @@ class ZooRecord:
 
 def architecture_of(model: nnx.Module) -> dict:
     """The JSON architecture of a CIFAR ResNet or an OFASNet (what `build_model` rebuilds)."""
-    from adaptive_jax.models.ofas import OFASNet
+    from adaptive_jax.methods.ofas import OFASNet
     from adaptive_jax.models.resnet import CifarResNet
 
     if isinstance(model, CifarResNet):
@@ -87,7 +87,7 @@ def architecture_of(model: nnx.Module) -> dict:
 
 def build_model(architecture: dict, seed: int = 0) -> nnx.Module:
     """A freshly initialised model of `architecture` (weights are then loaded over it)."""
-    from adaptive_jax.models.ofas import OFASNet
+    from adaptive_jax.methods.ofas import OFASNet
     from adaptive_jax.models.resnet import CifarResNet, ResNetSpec
 
     kind = architecture.get("kind")

@@ -22,7 +22,7 @@ import jax
 from absl import app, flags
 from flax import nnx
 
-from adaptive_jax import cost, report
+from adaptive_jax import cost, latency, report
 from adaptive_jax.execution import SubnetExecutor
 from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec, WidthSubnet, extract_subnet
 
@@ -51,7 +51,7 @@ def build_table(depth: int, widths: tuple[float, ...], kind: str, batch_sizes: t
     model.eval()
     subnets = subnet_menu(widths, kind)
     executor = SubnetExecutor(model, max_executables=len(subnets) * len(batch_sizes))
-    table = executor.latency_table(subnets, batch_sizes, repeats=repeats)
+    table = latency.subnet_latency_table(executor, subnets, batch_sizes, repeats=repeats)
     full = WidthSubnet.of(1.0).name
     macs = {s.name: cost.model_cost(extract_subnet(model, s)).macs for s in subnets}
     rows = []

@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from adaptive_jax import cost, report
+from adaptive_jax import cost, latency, report
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.execution import SubnetExecutor
 from adaptive_jax.models.slimmable import WidthSubnet, extract_subnet
@@ -45,7 +45,7 @@ def run(config, workdir: str, latency_batch_sizes=(1,)) -> list[dict]:
     model.eval()
     # served as the runtime manager serves them: each width its own executable on sliced weights
     executor = SubnetExecutor(model, max_executables=len(widths) * len(latency_batch_sizes))
-    table = executor.latency_table(widths, latency_batch_sizes)
+    table = latency.subnet_latency_table(executor, widths, latency_batch_sizes)
     table.save(os.path.join(workdir, "latency_table.json"))
     rows = []
     for w in widths:

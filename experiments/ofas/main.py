@@ -20,7 +20,8 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from adaptive_jax import cost, inference, latency, report
+from adaptive_jax import latency, report
+from adaptive_jax.methods.ofas import make_predictors
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
 from adaptive_jax.train import loop, ofas, read_metrics, train_and_evaluate
@@ -76,8 +77,8 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
     mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
     images = normalize(test_split.images[:latency_images], mean, std)
     images = np.asarray(images, np.float32)
-    planned, full = inference.make_ofas_predictors(graphdef)
-    costs = cost.block_costs(nnx.merge(graphdef, stage_a["state"].params, stage_a["state"].batch_stats))
+    planned, full = make_predictors(graphdef)
+    costs = nnx.merge(graphdef, stage_a["state"].params, stage_a["state"].batch_stats).costs()
 
     def row(point, result, run_dir, extra=None, graph=graphdef):
         r = {"point": point, **{k: v for k, v in result.items() if k not in ("state", "graphdef")},

@@ -1,15 +1,11 @@
-"""The static executor: a plan baked in at trace time, one AOT-compiled executable per plan.
+"""Caches of compiled executables: a bounded LRU cache in the process, and XLA's persistent
+compilation cache across processes.
 
-The plan enters the executable as a constant, through the cond executor's walk: XLA folds each
-stage's first-block decision and the loops' trip counts, so dead blocks cost no control flow,
-while the stacked blocks keep their loop. That loop matters: a flat graph of only the active
-blocks, unrolled in Python, ran 12.1 ms against 11.0 ms for this form (ResNet-110, batch 1, 50 %
-active, one core; docs/design.md measured flat graphs 13-23 % slower than looped ones too).
-Executables are compiled ahead of time and kept in a bounded LRU cache keyed by
-(StaticBlockPlan, input shape); `warm_up` compiles a menu before serving, and `stats()` counts
-compilations, so a caller can check that none happen after warm-up. `use_persistent_cache(DIR)`
-points XLA's persistent compilation cache at a directory, so a later process (a restarted server)
-loads its executables instead of compiling them (docs/design.md: 2.3 s -> 0.3 s on CPU).
+`ExecutableCache` keeps AOT-compiled executables keyed by (static plan, input shape); `warm_up`
+compiles a menu before serving, and `stats()` counts compilations, so a caller can check that none
+happen after warm-up. `use_persistent_cache(DIR)` points XLA's persistent compilation cache at a
+directory, so a later process (a restarted server) loads its executables instead of compiling
+them (docs/design.md: 2.3 s -> 0.3 s on CPU).
 """
 
 from __future__ import annotations
@@ -19,15 +15,8 @@ import os
 from collections.abc import Iterable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
 from adaptive_jax.config import check_count
-from adaptive_jax.execution import cond
-from adaptive_jax.models.resnet import CifarResNet, check_finite_images
-from adaptive_jax.plans import BlockLayout, StaticBlockPlan
-
 
 # The name of JAX's monitoring event for a persistent-cache hit (an event key, not a file path).
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
@@ -57,12 +46,6 @@ def use_persistent_cache(directory: str, min_compile_time_s: float = 0.0) -> Non
 def persistent_cache_hits() -> int:
     """Executables this process loaded from the persistent cache (after `use_persistent_cache`)."""
     return _persistent_cache_hits
-
-
-def forward(model: CifarResNet, images: jax.Array, plan: StaticBlockPlan) -> jax.Array:
-    """Logits running exactly the blocks `plan` turns on; the plan is Python data, not traced."""
-    plan.check_for(BlockLayout.of(model.spec))
-    return cond.forward(model, images, jnp.asarray(plan.to_array()))
 
 
 class ExecutableCache:
@@ -114,35 +97,3 @@ class ExecutableCache:
     def stats(self) -> dict[str, int]:
         return {"compilations": self.compilations, "hits": self.hits,
                 "evictions": self.evictions, "live": len(self._cache)}
-
-
-class StaticExecutor(ExecutableCache):
-    """`executor(images, plan)`: logits from per-plan executables in an LRU cache; `plan` is a
-    `StaticBlockPlan` or a (num_blocks,) bool array / list (the same cache entry)."""
-
-    def __init__(self, graphdef, params, batch_stats, max_executables: int = 16,
-                 check_finite: bool = False):
-        super().__init__(max_executables, check_finite)
-        self.graphdef = graphdef
-        self.params, self.batch_stats = params, batch_stats
-        self.layout = BlockLayout.of(nnx.merge(graphdef, params, batch_stats).spec)
-
-    def executable(self, plan, images_shape: tuple[int, ...]):
-        """`plan`: a StaticBlockPlan, or a (num_blocks,) bool array or list (made into one)."""
-        return super().executable(StaticBlockPlan.from_array(plan, self.layout), images_shape)
-
-    def _compile(self, plan: StaticBlockPlan, images_shape: tuple[int, ...]):
-        graphdef = self.graphdef
-
-        def predict(params, batch_stats, images):
-            model = nnx.merge(graphdef, params, batch_stats)
-            model.eval()
-            return forward(model, images, plan)
-
-        images = jax.ShapeDtypeStruct(images_shape, np.float32)
-        return jax.jit(predict).lower(self.params, self.batch_stats, images).compile()
-
-    def __call__(self, images, plan) -> jax.Array:
-        if self.check_finite:
-            check_finite_images(images)
-        return self.executable(plan, tuple(images.shape))(self.params, self.batch_stats, images)

@@ -15,15 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adaptive_jax.models.options import RUN_OR_SKIP
 from adaptive_jax.models.resnet import CifarResNet, check_images
-from adaptive_jax.plans import BlockLayout
+from adaptive_jax.nn.stack import stack_modules
 from adaptive_jax.policies import BlockGate, decisions
-
-
-def _stack(modules: list[nnx.Module]) -> nnx.Module:
-    graphdef, _ = nnx.split(modules[0])
-    return nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs),
-                                            *[nnx.split(m)[1] for m in modules]))
 
 
 class StageGates(nnx.Module):
@@ -33,7 +28,7 @@ class StageGates(nnx.Module):
                  initial_execute_prob: float, rngs: nnx.Rngs):
         kw = dict(hidden=hidden, initial_execute_prob=initial_execute_prob, rngs=rngs)
         self.first = BlockGate(cin, **kw)
-        self.rest = _stack([BlockGate(cout, **kw) for _ in range(num_blocks - 1)]) if num_blocks > 1 else None
+        self.rest = stack_modules([BlockGate(cout, **kw) for _ in range(num_blocks - 1)]) if num_blocks > 1 else None
 
 
 class GatedResNet(nnx.Module):
@@ -57,55 +52,29 @@ class GatedResNet(nnx.Module):
         check_images(images, self.spec.in_channels)
         decide = decisions.straight_through if self.training else (
             lambda p: decisions.threshold(p).astype(p.dtype))
-        x = self.backbone.stem(images)
-        plan = []
-        for stage, gates in zip(self.backbone.stages, self.gates):
-            g = decide(jax.nn.sigmoid(gates.first(x)))
-            x = stage.first.gated(x, g)
-            plan.append(g[:, None])
-            if stage.rest is not None:
-                block_def, block_state = nnx.split(stage.rest)
-                gate_def, gate_state = nnx.split(gates.rest)
-                training = self.training
 
-                def step(h, states):
-                    block = nnx.merge(block_def, states[0])
-                    g = decide(jax.nn.sigmoid(nnx.merge(gate_def, states[1])(h)))
-                    h = block.gated(h, g)
-                    return h, (g, nnx.state(block, nnx.BatchStat) if training else None)
+        def step(modules, h, _):
+            block, gate = modules
+            g = decide(jax.nn.sigmoid(gate(h)))
+            return RUN_OR_SKIP.blend(block, h, jnp.stack([1 - g, g], axis=-1)), g
 
-                x, (gs, stats) = jax.lax.scan(step, x, (block_state, gate_state),
-                                              unroll=training and stage.unroll_training)
-                if training:
-                    nnx.update(stage.rest, stats)
-                plan.append(gs.T)
-        return self.backbone.classify(x), jnp.concatenate(plan, axis=1)
+        x, gates = self.backbone.walk(self.backbone.stem(images), step, companions=self.gates)
+        return self.backbone.classify(x), gates.T
 
     def predict(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(logits, (1, L) plan) at batch 1 in eval mode; a block whose gate is shut does not run."""
+        """(logits, (1, L) plan) at batch 1 in eval mode; a block whose gate is shut does not run.
+
+        The block-by-block decider as an executor mode: the walk's step is a `lax.cond` on the
+        gate's decision, so each decision waits for the block before it."""
         check_images(image, self.spec.in_channels)
         if image.shape[0] != 1 or self.training:
             raise ValueError(f"predict runs one image in eval mode (got batch {image.shape[0]}); "
                              "use model(images) in eval mode for a batch")
 
-        def gated(block, gate, x):
-            bit = gate(x)[0] >= 0.0  # sigmoid(logit) >= 0.5
-            return jax.lax.cond(bit, block, block.shortcut, x), bit
+        def step(modules, h, _):
+            block, gate = modules
+            bit = gate(h)[0] >= 0.0  # sigmoid(logit) >= 0.5
+            return jax.lax.cond(bit, block, block.shortcut, h), bit
 
-        x = self.backbone.stem(image)
-        plan = []
-        for stage, gates in zip(self.backbone.stages, self.gates):
-            x, bit = gated(stage.first, gates.first, x)
-            plan.append(bit[None])
-            if stage.rest is not None:
-                block_def, block_state = nnx.split(stage.rest)
-                gate_def, gate_state = nnx.split(gates.rest)
-
-                def step(h, states):
-                    return gated(nnx.merge(block_def, states[0]), nnx.merge(gate_def, states[1]), h)
-
-                x, bits = jax.lax.scan(step, x, (block_state, gate_state))
-                plan.append(bits)
-        plan = jnp.concatenate(plan)[None]
-        assert plan.shape[1] == BlockLayout.of(self.spec).num_blocks
-        return self.backbone.classify(x), plan
+        x, plan = self.backbone.walk(self.backbone.stem(image), step, companions=self.gates)
+        return self.backbone.classify(x), plan[None]

@@ -1,9 +1,12 @@
 """OFAS (docs/methods.md 3): a CIFAR ResNet whose blocks are all planned by one head after the stem.
 
-`OFASNet(backbone, head)`: `model(images)` is the training / evaluation forward through the masked
-executor (straight-through decisions in training mode, thresholded in eval mode: stage A and the
-accuracy it reports); `plan(images)` gives the (B, L) bool plan, and `predict(images, executor)`
-runs it so that skipped blocks do not run (cond at batch 1 or a shared plan, bucketed for a batch).
+A method: a policy (`policies.OFASHead`), a backbone (`models.CifarResNet`) and how they run
+(`execution` executors). `OFASNet(backbone, head)`: `model(images)` is the training / evaluation
+forward through the masked executor (straight-through decisions in training mode, thresholded in
+eval mode: stage A and the accuracy it reports); `plan(images)` gives the (B, L) bool plan, and
+`predict(images, executor)` runs it so that skipped blocks do not run (cond at batch 1 or a
+shared plan, bucketed for a batch). `make_predictors` compiles both paths for serving;
+`costs()` prices plans (`cost.block_costs` of the backbone plus the head).
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adaptive_jax.execution import bucketed, cond, masked
+from adaptive_jax import cost, execution
 from adaptive_jax.models.resnet import CifarResNet, check_images
 from adaptive_jax.policies import OFASHead, decisions
 
-BLOCK_RUNNERS = {"masked": masked.run_blocks, "cond": cond.run_blocks,
-                 "bucketed": bucketed.run_blocks}
+_MASKED = execution.masked()
 
 
 class OFASNet(nnx.Module):
@@ -62,20 +64,35 @@ class OFASNet(nnx.Module):
         features = self.backbone.stem(images)
         probs = self.execute_probs(features)
         gates = decisions.straight_through(probs) if self.training else decisions.threshold(probs)
-        return self.backbone.classify(masked.run_blocks(self.backbone, features, gates))
+        return self.backbone.classify(_MASKED.run_units(self.backbone, features, gates))
 
-    def predict(self, images: jax.Array, executor: str = "cond", **options) -> tuple[jax.Array, jax.Array]:
+    def predict(self, images: jax.Array, executor="cond", **options) -> tuple[jax.Array, jax.Array]:
         """(logits, plan) in inference, running only the planned blocks; eval mode only.
 
-        executor "cond" takes one plan per call (batch 1), "bucketed" per-sample plans.
+        `executor`: an `execution.Executor` or its name ("cond": one plan per call, batch 1;
+        "bucketed": per-sample plans), options to its constructor.
         """
-        if executor not in BLOCK_RUNNERS:
-            raise ValueError(f"unknown executor {executor!r}; expected one of {sorted(BLOCK_RUNNERS)}")
+        executor = execution.executors.get(executor, **options)
         check_images(images, self.spec.in_channels)
         features = self.backbone.stem(images)
         plan = decisions.threshold(self.execute_probs(features))
-        x = BLOCK_RUNNERS[executor](self.backbone, features, plan, **options)
-        return self.backbone.classify(x), plan
+        return self.backbone.classify(executor.run_units(self.backbone, features, plan)), plan
+
+    def costs(self, input_shape: tuple[int, ...] = (1, 32, 32, 3)) -> cost.BlockCosts:
+        """MACs per block plan: the backbone's blocks, and the head, which runs for every input."""
+        return cost.block_costs(self.backbone, input_shape, policy=self.policy)
+
+
+def make_predictors(graphdef, executor="cond", check_finite: bool = False, **options):
+    """jit'd (params, batch_stats, images) -> logits of an OFAS model: its own plans run by
+    `executor` ("cond" at batch 1, "bucketed" for a batch), and the full backbone (every block).
+    `check_finite=True`: both refuse NaN / inf pixels (a reduction per call)."""
+    executor = execution.executors.get(executor, **options)
+    planned = execution.jit_predict(graphdef, lambda model, images: model.predict(images, executor)[0],
+                                    check_finite=check_finite)
+    full = execution.jit_predict(graphdef, lambda model, images: model.backbone(images),
+                                 check_finite=check_finite)
+    return planned, full
 
 
 class FixedPlanNet(nnx.Module):
@@ -99,4 +116,4 @@ class FixedPlanNet(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         check_images(images, self.spec.in_channels)
         features = self.backbone.stem(images)
-        return self.backbone.classify(masked.run_blocks(self.backbone, features, self.plan(images)))
+        return self.backbone.classify(_MASKED.run_units(self.backbone, features, self.plan(images)))
