@@ -22,7 +22,7 @@ from flax import nnx
 
 from adaptive_jax import config as config_lib, cost, execution
 from adaptive_jax.config import check_config_keys
-from adaptive_jax.data.augment import augment, normalize
+from adaptive_jax.data.augment import normalize
 from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.policies import OFAS_VARIANTS, decisions
 from adaptive_jax.train import loop, optim, policy_gradient as pg, steps
@@ -171,11 +171,11 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
         logits = model.backbone.classify(_MASKED.run_units(model.backbone, features, actions))
         return logits, steps.cross_entropy(logits, labels, num_classes)
 
-    def loss_fn(params, batch_stats, images, labels, key, step):
-        greedy_stats = jax.tree.map(lambda x: x, batch_stats)
-        batch_stats = jax.tree.map(lambda x: x, batch_stats)
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.train()
+    def reinforce_loss(model, images, labels, key, step):
+        # the greedy baseline's model: these weights, frozen, over a copy of the statistics as
+        # they were before this step (its own batch-statistic updates are dropped)
+        _, params, greedy_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        greedy_stats = jax.tree.map(lambda x: x, greedy_stats)
         features = model.backbone.stem(images)
         probs = model.execute_probs(features)
         if ofas_code:
@@ -193,8 +193,6 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
         greedy = decisions.threshold(probs) | forced
         metrics = {}
         if self_critical:
-            # The greedy plan on the same images, with frozen weights; its batch-statistic
-            # updates are dropped (a second model over a copy of the statistics).
             greedy_model = nnx.merge(graphdef, jax.lax.stop_gradient(params), greedy_stats)
             greedy_model.train()
             g_logits, g_ce = outcome(greedy_model, jax.lax.stop_gradient(features), greedy, labels)
@@ -214,16 +212,13 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
             block_macs_frac=((actions * run_macs).sum(-1) / run_macs.sum()).mean(),
             greedy_block_macs_frac=((greedy * run_macs).sum(-1) / run_macs.sum()).mean(),
             execute_prob=probs.mean())
-        return loss, (metrics, nnx.state(model, nnx.BatchStat))
+        return loss, metrics
 
-    def straight_through_loss_fn(params, batch_stats, images, labels, key, step):
+    def straight_through_loss(model, images, labels, key, step):
         """ConvNet-AIG's estimator on the OFAS head: logistic (Gumbel-sigmoid) noise on the
         logits, the hard decision going forward and the noisy sigmoid's gradient going back, so
         every image tells every block, every step, whether it helped its loss; the compute term
         (penalty x the share of block MACs run) pushes against it. No second forward pass."""
-        batch_stats = jax.tree.map(lambda x: x, batch_stats)
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.train()
         features = model.backbone.stem(images)
         logits = model.policy(features)
         u = jax.random.uniform(key, logits.shape, minval=1e-6, maxval=1 - 1e-6)
@@ -237,20 +232,10 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
                        block_macs_frac=block_frac.mean(),
                        greedy_block_macs_frac=((greedy * run_macs).sum(-1) / run_macs.sum()).mean(),
                        execute_prob=jax.nn.sigmoid(logits).mean())
-        return loss, (metrics, nnx.state(model, nnx.BatchStat))
+        return loss, metrics
 
-    chosen_loss = straight_through_loss_fn if rl.estimator == "straight_through" else loss_fn
-
-    def train_step(state: steps.TrainState, images_u8, labels):
-        key = jax.random.fold_in(state.rng, state.step)
-        aug_key, policy_key = jax.random.split(key)
-        images = augment(aug_key, images_u8, mean, std)
-        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(chosen_loss, has_aux=True)(
-            state.params, state.batch_stats, images, labels, policy_key, state.step)
-        state, metrics["nonfinite"] = steps.apply_gradients(state, tx, grads, batch_stats, loss)
-        return state, metrics
-
-    return jax.jit(train_step, donate_argnums=0)
+    loss = straight_through_loss if rl.estimator == "straight_through" else reinforce_loss
+    return jax.jit(steps.make_step(graphdef, tx, loss, mean=mean, std=std), donate_argnums=0)
 
 
 def stage_b_config(config, penalty: float) -> ml_collections.ConfigDict:

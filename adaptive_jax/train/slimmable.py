@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 from adaptive_jax import config as config_lib
-from adaptive_jax.data.augment import augment, normalize
+from adaptive_jax.data.augment import normalize
 from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec
 from adaptive_jax.nn.slim import width_index
 from adaptive_jax.train import loop, steps
@@ -80,43 +80,27 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
     widths = tuple(config.slim.widths)
     mode = config.slim.mode
 
-    def loss_fn(params, batch_stats, images, labels, train_widths):
-        batch_stats = jax.tree.map(lambda x: x, batch_stats)
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.train()
-        losses, metrics, teacher = [], {}, None
+    def loss(train_widths, model, images, labels, key, step):
+        losses, teacher, accuracy = [], None, None
         for w in train_widths:  # widest first: it is the teacher in sandwich mode
             logits = model(images, w)
             if mode == "sandwich" and teacher is not None:
-                loss = _soft_cross_entropy(logits, jax.nn.softmax(teacher)).mean()
+                value = _soft_cross_entropy(logits, jax.nn.softmax(teacher)).mean()
             else:
-                loss = steps.cross_entropy(logits, labels, num_classes).mean()
+                value = steps.cross_entropy(logits, labels, num_classes).mean()
                 teacher = logits
-            losses.append(loss)
-            metrics[f"accuracy_w{w:g}"] = (logits.argmax(-1) == labels).mean()
-        metrics["loss"] = losses[0]
-        metrics["accuracy"] = metrics[f"accuracy_w{train_widths[0]:g}"]
-        return sum(losses), (metrics, nnx.state(model, nnx.BatchStat))
-
-    def grads_for(train_widths, params, batch_stats, images, labels):
-        (total, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, images, labels, train_widths)
-        return grads, stats, total, metrics["loss"], metrics["accuracy"]
+            losses.append(value)
+            if accuracy is None:
+                accuracy = (logits.argmax(-1) == labels).mean()
+        return sum(losses), {"loss": losses[0], "accuracy": accuracy}
 
     branches, pick = _branches(config, widths, steps_per_epoch)
-
-    def branch_step(train_widths, state: steps.TrainState, images_u8, labels):
-        aug_key, _ = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        images = augment(aug_key, images_u8, mean, std)
-        grads, batch_stats, total, loss, accuracy = grads_for(train_widths, state.params,
-                                                              state.batch_stats, images, labels)
-        state, nonfinite = steps.apply_gradients(state, tx, grads, batch_stats, total)
-        return state, {"loss": loss, "accuracy": accuracy, "nonfinite": nonfinite}
 
     # One compiled step per set of widths, picked on the host. A `lax.switch` over the
     # gradient branches ran 3.2x slower on XLA:CPU (sandwich 10.1 s per step; 3.1 s picked on
     # the host; `python -m benchmarks.slimmable_train_cost`, both in RESULTS.md).
-    compiled = [jax.jit(functools.partial(branch_step, b), donate_argnums=0) for b in branches]
+    compiled = [jax.jit(steps.make_step(graphdef, tx, functools.partial(loss, b), mean=mean, std=std),
+                        donate_argnums=0) for b in branches]
     if len(compiled) == 1:
         return compiled[0]
     pick = jax.jit(pick)

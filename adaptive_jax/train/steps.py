@@ -71,33 +71,51 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: int,
-                    mean, std, label_smoothing: float = 0.0, guard_nonfinite: bool = True) -> Callable:
-    """(state, images uint8 (B,H,W,C), labels int32 (B,)) -> (state, metrics); augments on device.
-    A non-finite step is dropped and flagged in metrics["nonfinite"] (`apply_gradients`)."""
+LossFn = Callable[..., tuple[jax.Array, dict]]
 
-    def loss_fn(params, batch_stats, images, labels):
-        # NNX states hold Variables; batch_stats is not differentiated, so it still belongs to the
-        # outer (jit) trace. Re-wrap it so BatchNorm may update its statistics inside `grad`.
+
+def make_step(graphdef, tx: optax.GradientTransformation, loss: LossFn, *, mean, std,
+              guard_nonfinite: bool = True) -> Callable:
+    """The one train step every method shares; the method supplies only its `loss`.
+
+    `loss(model, images, labels, key, step) -> (scalar loss, metrics)`: `model` is merged from
+    the differentiated params in training mode (its batch statistics move as it runs; they are
+    kept), `images` augmented and normalised, `key` this step's own PRNG key. Returns the pure
+    (state, images uint8 (B,H,W,C), labels int32 (B,)) -> (state, metrics); the caller jits it.
+    A non-finite step is dropped and flagged in metrics["nonfinite"] (`apply_gradients`).
+    """
+
+    def loss_of_params(params, batch_stats, images, labels, key, step):
+        # NNX states hold Variables; batch_stats is not differentiated, so it still belongs to
+        # the outer (jit) trace. Re-wrap it so BatchNorm may update its statistics inside `grad`.
         batch_stats = jax.tree.map(lambda x: x, batch_stats)
         model = nnx.merge(graphdef, params, batch_stats)
         model.train()
-        logits = model(images)
-        loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
-        new_batch_stats = nnx.state(model, nnx.BatchStat)
-        return loss, (logits, new_batch_stats)
+        value, metrics = loss(model, images, labels, key, step)
+        return value, (metrics, nnx.state(model, nnx.BatchStat))
 
     def train_step(state: TrainState, images_u8, labels):
-        key = jax.random.fold_in(state.rng, state.step)
-        images = augment(key, images_u8, mean, std)
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, images, labels)
-        state, nonfinite = apply_gradients(state, tx, grads, batch_stats, loss, guard_nonfinite)
-        metrics = {"loss": loss, "accuracy": (logits.argmax(-1) == labels).mean(),
-                   "nonfinite": nonfinite}
-        return state, metrics
+        aug_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        images = augment(aug_key, images_u8, mean, std)
+        (value, (metrics, batch_stats)), grads = jax.value_and_grad(loss_of_params, has_aux=True)(
+            state.params, state.batch_stats, images, labels, loss_key, state.step)
+        state, nonfinite = apply_gradients(state, tx, grads, batch_stats, value, guard_nonfinite)
+        return state, {**metrics, "nonfinite": nonfinite}
 
-    return jax.jit(train_step, donate_argnums=0)
+    return train_step
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: int,
+                    mean, std, label_smoothing: float = 0.0, guard_nonfinite: bool = True) -> Callable:
+    """Supervised: (state, images uint8, labels) -> (state, metrics), jit-compiled (`make_step`)."""
+
+    def loss(model, images, labels, key, step):
+        logits = model(images)
+        value = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+        return value, {"loss": value, "accuracy": (logits.argmax(-1) == labels).mean()}
+
+    return jax.jit(make_step(graphdef, tx, loss, mean=mean, std=std,
+                             guard_nonfinite=guard_nonfinite), donate_argnums=0)
 
 
 def make_eval_step(graphdef, *, num_classes: int, mean, std) -> Callable:
