@@ -88,9 +88,7 @@ def static_row(name: str, split, dataset: str, latency_images: int, throughput_b
     images = np.asarray(normalize(split.images[:max(latency_images, 64 * throughput_batches)],
                                   mean, std), np.float32)
 
-    @jax.jit
-    def predict(params, batch_stats, x):
-        return nnx.merge(graphdef, params, batch_stats)(x)
+    predict = execution.make_predict_fn(graphdef)
 
     b1 = np.median([latency.measure_latency(predict, params, batch_stats, images[i:i + 1],
                                             warmup=2, repeats=5).median_ms

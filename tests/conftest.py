@@ -1,19 +1,19 @@
-"""Test set-up: two fake CPU devices (for the sharding tests) before JAX initialises."""
+"""Test set-up: CPU only, two fake CPU devices (for the sharding tests) before JAX initialises,
+a fresh persistent compilation cache per session, and strict dtype promotion for the engine's
+tests (`strict_dtype_promotion`: no silent float64 / int-float mixing in compiled paths)."""
 
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "")
-os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=2"
+import jax
+import numpy as np
+import pytest
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from adaptive_jax.data import Split  # noqa: E402
-from adaptive_jax.data import cifar_binary  # noqa: E402
+from adaptive_jax.data import Split
+from adaptive_jax.data import cifar_binary
 
 jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_num_cpu_devices", 2)
 # Many tests train the same tiny model: XLA's persistent cache (fresh per session, so no test
 # depends on an earlier session) turns every repeat of an identical computation into a load.
 # The experiments' subprocesses share it through the environment.
@@ -37,3 +37,11 @@ def tiny_cifar_manual_dir(tmp_path_factory):
     cifar_binary.write_binary_dir(str(root), {"train": (train.images, train.labels),
                                               "test": (test.images, test.labels)})
     return str(root), train, test
+
+
+@pytest.fixture
+def strict_dtype_promotion():
+    """Run the test under `jax.numpy_dtype_promotion("strict")`: an implicit promotion between
+    dtypes (say float32 weights and a float64 or int plan) is an error, not a silent cast."""
+    with jax.numpy_dtype_promotion("strict"):
+        yield

@@ -10,6 +10,8 @@ from adaptive_jax.execution import cond, make_predict_fn, masked
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
 
+pytestmark = pytest.mark.usefixtures("strict_dtype_promotion")
+
 DEPTH = 14  # two blocks per stage: a transition block and one stacked block in each
 
 

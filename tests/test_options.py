@@ -15,6 +15,8 @@ from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.models.options import RUN_OR_SKIP, InnerWidths
 from adaptive_jax.plans import OptionLayout, StaticOptionPlan
 
+pytestmark = pytest.mark.usefixtures("strict_dtype_promotion")
+
 DEPTH = 14  # two blocks per stage: a transition block and one stacked block in each
 UNITS = 6
 MENU = InnerWidths((0.5, 1.0))  # options: 0 skip, 1 half inner width, 2 the full block

@@ -295,11 +295,8 @@ def test_plans(graphdef, state, split, dataset: str, batch_size: int = 500) -> n
 
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
 
-    @jax.jit
-    def plan_of(params, batch_stats, images_u8):
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.eval()
-        return model.plan(normalize(images_u8, mean, std))
+    plan_of = execution.jit_predict(
+        graphdef, lambda model, images_u8: model.plan(normalize(images_u8, mean, std)))
 
     plans = [np.asarray(plan_of(state.params, state.batch_stats, images))[mask > 0]
              for images, _, mask in pipeline.eval_batches(split, batch_size)]
@@ -328,14 +325,13 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
 
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
 
-    @jax.jit
-    def correct(params, batch_stats, images_u8, labels, mask, plan):
-        model = nnx.merge(graphdef, params, batch_stats)
-        model.eval()
+    def count_correct(model, images_u8, labels, mask, plan):
         features = model.backbone.stem(normalize(images_u8, mean, std))
         plan = jnp.broadcast_to(plan, (images_u8.shape[0], plan.shape[-1]))
         logits = model.backbone.classify(_MASKED.run_units(model.backbone, features, plan))
         return ((logits.argmax(-1) == labels) * mask).sum()
+
+    correct = execution.jit_predict(graphdef, count_correct)
 
     def accuracy(plan):
         total = sum(int(correct(state.params, state.batch_stats, *batch, jnp.asarray(plan)))

@@ -423,16 +423,18 @@ def evaluate(model: nnx.Module, images_u8: np.ndarray, labels: np.ndarray, datas
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     mean, std = CHANNEL_MEAN[dataset], CHANNEL_STD[dataset]
-    model.eval()
-    graphdef, state = nnx.split(model)
+    from adaptive_jax.execution import jit_predict
 
-    @jax.jit
-    def correct_in(state, images, labels, mask):
-        logits = nnx.merge(graphdef, state)(normalize(images, mean, std))
+    model.eval()
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+    def count_correct(model, images, labels, mask):
+        logits = model(normalize(images, mean, std))
         return ((logits.argmax(-1) == labels) * mask).sum()
 
+    correct_in = jit_predict(graphdef, count_correct)
     split = Split(np.asarray(images_u8), np.asarray(labels), int(np.max(labels)) + 1)
-    correct = sum(int(correct_in(state, *batch))
+    correct = sum(int(correct_in(params, batch_stats, *batch))
                   for batch in pipeline.eval_batches(split, batch_size))
     return {"accuracy": correct / len(split), "correct": correct, "count": len(split)}
 
