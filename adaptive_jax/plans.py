@@ -94,6 +94,27 @@ class StaticPlan:
     def name(self) -> str:
         raise NotImplementedError
 
+    def check_for(self, layout):
+        """This plan, if it was made for `layout`; else an error naming both."""
+        if layout != self.layout:
+            raise ValueError(f"this plan was made for {self.layout.describe()}, "
+                             f"not for {layout.describe()}")
+        return self
+
+    @classmethod
+    def _concrete(cls, plan, layout, check) -> np.ndarray | StaticPlan:
+        """`plan` as one concrete (L,) array checked by `check(array, layout)`, or `plan` itself
+        when it is already a static plan of this kind (checked against `layout`)."""
+        if isinstance(plan, jax.core.Tracer):
+            raise TypeError(f"a {cls.__name__} needs a concrete plan, got a traced value; use a "
+                            "traced plan with the masked / cond / bucketed executors")
+        if isinstance(plan, cls):
+            return plan.check_for(layout)
+        array = np.asarray(check(np.asarray(plan), layout))
+        if array.ndim != 1:
+            raise ValueError(f"a static plan is one plan of shape (num_units,), got {array.shape}")
+        return array
+
 
 @dataclasses.dataclass(frozen=True)
 class StaticBlockPlan(StaticPlan):
@@ -114,24 +135,11 @@ class StaticBlockPlan(StaticPlan):
     @classmethod
     def from_array(cls, plan, layout: BlockLayout) -> StaticBlockPlan:
         """From a concrete (L,) bool array (not a tracer: a static plan is fixed at trace time)."""
-        if isinstance(plan, jax.core.Tracer):
-            raise TypeError("a StaticBlockPlan needs a concrete plan, got a traced value; "
-                            "use a traced block plan with the masked / cond / bucketed executors")
-        if isinstance(plan, StaticBlockPlan):
-            return plan.check_for(layout)
-        plan = np.asarray(check_block_plan(np.asarray(plan), layout))
-        if plan.ndim != 1:
-            raise ValueError(f"a static plan is one plan of shape (num_blocks,), got {plan.shape}")
-        return cls(layout, tuple(bool(b) for b in plan))
+        plan = cls._concrete(plan, layout, check_block_plan)
+        return plan if isinstance(plan, cls) else cls(layout, tuple(bool(b) for b in plan))
 
     def to_array(self) -> np.ndarray:
         return np.array(self.active, dtype=bool)
-
-    def check_for(self, layout: BlockLayout) -> StaticBlockPlan:
-        if layout != self.layout:
-            raise ValueError(f"this plan was made for {self.layout.describe()}, "
-                             f"not for {layout.describe()}")
-        return self
 
     def active_in_stages(self) -> tuple[tuple[int, ...], ...]:
         """Per stage, the indices (within the stage) of the blocks that run."""
@@ -244,24 +252,11 @@ class StaticOptionPlan(StaticPlan):
     @classmethod
     def from_array(cls, plan, layout: OptionLayout) -> StaticOptionPlan:
         """From a concrete (L,) integer array (not a tracer: a static plan is fixed at trace time)."""
-        if isinstance(plan, jax.core.Tracer):
-            raise TypeError("a StaticOptionPlan needs a concrete plan, got a traced value; "
-                            "use a traced option plan with the masked / cond / bucketed executors")
-        if isinstance(plan, StaticOptionPlan):
-            return plan.check_for(layout)
-        plan = np.asarray(check_option_plan(np.asarray(plan), layout))
-        if plan.ndim != 1:
-            raise ValueError(f"a static plan is one plan of shape (num_units,), got {plan.shape}")
-        return cls(layout, tuple(int(c) for c in plan))
+        plan = cls._concrete(plan, layout, check_option_plan)
+        return plan if isinstance(plan, cls) else cls(layout, tuple(int(c) for c in plan))
 
     def to_array(self) -> np.ndarray:
         return np.array(self.choices, dtype=np.int32)
-
-    def check_for(self, layout: OptionLayout) -> StaticOptionPlan:
-        if layout != self.layout:
-            raise ValueError(f"this plan was made for {self.layout.describe()}, "
-                             f"not for {layout.describe()}")
-        return self
 
     @property
     def name(self) -> str:

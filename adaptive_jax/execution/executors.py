@@ -22,6 +22,9 @@ any backbone that follows the protocol of `models.resnet.CifarResNet` (stem, `wa
 
 `executor.forward(model, images, plan)` -> logits; `executor.run_units(model, features, plan)`
 runs the blocks only (a policy that reads the stem's output plans in between).
+
+`block_by_block(model, features, companions, decide)` is the mode of a decider that decides as
+the walk goes (per-block gates), where no plan exists before the blocks run.
 """
 
 from __future__ import annotations
@@ -238,6 +241,40 @@ def bucketed(buckets: int = DEFAULT_BUCKETS, options: UnitOptions = RUN_OR_SKIP)
         return x
 
     return Executor("bucketed", run_units, options, differentiable=False, per_sample=True)
+
+
+# --- block by block ---------------------------------------------------------------------------
+
+
+def block_by_block(model, features, companions, decide: Callable,
+                   options: UnitOptions = RUN_OR_SKIP):
+    """The block-by-block decider mode (per-block gates; DFS's recurrent gate): the plan is not
+    known up front, each block's decision is made on that block's input, as the walk reaches it.
+
+    `companions`: per stage, modules walking in lockstep with the blocks (`first`, stacked
+    `rest`: the gates); `decide(companion, h)` returns the block's decision, and its form says
+    how the block runs: a shared scalar bool (or option int) runs only what it picks (`lax.cond`
+    / `lax.switch`: batch 1 in inference); a per-row float gate (B,) or option weights (B, K)
+    blends the options (training, or a batch). Returns (features, decisions with a leading unit
+    axis)."""
+    run_option = _run_option(options)
+
+    def step(modules, h, _):
+        block, companion = modules
+        decision = decide(companion, h)
+        if decision.ndim == 0 and decision.dtype == jnp.bool_:
+            return jax.lax.cond(decision, lambda h: run_option(block, h, 1), block.shortcut,
+                                h), decision
+        if decision.ndim == 0 and jnp.issubdtype(decision.dtype, jnp.integer):
+            return jax.lax.cond(decision > 0, lambda h: run_option(block, h, decision),
+                                block.shortcut, h), decision
+        if options.num_options == 2 and decision.shape[-1:] != (2,):
+            weights = jnp.stack([1 - decision, decision], axis=-1)
+        else:
+            weights = decision
+        return options.blend(block, h, weights), decision
+
+    return model.walk(features, step, companions=companions)
 
 
 # --- static -----------------------------------------------------------------------------------

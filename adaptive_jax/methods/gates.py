@@ -12,10 +12,9 @@ run and returns (logits, plan).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from adaptive_jax.models.options import RUN_OR_SKIP
+from adaptive_jax.execution.executors import block_by_block
 from adaptive_jax.models.resnet import CifarResNet, check_images
 from adaptive_jax.nn.stack import stack_modules
 from adaptive_jax.policies import BlockGate, decisions
@@ -52,29 +51,17 @@ class GatedResNet(nnx.Module):
         check_images(images, self.spec.in_channels)
         decide = decisions.straight_through if self.training else (
             lambda p: decisions.threshold(p).astype(p.dtype))
-
-        def step(modules, h, _):
-            block, gate = modules
-            g = decide(jax.nn.sigmoid(gate(h)))
-            return RUN_OR_SKIP.blend(block, h, jnp.stack([1 - g, g], axis=-1)), g
-
-        x, gates = self.backbone.walk(self.backbone.stem(images), step, companions=self.gates)
+        x, gates = block_by_block(self.backbone, self.backbone.stem(images), self.gates,
+                                  lambda gate, h: decide(jax.nn.sigmoid(gate(h))))
         return self.backbone.classify(x), gates.T
 
     def predict(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(logits, (1, L) plan) at batch 1 in eval mode; a block whose gate is shut does not run.
-
-        The block-by-block decider as an executor mode: the walk's step is a `lax.cond` on the
-        gate's decision, so each decision waits for the block before it."""
+        """(logits, (1, L) plan) at batch 1 in eval mode; a block whose gate is shut does not run
+        (a `lax.cond` per block: each decision waits for the block before it)."""
         check_images(image, self.spec.in_channels)
         if image.shape[0] != 1 or self.training:
             raise ValueError(f"predict runs one image in eval mode (got batch {image.shape[0]}); "
                              "use model(images) in eval mode for a batch")
-
-        def step(modules, h, _):
-            block, gate = modules
-            bit = gate(h)[0] >= 0.0  # sigmoid(logit) >= 0.5
-            return jax.lax.cond(bit, block, block.shortcut, h), bit
-
-        x, plan = self.backbone.walk(self.backbone.stem(image), step, companions=self.gates)
+        x, plan = block_by_block(self.backbone, self.backbone.stem(image), self.gates,
+                                 lambda gate, h: gate(h)[0] >= 0.0)  # sigmoid(logit) >= 0.5
         return self.backbone.classify(x), plan[None]
