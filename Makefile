@@ -63,8 +63,11 @@ zoo-cpu: data
 			--config=experiments/zoo/configs/default.py:cpu --config.model.depth=$$d $(FLAGS) & \
 	done; wait
 
+# Two workers, each test file in one of them (module fixtures and compiled programs shared within
+# a file); TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 bench: install-bench data
 	$(PY) -m benchmarks.resnet_speed $(FLAGS)

@@ -13,6 +13,7 @@ with Pillow. Afterwards `tfds.data_source(name, data_dir=...)` reads the dataset
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 
@@ -102,8 +103,13 @@ def build_from_local_files(name: str, data_dir: str, manual_dir: str) -> str:
     """
     if name not in BUILDERS:
         raise ValueError(f"no offline builder for {name!r}; offline builders: {sorted(BUILDERS)}")
-    builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return os.fspath(builder.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    # One builder per data dir at a time: two processes (parallel test workers, two runs started
+    # together) would otherwise both write the same dataset. The second waits, then finds it built.
+    with open(os.path.join(data_dir, f".{name}.build.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = BUILDERS[name](data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        return os.fspath(builder.data_dir)
