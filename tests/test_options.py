@@ -88,7 +88,9 @@ def test_every_executor_runs_option_plans_like_the_reference(net, batch):
     run = {name: execution.make_predict_fn(graphdef, executor)
            for name, executor in [("masked", execution.masked(MENU)),
                                   ("switch", execution.switch(MENU)),
-                                  ("bucketed", execution.bucketed(buckets=batch, options=MENU))]}
+                                  # two capacities at batch 8: gathers and the all-rows branch, a
+                                  # quicker compile than the default eight
+                                  ("bucketed", execution.bucketed(buckets=min(batch, 2), options=MENU))]}
     static = execution.StaticExecutor(graphdef, params, stats, options=MENU)
     for name, plans in _option_plans(batch, seed=batch).items():
         want = _want(net, images, plans)
@@ -103,18 +105,17 @@ def test_every_executor_runs_option_plans_like_the_reference(net, batch):
                                        rtol=2e-4, atol=2e-4, err_msg=f"static, {name}, row {i}")
 
 
-def test_masked_option_weights_are_differentiable_and_one_hot_equals_the_plan(net):
-    graphdef, params, stats = net
-    model = nnx.merge(graphdef, params, stats)
+def test_masked_option_weights_are_differentiable_and_one_hot_equals_the_plan():
+    model = CifarResNet(ResNetSpec(8), rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))  # 3 blocks
     model.eval()
     images = _images(2)
-    plans = _option_plans(2, seed=5)["random"]
+    plans = np.array([[0, 1, 2], [2, 2, 1]], np.int32)
     masked = execution.masked(MENU)
     one_hot = jax.nn.one_hot(plans, 3)
     np.testing.assert_allclose(masked.forward(model, images, one_hot),
                                masked.forward(model, images, plans), rtol=1e-5, atol=1e-5)
-    grads = jax.grad(lambda w: masked.forward(model, images, w).sum())(jnp.full((2, UNITS, 3), 1 / 3))
-    assert grads.shape == (2, UNITS, 3) and bool(jnp.all(jnp.isfinite(grads)))
+    grads = jax.grad(lambda w: masked.forward(model, images, w).sum())(jnp.full((2, 3, 3), 1 / 3))
+    assert grads.shape == (2, 3, 3) and bool(jnp.all(jnp.isfinite(grads)))
     assert float(jnp.abs(grads[..., 1:]).min()) > 0  # every non-skip option moves the output
 
 

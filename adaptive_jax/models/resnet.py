@@ -178,6 +178,9 @@ class Stage(nnx.Module):
         x = self.first(x)
         if self.rest is None:
             return x
+        # Training unrolls the scan: XLA:CPU runs the gradient of a scanned stage 3.2x slower
+        # (12x with XLA's own conv weight gradients; `python -m benchmarks.stage_scan`).
+        # Inference keeps the loop, which compiles faster and runs as fast.
         x, _ = stack.scan((self.rest,), _run_block, x, length=self.num_rest,
                           training=self.training, unroll=self.training and self.unroll_training)
         return x
@@ -187,10 +190,6 @@ class Stage(nnx.Module):
         # Only training mode moves batch statistics; in inference the scan writes nothing back,
         # so the stage is also callable under a plain jax transform.
         return not self.first.bn1.use_running_average
-
-    # Training unrolls the scan: XLA:CPU runs the gradient of a scanned stage 3.2x slower
-    # (12x with XLA's own conv weight gradients; `python -m benchmarks.stage_scan`).
-    # Inference keeps the loop, which compiles faster and runs as fast.
 
 
 def _run_block(modules: tuple, x: jax.Array, _) -> tuple[jax.Array, None]:
