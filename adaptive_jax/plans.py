@@ -58,8 +58,8 @@ class BlockLayout:
 
 
 def as_block_plan(plan):
-    """`plan` as an array: a Python list or tuple (of bools, or of rows of bools) becomes a numpy
-    array; arrays and tracers pass through. `check_block_plan` then checks dtype and shape."""
+    """`plan` as an array: a Python list or tuple (of bools or option ints, or rows of them)
+    becomes a numpy array; arrays and tracers pass through. The checks then read dtype and shape."""
     if isinstance(plan, (list, tuple)):
         return np.asarray(plan)
     return plan
@@ -227,11 +227,6 @@ def check_option_plan(plan, layout: OptionLayout, batch_size: int | None = None)
             raise ValueError(f"option {bad} is not on the menu {layout.options} (0 to "
                              f"{layout.num_options - 1})")
     return plan
-
-
-def as_option_plan(plan):
-    """`plan` as an array (lists and tuples become numpy arrays; arrays and tracers pass)."""
-    return as_block_plan(plan)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,3 +145,26 @@ def test_static_executor_equals_masked_and_caches(net):
         executor(images, other)
     with pytest.raises(ValueError, match="max_executables must be an integer >= 1"):
         StaticExecutor(graphdef, params, stats, max_executables=0)
+
+
+def test_block_by_block_carries_a_recurrent_deciders_state(net):
+    """A decider with state (as DFS's LSTM gate): here a block counter that runs every other
+    block; at batch 1 each decision is a `lax.cond`, equal to the cond executor on that plan."""
+    from adaptive_jax.execution.executors import block_by_block
+    from adaptive_jax.methods import GatedResNet
+    graphdef, params, stats = net
+    model = nnx.merge(graphdef, params, stats)
+    model.eval()
+    gates = GatedResNet(model, rngs=nnx.Rngs(1)).gates  # the companions; their outputs unused
+    image = _images(1)
+
+    def decide(gate, h, count):
+        return count % 2 == 0, count + 1
+
+    x, decisions, count = block_by_block(model, model.stem(image), gates, decide,
+                                         state=jnp.zeros((), jnp.int32))
+    plan = np.arange(6) % 2 == 0
+    assert int(count) == 6
+    np.testing.assert_array_equal(decisions, plan)
+    np.testing.assert_allclose(model.classify(x), cond().forward(model, image, plan),
+                               rtol=1e-5, atol=1e-5)

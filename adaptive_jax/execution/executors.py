@@ -247,7 +247,7 @@ def bucketed(buckets: int = DEFAULT_BUCKETS, options: UnitOptions = RUN_OR_SKIP)
 
 
 def block_by_block(model, features, companions, decide: Callable,
-                   options: UnitOptions = RUN_OR_SKIP):
+                   options: UnitOptions = RUN_OR_SKIP, state=None):
     """The block-by-block decider mode (per-block gates; DFS's recurrent gate): the plan is not
     known up front, each block's decision is made on that block's input, as the walk reaches it.
 
@@ -255,26 +255,37 @@ def block_by_block(model, features, companions, decide: Callable,
     `rest`: the gates); `decide(companion, h)` returns the block's decision, and its form says
     how the block runs: a shared scalar bool (or option int) runs only what it picks (`lax.cond`
     / `lax.switch`: batch 1 in inference); a per-row float gate (B,) or option weights (B, K)
-    blends the options (training, or a batch). Returns (features, decisions with a leading unit
-    axis)."""
+    blends the options (training, or a batch). A recurrent decider carries `state` from block to
+    block: with `state` given, `decide(companion, h, state) -> (decision, state)`.
+    Returns (features, decisions with a leading unit axis), and the last state when one is given.
+    """
     run_option = _run_option(options)
+    recurrent = state is not None
 
-    def step(modules, h, _):
+    def step(modules, carry, _):
         block, companion = modules
-        decision = decide(companion, h)
-        if decision.ndim == 0 and decision.dtype == jnp.bool_:
-            return jax.lax.cond(decision, lambda h: run_option(block, h, 1), block.shortcut,
-                                h), decision
-        if decision.ndim == 0 and jnp.issubdtype(decision.dtype, jnp.integer):
-            return jax.lax.cond(decision > 0, lambda h: run_option(block, h, decision),
-                                block.shortcut, h), decision
-        if options.num_options == 2 and decision.shape[-1:] != (2,):
-            weights = jnp.stack([1 - decision, decision], axis=-1)
+        h, carried = carry if recurrent else (carry, None)
+        if recurrent:
+            decision, carried = decide(companion, h, carried)
         else:
-            weights = decision
-        return options.blend(block, h, weights), decision
+            decision = decide(companion, h)
+        if decision.ndim == 0 and decision.dtype == jnp.bool_:
+            h = jax.lax.cond(decision, lambda h: run_option(block, h, 1), block.shortcut, h)
+        elif decision.ndim == 0 and jnp.issubdtype(decision.dtype, jnp.integer):
+            h = jax.lax.cond(decision > 0, lambda h: run_option(block, h, decision),
+                             block.shortcut, h)
+        else:
+            if options.num_options == 2 and decision.shape[-1:] != (2,):
+                weights = jnp.stack([1 - decision, decision], axis=-1)
+            else:
+                weights = decision
+            h = options.blend(block, h, weights)
+        return ((h, carried) if recurrent else h), decision
 
-    return model.walk(features, step, companions=companions)
+    if not recurrent:
+        return model.walk(features, step, companions=companions)
+    (x, state), decisions = model.walk((features, state), step, companions=companions)
+    return x, decisions, state
 
 
 # --- static -----------------------------------------------------------------------------------

@@ -235,8 +235,10 @@ class CifarResNet(nnx.Module):
     def training(self) -> bool:
         return not self.stem_bn.use_running_average
 
-    def walk(self, x: jax.Array, step: stack.ScanStep, per_unit=None, companions=None):
+    def walk(self, x, step: stack.ScanStep, per_unit=None, companions=None):
         """Every residual block in network order, from the stem's output: returns (x, outs).
+        `x` is the carry: the features, or any pytree holding them (a recurrent decider's state
+        rides along).
 
         `step(modules, h, inputs) -> (h, out)`: `modules` is `(block,)`, or `(block, companion)`
         with `companions` (per stage, an object with `first` and stacked `rest` modules laid out
