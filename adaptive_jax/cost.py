@@ -201,24 +201,24 @@ class PlanCosts:
                              f"got {plan.min()}..{plan.max()}")
         return plan
 
+    def _chosen(self, table: np.ndarray, plan) -> np.ndarray:
+        """Sum over units of table[unit, chosen option], per sample."""
+        choices = self._choices(plan)
+        per_unit = np.take_along_axis(np.broadcast_to(table, choices.shape + table.shape[-1:]),
+                                      choices[..., None], -1)[..., 0]
+        return per_unit.sum(-1)
+
     def plan_macs(self, plan) -> np.ndarray:
         """MACs per example of a (L,) or (B, L) plan (bools or option ints): a scalar or one per
         sample."""
-        choices = self._choices(plan)
-        table = np.asarray(self.option_macs)
-        per_unit = np.take_along_axis(np.broadcast_to(table, choices.shape + table.shape[-1:]),
-                                      choices[..., None], -1)[..., 0]
-        return self.base_macs + self.policy_macs + per_unit.sum(-1)
+        return self.base_macs + self.policy_macs + self._chosen(np.asarray(self.option_macs), plan)
 
     def plan_bitops(self, plan) -> np.ndarray:
         """BitOPs per example: sum over units of bits_w x bits_a x MACs of the chosen option, the
         stem, classifier and policy at 32 x 32."""
-        choices = self._choices(plan)
         scale = np.asarray([w * a for w, a in self.option_bits])
-        table = np.asarray(self.option_macs) * scale
-        per_unit = np.take_along_axis(np.broadcast_to(table, choices.shape + table.shape[-1:]),
-                                      choices[..., None], -1)[..., 0]
-        return (self.base_macs + self.policy_macs) * 32 * 32 + per_unit.sum(-1)
+        return ((self.base_macs + self.policy_macs) * 32 * 32
+                + self._chosen(np.asarray(self.option_macs) * scale, plan))
 
     def block_fraction(self, plan) -> np.ndarray:
         """The share of the units' full MACs a plan spends (stem, head and policy left out)."""

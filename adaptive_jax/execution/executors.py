@@ -320,7 +320,8 @@ def static(options: UnitOptions = RUN_OR_SKIP) -> Executor:
     """A static plan baked in at trace time, through the cond walk: XLA folds each stage's first
     decision and the loops' trip counts, while the stacked blocks keep their loop (a flat graph
     of only the active blocks ran 12.1 ms against 11.0 ms for this form: ResNet-110, batch 1,
-    50 % active, one core; docs/design.md)."""
+    50 % active, one core, measured when the static executor was built; docs/design.md found
+    looped stages 13-23 % faster than flat graphs too)."""
 
     def run_units(model, features, plan):
         plan = static_plan(model.layout, options, plan)
