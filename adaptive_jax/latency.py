@@ -193,3 +193,36 @@ def subnet_latency_table(executor, widths, batch_sizes=(1,), image_shape=(32, 32
 
     return measure_table({s.name: calls(s) for s in subnets}, batch_sizes=tuple(batch_sizes),
                          warmup=warmup, repeats=repeats, rounds=rounds)
+
+
+def fastest_int8_kernels(backbone, batch: int, rounds: int = 3, calls: int = 10):
+    """Which kernel runs each conv of `backbone` fastest at 8 bits, measured here: per conv shape
+    (in, out, stride) at its feature size, `quantized.quantized_conv` (quantise, convolve,
+    dequantise) in "float" and by the integer kernels "xla" and "patches", interleaved rounds.
+    Returns (kernels for `Bitwidths(kernels=...)`: the shapes whose fastest is an integer
+    kernel, {shape: {kernel: median ms}})."""
+    from adaptive_jax.models import quantized
+
+    x = backbone.stem(jax.numpy.zeros((batch, 32, 32, backbone.spec.in_channels)))
+    convs = {}
+    for block in backbone.units():  # one input of each conv shape, at its size
+        h = jax.nn.relu(jax.random.normal(jax.random.key(0), x.shape))
+        convs.setdefault(quantized.conv_key(block.conv1), (block.conv1, h))
+        y = jax.nn.relu(block.conv1(h))
+        convs.setdefault(quantized.conv_key(block.conv2), (block.conv2, y))
+        x = block(x)
+    ms: dict = {}
+    for shape, (conv, h) in convs.items():
+        top = jax.numpy.max(h)
+        fns = {kernel: jax.jit(lambda h, kernel=kernel, conv=conv: quantized.quantized_conv(
+            conv, h, 8, top, kernel)) for kernel in ("float", "xla", "patches")}
+        for fn in fns.values():
+            jax.block_until_ready(fn(h))
+        times = {kernel: [] for kernel in fns}
+        for _ in range(rounds):
+            for kernel, fn in fns.items():
+                times[kernel].append(measure_latency(fn, h, warmup=0, repeats=calls).median_ms)
+        ms[shape] = {kernel: float(np.median(t)) for kernel, t in times.items()}
+    kernels = tuple((shape, min(t, key=t.get)) for shape, t in ms.items()
+                    if min(t, key=t.get) != "float")
+    return kernels, ms

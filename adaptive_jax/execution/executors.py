@@ -29,6 +29,7 @@ the walk goes (per-block gates), where no plan exists before the blocks run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -212,6 +213,18 @@ def _on_rows(run: Callable, x: jax.Array, shortcut: jax.Array, out: jax.Array, r
     return jax.lax.switch(index, branches, x, shortcut, out)
 
 
+def _options_on_rows(options: UnitOptions, block, h: jax.Array, choice: jax.Array,
+                     caps: tuple[int, ...], kind: str = "option") -> jax.Array:
+    """One block under per-row choices (B,): each option runs on the rows that chose it only."""
+    shortcut = block.shortcut(h)
+    out = shortcut
+    for k in range(1, options.num_options):
+        rows_on = choice if kind == "block" else choice == k
+        out = _on_rows(lambda xs, ss, k=k: options.apply(block, xs, k, ss), h, shortcut,
+                       out, rows_on, caps)
+    return out
+
+
 def bucketed(buckets: int = DEFAULT_BUCKETS, options: UnitOptions = RUN_OR_SKIP) -> Executor:
     """Per-sample plans; each block (and each of its options) runs on the rows that chose it.
 
@@ -228,14 +241,7 @@ def bucketed(buckets: int = DEFAULT_BUCKETS, options: UnitOptions = RUN_OR_SKIP)
         plan = jnp.broadcast_to(plan, features.shape[:1] + plan.shape[-1:])
 
         def step(modules, h, choice):
-            block = modules[0]
-            shortcut = block.shortcut(h)
-            out = shortcut
-            for k in range(1, options.num_options):
-                rows_on = choice if kind == "block" else choice == k
-                out = _on_rows(lambda xs, ss, k=k: options.apply(block, xs, k, ss), h, shortcut,
-                               out, rows_on, caps)
-            return out, None
+            return _options_on_rows(options, modules[0], h, choice, caps, kind), None
 
         x, _ = model.walk(features, step, per_unit=_units_first(plan, kind))
         return x
@@ -247,15 +253,17 @@ def bucketed(buckets: int = DEFAULT_BUCKETS, options: UnitOptions = RUN_OR_SKIP)
 
 
 def block_by_block(model, features, companions, decide: Callable,
-                   options: UnitOptions = RUN_OR_SKIP, state=None):
+                   options: UnitOptions = RUN_OR_SKIP, state=None, buckets: int = DEFAULT_BUCKETS):
     """The block-by-block decider mode (per-block gates; DFS's recurrent gate): the plan is not
     known up front, each block's decision is made on that block's input, as the walk reaches it.
 
     `companions`: per stage, modules walking in lockstep with the blocks (`first`, stacked
     `rest`: the gates); `decide(companion, h)` returns the block's decision, and its form says
     how the block runs: a shared scalar bool (or option int) runs only what it picks (`lax.cond`
-    / `lax.switch`: batch 1 in inference); a per-row float gate (B,) or option weights (B, K)
-    blends the options (training, or a batch). A recurrent decider carries `state` from block to
+    / `lax.switch`: batch 1 in inference); per-row option ints (B,) run each option on the rows
+    that chose it (gathered to a capacity from `buckets` multiples of B / buckets, as the
+    bucketed executor; inference); a per-row float gate (B,) or option weights (B, K) blends the
+    options (training, or a batch). A recurrent decider carries `state` from block to
     block: with `state` given, `decide(companion, h, state) -> (decision, state)`.
     Returns (features, decisions with a leading unit axis), and the last state when one is given.
     """
@@ -274,6 +282,10 @@ def block_by_block(model, features, companions, decide: Callable,
         elif decision.ndim == 0 and jnp.issubdtype(decision.dtype, jnp.integer):
             h = jax.lax.cond(decision > 0, lambda h: run_option(block, h, decision),
                              block.shortcut, h)
+        elif decision.ndim == 1 and jnp.issubdtype(decision.dtype, jnp.integer):
+            _check_inference(model, "block-by-block (per-row options)")
+            caps = capacities(h.shape[0], math.gcd(h.shape[0], buckets))
+            h = _options_on_rows(options, block, h, decision, caps)
         else:
             if options.num_options == 2 and decision.shape[-1:] != (2,):
                 weights = jnp.stack([1 - decision, decision], axis=-1)

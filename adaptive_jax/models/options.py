@@ -21,8 +21,10 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from adaptive_jax.models import quantized
 from adaptive_jax.models.resnet import BasicBlock
 
 
@@ -92,3 +94,87 @@ class InnerWidths(UnitOptions):
 
 
 RUN_OR_SKIP = RunOrSkip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Bitwidths(UnitOptions):
+    """DFS's menu (docs/dfs.md): skip (0 bits), or run the block with weights and activations on
+    a b-bit grid for each b in `widths` (increasing; 32 = the float block, no quantisation).
+
+    A block is a `models.quantized.QuantizedBlock` (the backbone's block and its activation
+    ranges, as `QuantizedResNet` walks them); a bare `BasicBlock` quantises each conv's input over
+    its own max (pricing). `per_bitwidth_ranges=False` is the reference's one range per conv for
+    every bitwidth. `kernels`: per conv shape ((in, out, stride), "xla" | "patches"), the integer
+    kernel 8-bit options run with where it measured faster than float (`benchmarks.dfs_options`);
+    every other option and shape computes in float on the dequantised grid values.
+
+    In training, `blend` takes the straight-through one-hot decisions and runs each row's chosen
+    option only (one residual per row, not one per option: the reference's ~6x), see
+    `quantized.residual_per_row`; in inference it is the dense blend of the exact options."""
+
+    widths: tuple[int, ...] = (8, 10, 12, 14, 16, 32)
+    per_bitwidth_ranges: bool = True
+    kernels: tuple[tuple[tuple[int, int, int], str], ...] = ()
+    range_momentum: float = 0.9  # the weight of the batch's range in the running one (reference)
+
+    def __post_init__(self):
+        widths = tuple(self.widths)
+        if (not widths or any(isinstance(b, bool) or not isinstance(b, int) for b in widths)
+                or any(not a < b for a, b in zip(widths, widths[1:]))
+                or widths[0] < 2 or (widths[-1] > 16 and widths[-1] != 32)
+                or any(16 < b < 32 for b in widths)):
+            raise ValueError(f"bitwidths must be increasing integers in [2, 16], optionally ending "
+                             f"with 32 (float), got {self.widths}")
+        object.__setattr__(self, "widths", widths)
+        for key, kernel in self.kernels:
+            if kernel not in ("float", "xla", "patches"):
+                raise ValueError(f"unknown kernel {kernel!r} for conv {key}; expected 'float', "
+                                 "'xla' or 'patches'")
+        if not 0.0 < self.range_momentum <= 1.0:
+            raise ValueError(f"range_momentum must be in (0, 1], got {self.range_momentum}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("skip",) + tuple("float" if b == 32 else f"{b} bit" for b in self.widths)
+
+    def bits(self, option: int) -> tuple[int, int]:
+        b = self.widths[option - 1] if option else 0
+        return (b, b)
+
+    def option_of(self, bits: int) -> int:
+        """The option that runs at `bits` (0 = skip); a bitwidth off the menu is an error."""
+        if bits == 0:
+            return 0
+        if bits not in self.widths:
+            raise ValueError(f"{bits} bits is not on the menu: 0 (skip) or one of {self.widths}")
+        return self.widths.index(bits) + 1
+
+    def computation(self) -> tuple[float, ...]:
+        """DFS's cost of each option relative to the float block, (b/32)^2 (its 'computation
+        percentage' / 100 per decision)."""
+        return tuple((self.bits(k)[0] / 32) ** 2 for k in range(self.num_options))
+
+    def apply(self, block, x, option, shortcut):
+        bits = self.widths[option - 1]
+        qblock = quantized.as_quantized(block)
+        if bits == 32:
+            return nnx.relu(shortcut + qblock.block.residual(x))
+        k = option if self.per_bitwidth_ranges else 1
+        ranges = None if qblock.ranges is None else qblock.ranges[k]
+        residual = quantized.residual_at_bits(qblock, x, bits, ranges, dict(self.kernels))
+        return nnx.relu(shortcut + residual)
+
+    def blend(self, block, x, weights):
+        qblock = quantized.as_quantized(block)
+        if not qblock.training:
+            return super().blend(block, x, weights)
+        if qblock.ranges is None:
+            raise ValueError("training a Bitwidths menu needs the blocks' ranges: walk a "
+                             "models.quantized.QuantizedResNet")
+        choice = jax.lax.stop_gradient(weights.argmax(-1))
+        row_bits = jnp.asarray((32,) + self.widths)[choice]  # a skipped row's residual is unused
+        shortcut = qblock.block.shortcut(x)
+        ran = quantized.residual_per_row(qblock, x, choice, row_bits, self.per_bitwidth_ranges,
+                                         self.range_momentum)
+        run = (1.0 - weights[..., 0]).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+        return shortcut + run * (nnx.relu(shortcut + ran) - shortcut)

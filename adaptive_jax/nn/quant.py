@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 INT_LOWERINGS = ("xla", "patches")
 
@@ -58,12 +59,47 @@ def fake_quant_symmetric(w: jax.Array, bits: int, scale: jax.Array | None = None
     return _saturate(ste_round(w / scale), -levels, levels) * scale
 
 
-def fake_quant_unsigned(x: jax.Array, bits: int, max_value: jax.Array) -> jax.Array:
+def fake_quant_unsigned(x: jax.Array, bits, max_value: jax.Array) -> jax.Array:
     """Non-negative `x` (post-ReLU) on 2^b levels over [0, max_value]; values above max_value
-    saturate (their gradient is zero there, as the clip says); straight-through inside."""
-    _check_bits(bits)
-    scale = jnp.maximum(max_value, 1e-8) / (2 ** bits - 1)
-    return _saturate(ste_round(x / scale), 0, 2 ** bits - 1) * scale
+    saturate (their gradient is zero there, as the clip says); straight-through inside.
+
+    `bits` is a Python int, or an array broadcasting against `x` (a bitwidth per row, chosen at
+    run time: DFS's training path); there, rows of 32 bits or more pass through unquantised."""
+    if isinstance(bits, (int, np.integer)):
+        _check_bits(int(bits))
+        levels = 2 ** int(bits) - 1
+    else:
+        bits = jnp.asarray(bits, x.dtype)
+        levels = jnp.exp2(jnp.minimum(bits, 16)) - 1
+    scale = jax.lax.stop_gradient(jnp.maximum(max_value, 1e-8) / levels)
+    quantised = _saturate(ste_round(x / scale), 0, levels) * scale
+    if isinstance(bits, jax.Array):
+        return jnp.where(bits >= 32, x, quantised)
+    return quantised
+
+
+def quantize_unsigned_int8(x: jax.Array, max_value: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Non-negative `x` on 256 levels over [0, max_value], stored as int8 offset by -128 (so an
+    int8 x int8 product can carry it), and the scale: x ~ (values + 128) * scale."""
+    scale = jnp.maximum(max_value, 1e-8) / 255
+    levels = jnp.clip(jnp.round(x / scale), 0, 255)
+    return (levels - 128).astype(jnp.int8), scale
+
+
+def unsigned_int8_conv2d(x: jax.Array, max_value: jax.Array, w: jax.Array,
+                         strides: Sequence[int], padding: Sequence[tuple[int, int]],
+                         lowering: str = "xla") -> jax.Array:
+    """conv(fake_quant_unsigned(x, 8, max_value), fake_quant_symmetric(w, 8)) computed in
+    integers: x as offset int8 (`quantize_unsigned_int8`), padded with the offset zero (-128),
+    the kernel int8 per output channel; the int32 sums corrected for the offset (128 x the sum of
+    each output channel's kernel, the same at every position because the padding is offset too)
+    and scaled back to float. Equal to the float path up to float32 rounding of its sums."""
+    xq, x_scale = quantize_unsigned_int8(x, max_value)
+    wq, w_scale = quantize_symmetric(w, 8)
+    xq = jnp.pad(xq, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)), constant_values=-128)
+    sums = int_conv2d(xq, wq, strides, ((0, 0), (0, 0)), lowering)
+    offset = 128 * wq.astype(jnp.int32).sum(axis=(0, 1, 2))
+    return (sums + offset).astype(jnp.float32) * (x_scale * w_scale.reshape(-1))
 
 
 def quantize_symmetric(x: jax.Array, bits: int = 8,

@@ -66,3 +66,10 @@ def ofas_code_epsilon_greedy(key: jax.Array, probs: jax.Array, epsilon: float = 
     actions = jax.random.uniform(key, probs.shape) < jax.lax.stop_gradient(p_execute)
     log_prob = jnp.log(jnp.where(actions, w_execute, w_skip) / (w_execute + w_skip))
     return actions, log_prob, bernoulli_entropy(p_execute)
+
+
+def straight_through_argmax(probs: jax.Array) -> jax.Array:
+    """Categorical decisions (..., K): the one-hot argmax going forward, the softmax's gradient
+    going back (DFS's gate, docs/methods.md 7.2)."""
+    hard = jax.nn.one_hot(probs.argmax(-1), probs.shape[-1], dtype=probs.dtype)
+    return hard + (probs - jax.lax.stop_gradient(probs))

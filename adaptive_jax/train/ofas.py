@@ -25,7 +25,7 @@ from adaptive_jax.config import check_config_keys
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.policies import OFAS_VARIANTS, decisions
-from adaptive_jax.train import loop, optim, policy_gradient as pg, steps
+from adaptive_jax.train import loop, optim, policy_gradient as pg, search, steps
 
 _MASKED = execution.masked()  # the training / evaluation path of every plan
 
@@ -338,18 +338,15 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
                     for batch in pipeline.eval_batches(split, batch_size))
         return total / len(split)
 
-    plan = np.ones(len(costs.run_macs), bool)
-    path = [{"plan": plan.tolist(), "macs": int(costs.plan_macs(plan)), "accuracy": accuracy(plan)}]
-    while costs.plan_macs(plan) > max_macs:
-        candidates = []
-        for k in np.flatnonzero(plan):
-            trial = plan.copy()
-            trial[k] = False
-            candidates.append((accuracy(trial), -int(costs.plan_macs(trial)), int(k), trial))
-        best = max(candidates, key=lambda c: c[:3])
-        plan = best[3]
-        path.append({"plan": plan.tolist(), "macs": int(costs.plan_macs(plan)), "accuracy": best[0],
-                     "dropped": best[2]})
+    def drop_one(plan):
+        return [(int(k), np.where(np.arange(len(plan)) == k, False, plan)) for k in np.flatnonzero(plan)]
+
+    plan, path = search.greedy_descent(np.ones(len(costs.run_macs), bool), drop_one,
+                                       lambda plan: int(costs.plan_macs(plan)), accuracy, max_macs)
+    for step in path:  # the keys this search has always written (greedy_search.json)
+        step["macs"] = int(step.pop("price"))
+        if "moved" in step:
+            step["dropped"] = step.pop("moved")
     return tuple(bool(b) for b in plan), path
 
 

@@ -1,0 +1,243 @@
+"""DFS training from a zoo backbone (docs/methods.md 7.3, docs/dfs.md): two steps as the paper.
+
+1. **Warm-up**: the backbone frozen, the gate trained towards full execution (target 100 %: the
+   sign-controlled budget term always rewards compute).
+2. **Joint**: everything trained towards a target computation percentage T with
+   loss = CE + s * budget_weight * cost, s = +1 if the batch's computation percentage is above
+   T else -1, cost = sum over rows and blocks of the chosen option's (b/32)^2 (straight-through,
+   so differentiable in the gate's softmax). Each row runs its chosen option only
+   (`options.Bitwidths.blend`): the step costs about a plain step, not the reference's ~6x.
+
+Recipes (`dfs.recipe`): "readme" (the reference README: both steps at lr 0.01; warm-up 2000
+iterations) and "paper" (the paper as quoted: lr 0.1, 64k iterations divided by 10 at 32k and
+48k); they disagree, so both are here. The experiment's configs set the epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from adaptive_jax import config as config_lib, cost, execution
+from adaptive_jax.data.augment import normalize
+from adaptive_jax.methods.dfs import GATES, DFSNet
+from adaptive_jax.models.options import Bitwidths
+from adaptive_jax.train import loop, optim, search, steps
+
+RECIPES = {  # (learning rate, schedule) of each step
+    "readme": {"warmup": (0.01, "constant"), "joint": (0.01, "step")},
+    "paper": {"warmup": (0.1, "step"), "joint": (0.1, "step")},
+}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The loop's keys plus `dfs`: the menu, the gate, the two steps and the curve's targets."""
+    c = loop.default_config()
+    c.model.depth = 32
+    c.batch_size = 128
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 1e-4
+    c.dfs = ml_collections.ConfigDict()
+    c.dfs.widths = (8, 10, 12, 14, 16, 32)  # the menu beyond skip (the reference's)
+    c.dfs.gate = "recurrent"                # "recurrent" (the paper's LSTM) or "once" (after the stem)
+    c.dfs.embed = 10
+    c.dfs.hidden = 10
+    c.dfs.per_bitwidth_ranges = True        # False: the reference's one range for every bitwidth
+    c.dfs.range_momentum = 0.9
+    c.dfs.recipe = "readme"                 # RECIPES: learning rates and schedules of both steps
+    c.dfs.warmup_epochs = 1
+    c.dfs.joint_epochs = 1
+    c.dfs.target = 100.0                    # computation percentage the budget term steers to
+    c.dfs.targets = (30.0, 40.0, 50.0)      # experiments/dfs trains one joint step per target
+    c.dfs.budget_weight = 1e-5              # beta; cost is a sum over the batch (not a mean)
+    c.dfs.skip_only_baseline = True         # the same training with the menu {0, 32} (SkipNet-like)
+    c.dfs.static_baseline = True            # the greedy static allocation at each point's BitOPs
+    c.dfs.static_heldout_examples = 2000
+    return c
+
+
+def check_config(config) -> None:
+    c = config_lib
+    c.check_config_values(config, {
+        "dfs.gate": c.one_of(*GATES), "dfs.embed": c.integer(1), "dfs.hidden": c.integer(1),
+        "dfs.per_bitwidth_ranges": c.boolean(), "dfs.range_momentum": c.number(above=0, maximum=1),
+        "dfs.recipe": c.one_of(*RECIPES), "dfs.warmup_epochs": c.integer(0),
+        "dfs.joint_epochs": c.integer(0), "dfs.budget_weight": c.number(0),
+        "dfs.skip_only_baseline": c.boolean(), "dfs.static_baseline": c.boolean(),
+        "dfs.static_heldout_examples": c.integer(1),
+    })
+    check_target(config.dfs.target)
+    for target in config.dfs.targets:
+        check_target(target)
+    menu(config)  # the menu's own checks
+
+
+def check_target(target) -> None:
+    """A computation percentage: a number in (0, 100]."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 100:
+        raise ValueError(f"a DFS target is a computation percentage in (0, 100], got {target!r}")
+
+
+def menu(config) -> Bitwidths:
+    return Bitwidths(tuple(int(b) for b in config.dfs.widths), config.dfs.per_bitwidth_ranges,
+                     range_momentum=config.dfs.range_momentum)
+
+
+def build_model(config, num_classes: int, in_channels: int) -> DFSNet:
+    check_config(config)
+    backbone = loop.build_model(config, num_classes, in_channels)
+    return DFSNet(backbone, menu(config), config.dfs.gate, embed=config.dfs.embed,
+                  hidden=config.dfs.hidden, rngs=nnx.Rngs(config.seed + 1))
+
+
+def model_costs(config, num_classes: int, in_channels: int) -> cost.PlanCosts:
+    model = nnx.eval_shape(lambda: build_model(config, num_classes, in_channels))
+    return model.costs((1, 32, 32, in_channels))
+
+
+def budget_terms(weights: jax.Array, options: Bitwidths, target: float):
+    """(cost summed over rows and blocks, the batch's computation percentage, sign s)."""
+    relative = jnp.asarray(options.computation(), weights.dtype)
+    total = (weights * relative).sum()
+    percentage = 100.0 * total / (weights.shape[0] * weights.shape[1])
+    sign = jnp.where(jax.lax.stop_gradient(percentage) > target, 1.0, -1.0)
+    return total, percentage, sign
+
+
+def make_tx(config, steps_per_epoch: int, total_steps: int, *, step: str, frozen_backbone: bool):
+    learning_rate, schedule_name = RECIPES[config.dfs.recipe][step]
+    schedule = optim.learning_rate_schedule(schedule_name, learning_rate, total_steps)
+    sgd = optim.make_optimizer(learning_rate=schedule, momentum=config.optimizer.momentum,
+                               nesterov=config.optimizer.nesterov,
+                               weight_decay=config.optimizer.weight_decay)
+    if not frozen_backbone:
+        return sgd, schedule
+
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "gate" if getattr(path[0], "key", None) == "gate" else "frozen", params)
+
+    return optax.multi_transform({"gate": sgd, "frozen": optax.set_to_zero()}, labels), schedule
+
+
+def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std, steps_per_epoch: int = 1):
+    options, target, beta = menu(config), float(config.dfs.target), config.dfs.budget_weight
+
+    def loss(model, images, labels, key, step):
+        logits, weights = model.forward(images)
+        ce = steps.cross_entropy(logits, labels, num_classes).mean()
+        total, percentage, sign = budget_terms(weights, options, target)
+        chosen = jax.lax.stop_gradient(weights).argmax(-1)
+        return ce + sign * beta * total, {
+            "loss": ce, "accuracy": (logits.argmax(-1) == labels).mean(),
+            "computation_pct": percentage, "skip_frac": (chosen == 0).mean(),
+            "full_frac": (chosen == options.num_options - 1).mean()}
+
+    return jax.jit(steps.make_step(graphdef, tx, loss, mean=mean, std=std), donate_argnums=0)
+
+
+def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
+    """Accuracy and, per image, the computation percentage, BitOPs and MACs of its decisions
+    (each option of a block runs on the rows that chose it: exact, `DFSNet.forward`)."""
+    options = menu(config)
+    costs = model_costs(config, num_classes, len(mean))
+    option_macs = jnp.asarray(costs.option_macs, jnp.float32)            # (L, K)
+    bit_scale = jnp.asarray([w * a for w, a in costs.option_bits], jnp.float32)
+    fixed = float(costs.base_macs + costs.policy_macs)
+    relative = jnp.asarray(options.computation(), jnp.float32)
+
+    def eval_step(params, batch_stats, images_u8, labels, mask):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        logits, onehot = model.forward(normalize(images_u8, mean, std))
+        loss = steps.cross_entropy(logits, labels, num_classes)
+        macs = fixed + (onehot * option_macs).sum((1, 2))
+        bitops = fixed * 32 * 32 + (onehot * option_macs * bit_scale).sum((1, 2))
+        percentage = 100.0 * (onehot * relative).sum((1, 2)) / onehot.shape[1]
+        out = {"loss_sum": (loss * mask).sum(),
+               "accuracy_sum": ((logits.argmax(-1) == labels) * mask).sum(),
+               "computation_pct_sum": (percentage * mask).sum(),
+               "bitops_sum": (bitops * mask).sum(), "macs_sum": (macs * mask).sum(),
+               "count": mask.sum()}
+        for k, name in enumerate(options.names):  # the share of decisions at each option
+            out[f"option_{name.replace(' ', '')}_sum"] = (onehot[..., k].mean(-1) * mask).sum()
+        return out
+
+    return jax.jit(eval_step)
+
+
+def step_config(config, step: str, target: float) -> ml_collections.ConfigDict:
+    """The loop's config for one step: its epochs and target."""
+    c = copy.deepcopy(config)
+    with c.unlocked():
+        c.num_epochs = config.dfs.warmup_epochs if step == "warmup" else config.dfs.joint_epochs
+        c.dfs.target = float(target)
+    return c
+
+
+def task(step: str, start: steps.TrainState | None = None) -> loop.Task:
+    """The loop's task for `step` ("warmup": gate only, backbone frozen; "joint": everything),
+    starting from `start`'s weights, statistics and ranges when given (the warm-up's result)."""
+
+    def init_state(state):
+        return state.replace(params=jax.tree.map(jnp.copy, start.params),
+                             batch_stats=jax.tree.map(jnp.copy, start.batch_stats))
+
+    return loop.Task(
+        build_model=build_model,
+        make_tx=lambda config, spe, total: make_tx(config, spe, total, step=step,
+                                                   frozen_backbone=step == "warmup"),
+        make_train_step=make_train_step, make_eval_step=make_eval_step,
+        init_state=None if start is None else init_state,
+        reference_config=default_config, validate_config=check_config)
+
+
+# ---------------------------------------------------------------------------------------------
+# The static baseline: one bitwidth per block for every image (HAQ-like), at equal BitOPs.
+
+
+def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
+                      costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500) -> list[tuple[np.ndarray, list]]:
+    """For each BitOPs budget, the static option plan found greedily on `split` (held-out
+    images): from every block at the float option, lower one block by one option at a time
+    (never to the skip), each time the one that keeps the most images right. One descent serves
+    every budget (the largest first). Returns [(plan, path)] in the order of `budgets`."""
+    from adaptive_jax.data import datasets, pipeline
+
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    executor = execution.cond(options)
+
+    def count_correct(model, images_u8, labels, mask, plan):
+        logits = executor.forward(model.quantized(), normalize(images_u8, mean, std), plan)
+        return ((logits.argmax(-1) == labels) * mask).sum()
+
+    correct = execution.jit_predict(graphdef, count_correct)
+    cache: dict[tuple, float] = {}
+
+    def accuracy(plan):
+        key = tuple(int(v) for v in plan)
+        if key not in cache:
+            total = sum(int(correct(state.params, state.batch_stats, *batch,
+                                    jnp.asarray(plan, jnp.int32)))
+                        for batch in pipeline.eval_batches(split, batch_size))
+            cache[key] = total / len(split)
+        return cache[key]
+
+    def lower_one(plan):
+        return [(int(u), np.where(np.arange(len(plan)) == u, plan - 1, plan))
+                for u in np.flatnonzero(plan > 1)]
+
+    price = lambda plan: float(costs.plan_bitops(plan))  # noqa: E731
+    results, plan, path = {}, np.full(costs.num_units, options.num_options - 1), []
+    for budget in sorted(budgets, reverse=True):
+        plan, more = search.greedy_descent(plan, lower_one, price, accuracy, budget)
+        path = path + (more if not path else more[1:])
+        results[budget] = (plan, list(path))
+    return [results[b] for b in budgets]

@@ -1,0 +1,230 @@
+"""DFS end to end (docs/dfs.md): from a zoo backbone, the gate's warm-up, then one joint step per
+target computation percentage; the same for skip-only (the menu {0 (skip), 32}: SkipNet-like);
+and the greedy static allocation (one bitwidth per block for every image) at each DFS point's
+BitOPs. Prints one row per point: accuracy, computation percentage, BitOPs, MACs, the share of
+decisions at skip / 8 bits / float, and batch-1 latency (only the chosen option of each block
+runs) against the plain backbone.
+
+    python -m experiments.dfs.main --workdir=/tmp/dfs --config=experiments/dfs/configs/default.py
+
+WORKDIR/<menu>/warmup and WORKDIR/<menu>/target_<T> hold each step's checkpoints and metrics;
+re-running resumes (finished steps are restored and re-evaluated, not retrained).
+"""
+
+import json
+import os
+import shlex
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from adaptive_jax import execution, latency, report
+from adaptive_jax.config import check_override_flags
+from adaptive_jax.data import datasets, normalize
+from adaptive_jax.train import dfs, loop, train_and_evaluate
+
+FLAGS = flags.FLAGS
+if __name__ == "__main__":
+    try:
+        check_override_flags(sys.argv, dfs.default_config())
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+flags.DEFINE_string("workdir", None, "Directory for every step's checkpoints, metrics and the report.")
+flags.DEFINE_integer("latency_images", 8, "Test images timed one by one at batch 1 per point.")
+config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "default.py"),
+    "Training configuration.", lock_config=True)
+flags.mark_flags_as_required(["workdir"])
+
+COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
+           ("test_computation_pct", "comp %", ".1f"), ("test_bitops", "BitOPs/img", ".3e"),
+           ("test_macs", "MACs/img", ".3e"), ("skip_frac", "skip", ".2f"),
+           ("bits8_frac", "8 bit", ".2f"), ("float_frac", "float", ".2f"),
+           ("latency_b1_ms", "b1 ms", ".2f"), ("full_latency_b1_ms", "full b1 ms", ".2f"),
+           ("train_time_s", "train s", ".0f")]
+SKIP_ONLY_WIDTHS = (32,)
+
+
+def _menu_config(config, widths):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.dfs.widths = tuple(widths)
+    return c
+
+
+def _fractions(result: dict, options) -> dict:
+    """The share of decisions at skip, 8 bits and float, from the eval step's option counts."""
+    share = lambda name: result.get(f"test_option_{name.replace(' ', '')}", 0.0)  # noqa: E731
+    return {"skip_frac": share("skip"), "bits8_frac": share("8 bit"), "float_frac": share("float")}
+
+
+def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[list[dict], dict]:
+    """Warm-up (unless dfs.warmup_epochs is 0), then the joint step per target. Returns the rows
+    per target and the warm-up's result (None without one)."""
+    options = dfs.menu(config)
+    start = warm = None
+    if config.dfs.warmup_epochs:
+        warm = train_and_evaluate(dfs.step_config(config, "warmup", 100.0),
+                                  os.path.join(workdir, name, "warmup"), data, dfs.task("warmup"))
+        start = warm["state"]
+    rows = []
+    for target in config.dfs.targets:
+        run_dir = os.path.join(workdir, name, f"target_{target:g}")
+        result = train_and_evaluate(dfs.step_config(config, "joint", target), run_dir, data,
+                                    dfs.task("joint", start))
+        row = {"point": f"{name} @{target:g}%", "menu": name, "target": float(target),
+               **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
+               **_fractions(result, options)}
+        row.update(measure_latency(result, *latency_args))
+        row["train_time_s"] = recorded_train_time(run_dir)
+        rows.append(row)
+    return rows, warm
+
+
+def measure_latency(result: dict, images) -> dict:
+    """Batch-1 ms of `predict` (only each block's chosen option runs) and of the plain backbone."""
+    if not len(images):
+        return {}
+    graphdef, state = result["graphdef"], result["state"]
+    planned = execution.jit_predict(graphdef, lambda model, image: model.predict(image)[0])
+    full = execution.jit_predict(graphdef, lambda model, image: model.backbone(image))
+    planned_ms, full_ms = latency.interleaved_batch1_ms((planned, full),
+                                                        (state.params, state.batch_stats), images)
+    return {"latency_b1_ms": planned_ms, "full_latency_b1_ms": full_ms,
+            "speedup_b1": full_ms / planned_ms}
+
+
+def recorded_train_time(run_dir: str) -> float | None:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    from adaptive_jax.train import read_metrics
+    times = [r["train_time_s"] for r in read_metrics(path) if "train_time_s" in r]
+    return times[-1] if times else None
+
+
+def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
+    """The greedy static allocation at each DFS point's BitOPs, on the backbone the joint steps
+    started from (the warm-up's weights, statistics and calibrated ranges; not fine-tuned, where
+    DFS's backbone is), evaluated on the test set."""
+    from adaptive_jax.data import pipeline
+    import jax.numpy as jnp
+
+    train_split, test_split = data
+    n = config.dfs.static_heldout_examples
+    heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
+    graphdef, state = start_result["graphdef"], start_result["state"]
+    options = dfs.menu(config)
+    costs = dfs.model_costs(config, train_split.num_classes, train_split.images.shape[-1])
+    static_costs = costs.__class__(costs.base_macs, costs.option_macs, 0, costs.options,
+                                   costs.option_bits)  # no gate runs
+    budgets = [r["test_bitops"] for r in dfs_rows]
+    search_path = os.path.join(workdir, "static", "greedy_search.json")
+    key = {"budgets": budgets, "heldout_examples": n}
+    cached = None
+    if os.path.exists(search_path):
+        with open(search_path) as f:
+            cached = json.load(f)
+    if cached is not None and cached["key"] == key:
+        found = [(np.asarray(p), path) for p, path in cached["found"]]
+    else:
+        found = dfs.static_allocation(graphdef, state, heldout, config.dataset, options,
+                                      static_costs, budgets, config.eval_batch_size)
+        os.makedirs(os.path.dirname(search_path), exist_ok=True)
+        with open(search_path + ".tmp", "w") as f:
+            json.dump({"key": key, "found": [(p.tolist(), path) for p, path in found]}, f)
+        os.replace(search_path + ".tmp", search_path)
+    mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
+    executor = execution.cond(options)
+    correct = execution.jit_predict(
+        graphdef, lambda model, images_u8, labels, mask, plan: ((executor.forward(
+            model.quantized(), normalize(images_u8, mean, std), plan).argmax(-1) == labels)
+            * mask).sum())
+    rows = []
+    for dfs_row, (plan, path) in zip(dfs_rows, found):
+        right = sum(int(correct(state.params, state.batch_stats, *batch, jnp.asarray(plan, jnp.int32)))
+                    for batch in pipeline.eval_batches(test_split, config.eval_batch_size))
+        accuracy = right / len(test_split)
+        relative = np.asarray(options.computation())[plan]
+        rows.append({
+            "point": f"static @{dfs_row['target']:g}%", "menu": "static", "target": dfs_row["target"],
+            "test_accuracy": accuracy, "test_computation_pct": float(100 * relative.mean()),
+            "test_bitops": float(static_costs.plan_bitops(plan)),
+            "test_macs": float(static_costs.plan_macs(plan)), "static_plan": plan.tolist(),
+            "skip_frac": 0.0, "bits8_frac": float((plan == 1).mean()),
+            "float_frac": float((plan == options.num_options - 1).mean()), "greedy_path": path,
+            "dfs_minus_static_accuracy": dfs_row["test_accuracy"] - accuracy})
+    return rows
+
+
+def run(config, workdir: str, latency_images: int = 8) -> list[dict]:
+    loop.validate_config(config, dfs.task("joint"))  # every step's settings, before data loads
+    data = loop.load_data(config)
+    mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
+    images = np.asarray(normalize(data[1].images[:latency_images], mean, std), np.float32)
+    rows, warm = train_menu(config, workdir, data, "dfs", (images,))
+    dfs_rows = list(rows)
+    if config.dfs.skip_only_baseline:
+        skip_rows, _ = train_menu(_menu_config(config, SKIP_ONLY_WIDTHS), workdir, data,
+                                  "skip_only", (images,))
+        by_target = {r["target"]: r for r in skip_rows}
+        for r in dfs_rows:
+            r["dfs_minus_skip_only_accuracy"] = r["test_accuracy"] - by_target[r["target"]]["test_accuracy"]
+        rows += skip_rows
+    if config.dfs.static_baseline:
+        if warm is None:
+            raise ValueError("the static baseline starts from the warm-up's backbone and "
+                             "calibrated ranges: set dfs.warmup_epochs >= 1 or "
+                             "dfs.static_baseline=False")
+        rows += static_rows(config, workdir, data, dfs_rows, warm)
+
+    print(f"DFS ResNet-{config.model.depth} on {config.dataset} ({config.dfs.gate} gate, menu "
+          f"{dfs.menu(config).names}); comp % = the paper's computation percentage (mean over "
+          f"blocks of (b/32)^2); batch-1 latency of predict (only the chosen option runs) vs the "
+          f"plain backbone, {len(images)} test images")
+    print(report.format_table(rows, COLUMNS), flush=True)
+    summary = {"model": f"dfs_resnet{config.model.depth}", "dataset": config.dataset,
+               "init_from": config.init_from, "gate": config.dfs.gate, "points": rows}
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    plot = plot_curve(rows, os.path.join(workdir, "curve.png"),
+                      f"DFS ResNet-{config.model.depth} on {config.dataset}")
+    print(f"report: {os.path.join(workdir, 'report.json')}, plot: {plot}")
+    return rows
+
+
+def plot_curve(rows, out_path: str, title: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for menu, style in (("dfs", "o-"), ("skip_only", "s--"), ("static", "^:")):
+        points = sorted((r["test_computation_pct"], r["test_accuracy"]) for r in rows
+                        if r["menu"] == menu)
+        if points:
+            ax.plot(*zip(*points), style, label=menu.replace("_", "-"))
+    ax.set_xlabel("computation percentage ((b/32)^2 per block)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    print("python -m experiments.dfs.main " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+          flush=True)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,254 @@
+"""DFS (docs/dfs.md): the bitwidth menu against an independent quantiser, every executor agreeing
+on option plans, the integer kernels equal to the float grid path, the gates' batch-1 paths equal
+to their batch paths, the one-path training estimator, the budget term and clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive_jax import cost, execution
+from adaptive_jax.methods.dfs import DFSNet
+from adaptive_jax.models import quantized
+from adaptive_jax.models.options import Bitwidths
+from adaptive_jax.models.resnet import resnet
+from adaptive_jax.train import dfs, search
+
+MENU = Bitwidths()
+KERNEL_SHAPES = [(16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1)]
+
+
+def _images(n, seed=0):
+    return jax.random.normal(jax.random.key(seed), (n, 32, 32, 3))
+
+
+def _calibrated(model: DFSNet, images):
+    """One training-mode forward sets every block's ranges (then eval mode)."""
+    model.train()
+    model.forward(images)
+    model.eval()
+    return model
+
+
+def _reference_residual(block, x, bits, r1, r2):
+    """The block at `bits`, written out in numpy: weights on the signed per-output-channel grid,
+    inputs on the unsigned grid over [0, r], float64 convolutions, BN with running statistics."""
+    def quant_w(w):
+        scale = np.abs(w).max(axis=(0, 1, 2), keepdims=True) / (2 ** (bits - 1) - 1)
+        return np.clip(np.round(w / scale), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) * scale
+
+    def quant_x(x, r):
+        scale = r / (2 ** bits - 1)
+        return np.clip(np.round(x / scale), 0, 2 ** bits - 1) * scale
+
+    def conv(x, w, stride):
+        return np.asarray(jax.lax.conv_general_dilated(
+            np.asarray(x, np.float64), np.asarray(w, np.float64), (stride, stride),
+            ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+    def bn(norm, y):
+        return ((y - np.asarray(norm.mean[...])) / np.sqrt(np.asarray(norm.var[...]) + norm.epsilon)
+                * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...]))
+
+    x = np.asarray(x, np.float64)
+    y = np.maximum(bn(block.bn1, conv(quant_x(x, r1), quant_w(np.asarray(block.conv1.kernel[...])),
+                                      block.stride)), 0)
+    return bn(block.bn2, conv(quant_x(y, r2), quant_w(np.asarray(block.conv2.kernel[...])), 1))
+
+
+def test_menu_names_bits_costs_and_errors():
+    assert MENU.names == ("skip", "8 bit", "10 bit", "12 bit", "14 bit", "16 bit", "float")
+    assert MENU.bits(0) == (0, 0) and MENU.bits(1) == (8, 8) and MENU.bits(6) == (32, 32)
+    assert MENU.computation() == pytest.approx([0, 1 / 16, 25 / 256, 9 / 64, 49 / 256, 1 / 4, 1])
+    assert MENU.option_of(0) == 0 and MENU.option_of(12) == 3
+    with pytest.raises(ValueError, match="9 bits is not on the menu"):
+        MENU.option_of(9)
+    for bad in [(), (8, 8, 32), (16, 8), (1, 8), (8, 24), (8, 64), (8.0, 32)]:
+        with pytest.raises(ValueError, match="bitwidths must be increasing integers"):
+            Bitwidths(bad)
+    with pytest.raises(ValueError, match="unknown kernel 'int4'"):
+        Bitwidths(kernels=(((16, 16, 1), "int4"),))
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_a_block_at_b_bits_matches_an_independent_quantiser(bits):
+    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(8))
+    net = model.quantized()
+    x = net.stem(_images(2, seed=1))
+    for qblock in net.units()[:2]:  # stage 1 and the first transition
+        option = MENU.option_of(bits)
+        got = quantized.residual_at_bits(qblock, x, bits, qblock.ranges[option])
+        r1, r2 = (float(v) for v in qblock.ranges[option])
+        want = _reference_residual(qblock.block, x, bits, r1, r2)
+        diff = np.abs(np.asarray(got) - want)
+        if bits == 8:
+            assert diff.max() < 2e-4, diff.max()
+        else:
+            # at 12 bits float32 rounding (~2e-4 of a grid step at 4095 levels) puts ~1 input in
+            # 2000 on the other side of a rounding boundary, each spreading over 9 x C outputs;
+            # the grid itself is pinned by the 8-bit case
+            assert diff.mean() < 2e-4 and diff.max() < 2e-3, (diff.mean(), diff.max())
+        x = qblock.block(x)
+
+
+def test_executors_agree_on_option_plans_and_the_float_option_is_the_backbone():
+    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(8))
+    net, images = model.quantized(), _images(8, seed=3)
+    plans = jnp.asarray(np.random.default_rng(0).integers(0, MENU.num_options, (8, 3)), jnp.int32)
+    masked = execution.masked(MENU).forward(net, images, plans)
+    bucketed = execution.bucketed(4, MENU).forward(net, images, plans)
+    # Quantised options agree up to rounding flips: a convolution summed in another order (other
+    # batch sizes) can move a value across a grid boundary, one step (~1 % at 8 bits) of one
+    # input; logits then move by ~1e-3, where a wrong option or range moves them by ~1.
+    tolerance = 5e-3
+    np.testing.assert_allclose(bucketed, masked, atol=tolerance)
+    for i in range(2):
+        cond = execution.cond(MENU).forward(net, images[i:i + 1], plans[i])
+        static = execution.static(MENU).forward(net, images[i:i + 1], np.asarray(plans[i]))
+        np.testing.assert_allclose(cond[0], masked[i], atol=tolerance)
+        np.testing.assert_allclose(static[0], masked[i], atol=tolerance)
+    assert np.abs(np.asarray(masked) - np.asarray(model.backbone(images))).max() > 0.05
+    full = execution.cond(MENU).forward(net, images, jnp.full((3,), 6, jnp.int32))
+    np.testing.assert_allclose(full, model.backbone(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["xla", "patches"])
+def test_integer_kernels_give_the_8_bit_option_of_the_float_path(kernel):
+    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(8))
+    images = _images(4, seed=4)
+    plan = jnp.full((3,), 1, jnp.int32)
+    integer = Bitwidths(kernels=tuple((shape, kernel) for shape in KERNEL_SHAPES))
+    want = execution.cond(MENU).forward(model.quantized(), images, plan)
+    got = execution.cond(integer).forward(model.quantized(), images, plan)
+    np.testing.assert_allclose(got, want, atol=5e-3)  # rounding flips: see above
+
+
+@pytest.mark.parametrize("gate", ["recurrent", "once"])
+def test_predict_at_batch_1_runs_the_batch_path_s_decisions(gate):
+    model = DFSNet(resnet(8), gate=gate, rngs=nnx.Rngs(1))
+    # make the gate choose: large random output (and embedding) layers and images of several
+    # scales spread the decisions over the menu
+    last = model.gate.out if gate == "recurrent" else model.gate.layers[-1]
+    last.kernel[...] = 10.0 * jax.random.normal(jax.random.key(5), last.kernel[...].shape)
+    last.bias[...] = jnp.zeros_like(last.bias[...])
+    if gate == "recurrent":
+        embeddings = nnx.state(model.gate.embeddings, nnx.Param)
+        nnx.update(model.gate.embeddings, jax.tree.map(lambda a: 30.0 * a, embeddings))
+    _calibrated(model, _images(8))
+    images = _images(6, seed=6) * jnp.linspace(0.2, 3.0, 6)[:, None, None, None]
+    logits, onehot = model.forward(images)
+    plans = np.asarray(onehot.argmax(-1))
+    assert len(np.unique(plans)) > 2  # the test exercises several options
+    np.testing.assert_array_equal(np.asarray(model.plan(images)), plans)
+    for i in range(3):
+        one, plan = model.predict(images[i:i + 1])
+        np.testing.assert_array_equal(np.asarray(plan)[0], plans[i])
+        np.testing.assert_allclose(one[0], logits[i], atol=5e-3)  # rounding flips: see above
+    with pytest.raises(ValueError, match="predict runs one image in eval mode"):
+        model.predict(images[:2])
+
+
+def test_training_runs_each_row_s_choice_once_and_keeps_ranges_per_bitwidth():
+    model = DFSNet(resnet(8), rngs=nnx.Rngs(0))
+    net, images = model.quantized(), _images(6, seed=7)
+    model.train()
+    # rows 0-1 skip block 0, rows 2-3 run it at 8 bits, rows 4-5 in float
+    choice = jnp.asarray([0, 0, 1, 1, 6, 6])
+    weights = jax.nn.one_hot(jnp.stack([choice] * 3, 1), MENU.num_options)
+    out = execution.masked(MENU).run_units(net, net.stem(images), weights)
+    assert out.shape == (6, 8, 8, 64)
+    ranges = np.asarray(model.ranges[...])
+    # options chosen moved their own ranges; options no row chose start from all rows' range
+    assert (ranges > 0).all()
+    assert ranges[0, 1, 1] != ranges[0, 6, 1]  # conv2's input at 8 bits differs from float's
+    shared = DFSNet(resnet(8), Bitwidths(per_bitwidth_ranges=False), rngs=nnx.Rngs(0))
+    shared.train()
+    execution.masked(shared.options).run_units(shared.quantized(), net.stem(images), weights)
+    r = np.asarray(shared.ranges[...])
+    assert np.allclose(r, r[:, :1, :])  # one range for every option
+    # in training a skipped row is its shortcut, and a batch that runs in float is the block
+    # (BN's batch statistics couple the rows, so float rows among 8-bit ones differ slightly)
+    block = model.backbone.units()[0]
+    x = net.stem(images)
+    q = quantized.QuantizedBlock(block, jnp.ones((MENU.num_options, 2)), training=True)
+    y = MENU.blend(q, x, jax.nn.one_hot(choice, MENU.num_options))
+    np.testing.assert_allclose(y[:2], x[:2], atol=1e-6)
+    y = MENU.blend(q, x, jax.nn.one_hot(jnp.full((6,), 6), MENU.num_options))
+    np.testing.assert_allclose(y, block(x), atol=1e-5)
+
+
+def test_the_gate_learns_from_loss_and_budget_in_one_step():
+    model = DFSNet(resnet(8), rngs=nnx.Rngs(0))
+    images, labels = _images(4, seed=8), jnp.arange(4)
+
+    def loss(model, target):
+        logits, weights = model.forward(images)
+        total, percentage, sign = dfs.budget_terms(weights, model.options, target)
+        ce = -jax.nn.log_softmax(logits)[jnp.arange(4), labels].mean()
+        return ce + sign * 1e-2 * total, percentage
+
+    model.train()
+    (_, percentage), grads = nnx.value_and_grad(loss, has_aux=True)(model, 30.0)
+    assert float(percentage) == pytest.approx(100.0)  # the gate starts at float everywhere
+    gate_grad = float(optax_norm(nnx.state(grads.gate)))
+    assert np.isfinite(gate_grad) and gate_grad > 0
+
+
+def optax_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+
+def test_budget_sign_and_computation_percentage():
+    weights = jax.nn.one_hot(jnp.asarray([[0, 6], [1, 6]]), 7)  # skip, float, 8 bit, float
+    total, percentage, sign = dfs.budget_terms(weights, MENU, 50.0)
+    assert float(total) == pytest.approx(2 + 1 / 16)
+    assert float(percentage) == pytest.approx(100 * (2 + 1 / 16) / 4)
+    assert float(sign) == 1.0  # above the target: the cost is penalised
+    assert float(dfs.budget_terms(weights, MENU, 60.0)[2]) == -1.0
+
+
+@pytest.mark.parametrize("bad", [0, -5, 100.5, True, "50"])
+def test_targets_outside_0_100_are_refused(bad):
+    with pytest.raises(ValueError, match="computation percentage in \\(0, 100\\]"):
+        dfs.check_target(bad)
+
+
+def test_bad_option_plans_are_refused_by_name():
+    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(4))
+    net, images = model.quantized(), _images(2)
+    cond = execution.cond(MENU)
+    with pytest.raises(ValueError, match="3"):  # wrong length: 3 units
+        cond.forward(net, images[:1], jnp.zeros((4,), jnp.int32))
+    with pytest.raises(TypeError, match="integer option plan"):  # a bool plan on a 7-option menu
+        cond.forward(net, images[:1], jnp.ones((3,), bool))
+    with pytest.raises(ValueError, match="option 7 is not on the menu"):
+        execution.check_plan_values(np.asarray([0, 7, 1]), MENU)
+
+
+def test_costs_price_bits_and_the_gate():
+    model = DFSNet(resnet(8), rngs=nnx.Rngs(0))
+    costs = model.costs()
+    plain = cost.unit_costs(model.backbone)
+    assert costs.run_macs == plain.run_macs  # every option computes the block's MACs ...
+    assert all(len(set(row[1:])) == 1 for row in costs.option_macs)
+    eight, full = np.full(3, 1), np.full(3, 6)
+    block_bitops = sum(costs.run_macs)
+    fixed = (costs.base_macs + costs.policy_macs) * 1024
+    assert costs.plan_bitops(eight) - fixed == 64 * block_bitops  # ... at 8 x 8 bits
+    assert costs.plan_bitops(full) - fixed == 1024 * block_bitops
+    assert 0 < costs.policy_macs < 10_000  # embeddings, LSTM and output per block
+
+
+def test_greedy_descent_takes_the_move_that_keeps_accuracy():
+    def accuracy(plan):  # unit 0 matters, unit 1 does not
+        return 1.0 - 0.1 * (3 - plan[0]) - 0.01 * (3 - plan[1])
+
+    def lower(plan):
+        return [(u, np.where(np.arange(2) == u, plan - 1, plan)) for u in np.flatnonzero(plan > 1)]
+
+    plan, path = search.greedy_descent(np.asarray([3, 3]), lower, lambda p: float(p.sum()),
+                                       accuracy, 4)
+    assert plan.tolist() == [3, 1] and [s["moved"] for s in path[1:]] == [1, 1]
+    with pytest.raises(ValueError, match="no static plan reaches the budget"):
+        search.greedy_descent(np.asarray([3, 3]), lower, lambda p: float(p.sum()), accuracy, 1)
