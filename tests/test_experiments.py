@@ -205,3 +205,35 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert resnet8["test_accuracy"] == pytest.approx(records["resnet8"].test_accuracy)
     for plot in ("accuracy_vs_macs.png", "least_most_compute.png"):
         assert (tmp_path / "demo" / plot).stat().st_size > 1000
+
+
+def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
+    """experiments.dfs: warm-up and a joint step for DFS and for skip-only, the greedy static
+    allocation at the DFS point's BitOPs, the table, report and curve."""
+    manual_dir, _, _ = tiny_cifar_manual_dir
+    workdir = tmp_path / "work"
+    proc = run_experiment(
+        "experiments.dfs.main", f"--workdir={workdir}",
+        "--config=experiments/dfs/configs/default.py:smoke",
+        f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
+        "--config.num_eval_examples=0", "--config.dfs.widths=8,32", "--config.dfs.targets=30",
+        "--latency_images=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "comp %" in proc.stdout and "BitOPs/img" in proc.stdout
+    report = json.loads((workdir / "report.json").read_text())
+    points = {p["point"]: p for p in report["points"]}
+    assert sorted(points) == ["dfs @30%", "skip_only @30%", "static @30%"]
+    dfs, skip, static = points["dfs @30%"], points["skip_only @30%"], points["static @30%"]
+    for p in (dfs, skip, static):
+        assert 0.0 <= p["test_accuracy"] <= 1.0 and 0.0 <= p["test_computation_pct"] <= 100.0
+        assert p["test_bitops"] > 0 and p["test_macs"] > 0
+    assert dfs["latency_b1_ms"] > 0 and dfs["full_latency_b1_ms"] > 0
+    assert dfs["dfs_minus_skip_only_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - skip["test_accuracy"])
+    assert skip["bits8_frac"] == 0.0  # skip-only's menu has no 8-bit option
+    # the static allocation never skips and spends no more BitOPs than the DFS point
+    assert static["skip_frac"] == 0.0 and static["test_bitops"] <= dfs["test_bitops"] + 1
+    assert static["dfs_minus_static_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - static["test_accuracy"])
+    assert (workdir / "curve.png").stat().st_size > 1000
+    assert (workdir / "dfs" / "warmup" / "checkpoints").is_dir()
