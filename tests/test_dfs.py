@@ -16,6 +16,7 @@ from adaptive_jax.models.resnet import resnet
 from adaptive_jax.train import dfs, search
 
 MENU = Bitwidths()
+SMALL = Bitwidths((8, 12, 32))  # what compiles in tests: skip, 8 bits (the integer kernels), 12, float
 KERNEL_SHAPES = [(16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 64, 2), (64, 64, 1)]
 
 
@@ -73,11 +74,11 @@ def test_menu_names_bits_costs_and_errors():
 
 @pytest.mark.parametrize("bits", [8, 12])
 def test_a_block_at_b_bits_matches_an_independent_quantiser(bits):
-    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(8))
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
     net = model.quantized()
     x = net.stem(_images(2, seed=1))
     for qblock in net.units()[:2]:  # stage 1 and the first transition
-        option = MENU.option_of(bits)
+        option = SMALL.option_of(bits)
         got = quantized.residual_at_bits(qblock, x, bits, qblock.ranges[option])
         r1, r2 = (float(v) for v in qblock.ranges[option])
         want = _reference_residual(qblock.block, x, bits, r1, r2)
@@ -93,40 +94,40 @@ def test_a_block_at_b_bits_matches_an_independent_quantiser(bits):
 
 
 def test_executors_agree_on_option_plans_and_the_float_option_is_the_backbone():
-    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(8))
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
     net, images = model.quantized(), _images(8, seed=3)
-    plans = jnp.asarray(np.random.default_rng(0).integers(0, MENU.num_options, (8, 3)), jnp.int32)
-    masked = execution.masked(MENU).forward(net, images, plans)
-    bucketed = execution.bucketed(4, MENU).forward(net, images, plans)
+    plans = jnp.asarray(np.random.default_rng(0).integers(0, SMALL.num_options, (8, 3)), jnp.int32)
+    masked = execution.masked(SMALL).forward(net, images, plans)
+    bucketed = execution.bucketed(4, SMALL).forward(net, images, plans)
     # Quantised options agree up to rounding flips: a convolution summed in another order (other
     # batch sizes) can move a value across a grid boundary, one step (~1 % at 8 bits) of one
     # input; logits then move by ~1e-3, where a wrong option or range moves them by ~1.
     tolerance = 5e-3
     np.testing.assert_allclose(bucketed, masked, atol=tolerance)
     for i in range(2):
-        cond = execution.cond(MENU).forward(net, images[i:i + 1], plans[i])
-        static = execution.static(MENU).forward(net, images[i:i + 1], np.asarray(plans[i]))
+        cond = execution.cond(SMALL).forward(net, images[i:i + 1], plans[i])
+        static = execution.static(SMALL).forward(net, images[i:i + 1], np.asarray(plans[i]))
         np.testing.assert_allclose(cond[0], masked[i], atol=tolerance)
         np.testing.assert_allclose(static[0], masked[i], atol=tolerance)
     assert np.abs(np.asarray(masked) - np.asarray(model.backbone(images))).max() > 0.05
-    full = execution.cond(MENU).forward(net, images, jnp.full((3,), 6, jnp.int32))
+    full = execution.cond(SMALL).forward(net, images, jnp.full((3,), 3, jnp.int32))
     np.testing.assert_allclose(full, model.backbone(images), atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel", ["xla", "patches"])
 def test_integer_kernels_give_the_8_bit_option_of_the_float_path(kernel):
-    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(8))
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
     images = _images(4, seed=4)
     plan = jnp.full((3,), 1, jnp.int32)
-    integer = Bitwidths(kernels=tuple((shape, kernel) for shape in KERNEL_SHAPES))
-    want = execution.cond(MENU).forward(model.quantized(), images, plan)
+    integer = Bitwidths(SMALL.widths, kernels=tuple((shape, kernel) for shape in KERNEL_SHAPES))
+    want = execution.cond(SMALL).forward(model.quantized(), images, plan)
     got = execution.cond(integer).forward(model.quantized(), images, plan)
     np.testing.assert_allclose(got, want, atol=5e-3)  # rounding flips: see above
 
 
 @pytest.mark.parametrize("gate", ["recurrent", "once"])
 def test_predict_at_batch_1_runs_the_batch_path_s_decisions(gate):
-    model = DFSNet(resnet(8), gate=gate, rngs=nnx.Rngs(1))
+    model = DFSNet(resnet(8), SMALL, gate=gate, rngs=nnx.Rngs(1))
     # make the gate choose: large random output (and embedding) layers and images of several
     # scales spread the decisions over the menu
     last = model.gate.out if gate == "recurrent" else model.gate.layers[-1]
@@ -179,7 +180,7 @@ def test_training_runs_each_row_s_choice_once_and_keeps_ranges_per_bitwidth():
 
 
 def test_the_gate_learns_from_loss_and_budget_in_one_step():
-    model = DFSNet(resnet(8), rngs=nnx.Rngs(0))
+    model = DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0))
     images, labels = _images(4, seed=8), jnp.arange(4)
 
     def loss(model, target):
@@ -215,12 +216,12 @@ def test_targets_outside_0_100_are_refused(bad):
 
 
 def test_bad_option_plans_are_refused_by_name():
-    model = _calibrated(DFSNet(resnet(8), rngs=nnx.Rngs(0)), _images(4))
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(4))
     net, images = model.quantized(), _images(2)
-    cond = execution.cond(MENU)
+    cond = execution.cond(SMALL)
     with pytest.raises(ValueError, match="3"):  # wrong length: 3 units
         cond.forward(net, images[:1], jnp.zeros((4,), jnp.int32))
-    with pytest.raises(TypeError, match="integer option plan"):  # a bool plan on a 7-option menu
+    with pytest.raises(TypeError, match="integer option plan"):  # a bool plan on a 4-option menu
         cond.forward(net, images[:1], jnp.ones((3,), bool))
     with pytest.raises(ValueError, match="option 7 is not on the menu"):
         execution.check_plan_values(np.asarray([0, 7, 1]), MENU)

@@ -241,3 +241,33 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
         path = path + (more if not path else more[1:])
         results[budget] = (plan, list(path))
     return [results[b] for b in budgets]
+
+
+def calibrate_ranges(graphdef, state, batches, dataset: str, per_bitwidth: bool = True):
+    """`state` with its activation ranges measured afresh (from zero) over `batches` of uint8
+    images, each row at the option the model picks; per bitwidth, or one range for every option
+    (the reference's) with `per_bitwidth=False`. Weights and BN statistics are left as they are.
+    Returns (graphdef with that menu, state)."""
+    import dataclasses
+
+    from adaptive_jax.data import datasets
+
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model.options = dataclasses.replace(model.options, per_bitwidth_ranges=per_bitwidth)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+    @jax.jit
+    def measure(params, batch_stats, ranges, images_u8):
+        m = nnx.merge(graphdef, params, batch_stats)
+        m.ranges[...] = ranges
+        m.train()
+        m.forward(normalize(images_u8, mean, std))
+        return m.ranges[...]
+
+    ranges = jnp.zeros_like(model.ranges[...])
+    for images in batches:
+        ranges = measure(params, batch_stats, ranges, images)
+    model = nnx.merge(graphdef, params, batch_stats)
+    model.ranges[...] = ranges
+    return graphdef, state.replace(batch_stats=nnx.state(model, nnx.BatchStat))

@@ -11,18 +11,20 @@ WORKDIR/<menu>/warmup and WORKDIR/<menu>/target_<T> hold each step's checkpoints
 re-running resumes (finished steps are restored and re-evaluated, not retrained).
 """
 
+import dataclasses
 import json
 import os
 import shlex
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from adaptive_jax import execution, latency, report
 from adaptive_jax.config import check_override_flags
-from adaptive_jax.data import datasets, normalize
+from adaptive_jax.data import datasets, normalize, pipeline
 from adaptive_jax.train import dfs, loop, train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -54,7 +56,7 @@ def _menu_config(config, widths):
     return c
 
 
-def _fractions(result: dict, options) -> dict:
+def _fractions(result: dict) -> dict:
     """The share of decisions at skip, 8 bits and float, from the eval step's option counts."""
     share = lambda name: result.get(f"test_option_{name.replace(' ', '')}", 0.0)  # noqa: E731
     return {"skip_frac": share("skip"), "bits8_frac": share("8 bit"), "float_frac": share("float")}
@@ -63,7 +65,6 @@ def _fractions(result: dict, options) -> dict:
 def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[list[dict], dict]:
     """Warm-up (unless dfs.warmup_epochs is 0), then the joint step per target. Returns the rows
     per target and the warm-up's result (None without one)."""
-    options = dfs.menu(config)
     start = warm = None
     if config.dfs.warmup_epochs:
         warm = train_and_evaluate(dfs.step_config(config, "warmup", 100.0),
@@ -76,7 +77,7 @@ def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[lis
                                     dfs.task("joint", start))
         row = {"point": f"{name} @{target:g}%", "menu": name, "target": float(target),
                **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
-               **_fractions(result, options)}
+               **_fractions(result)}
         row.update(measure_latency(result, *latency_args))
         row["train_time_s"] = recorded_train_time(run_dir)
         rows.append(row)
@@ -109,17 +110,13 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
     """The greedy static allocation at each DFS point's BitOPs, on the backbone the joint steps
     started from (the warm-up's weights, statistics and calibrated ranges; not fine-tuned, where
     DFS's backbone is), evaluated on the test set."""
-    from adaptive_jax.data import pipeline
-    import jax.numpy as jnp
-
     train_split, test_split = data
     n = config.dfs.static_heldout_examples
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
     graphdef, state = start_result["graphdef"], start_result["state"]
     options = dfs.menu(config)
     costs = dfs.model_costs(config, train_split.num_classes, train_split.images.shape[-1])
-    static_costs = costs.__class__(costs.base_macs, costs.option_macs, 0, costs.options,
-                                   costs.option_bits)  # no gate runs
+    static_costs = dataclasses.replace(costs, policy_macs=0)  # no gate runs
     budgets = [r["test_bitops"] for r in dfs_rows]
     search_path = os.path.join(workdir, "static", "greedy_search.json")
     key = {"budgets": budgets, "heldout_examples": n}

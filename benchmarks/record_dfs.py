@@ -1,0 +1,69 @@
+"""Records a finished DFS run (experiments/dfs: WORKDIR/report.json) as benchmark figures.
+
+    python -m benchmarks.record_dfs --workdir=runs/dfs \
+        --run_command="python -m experiments.dfs.main --workdir=runs/dfs --config=..."
+
+Per DFS target: `dfs_test_accuracy`, `dfs_computation_pct`, `dfs_bitops` (per image), and
+against the baselines at that target `dfs_minus_skip_only_accuracy` (skip-only trained alike at
+the same target) and `dfs_minus_static_accuracy` (the greedy static allocation at the point's
+BitOPs); the table goes to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+from adaptive_jax import report
+from benchmarks import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The DFS run's workdir (holding report.json).")
+flags.DEFINE_string("run_command", None, "The command that trained the run.")
+flags.DEFINE_string("note", "", "Anything a reader must know.")
+flags.mark_flags_as_required(["workdir", "run_command"])
+
+COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
+           ("test_computation_pct", "comp %", ".1f"), ("test_bitops", "BitOPs/img", ".3e"),
+           ("test_macs", "MACs/img", ".3e"), ("skip_frac", "skip", ".2f"),
+           ("bits8_frac", "8 bit", ".2f"), ("float_frac", "float", ".2f"),
+           ("dfs_minus_skip_only_accuracy", "- skip-only", "+.4f"),
+           ("dfs_minus_static_accuracy", "- static", "+.4f")]
+
+
+def main(argv):
+    del argv
+    with open(os.path.join(FLAGS.workdir, "report.json")) as f:
+        run = json.load(f)
+    model = run["model"]
+    static = {p["target"]: p for p in run["points"] if p["menu"] == "static"}
+    figures, rows = [], []
+    for point in run["points"]:
+        row = dict(point)
+        if point["menu"] == "dfs" and point["target"] in static:
+            row["dfs_minus_static_accuracy"] = static[point["target"]]["dfs_minus_static_accuracy"]
+        rows.append(row)
+        if point["menu"] != "dfs":
+            continue
+        common_keys = {"unit": "", "model": model, "target_pct": point["target"],
+                       "gate": run.get("gate"), "init_from": run.get("init_from"),
+                       "run_command": FLAGS.run_command}
+        figures.append({**common_keys, "metric": "dfs_test_accuracy", "unit": "fraction",
+                        "value": round(point["test_accuracy"], 4)})
+        figures.append({**common_keys, "metric": "dfs_computation_pct", "unit": "percent",
+                        "value": round(point["test_computation_pct"], 2)})
+        figures.append({**common_keys, "metric": "dfs_bitops", "unit": "BitOPs/image",
+                        "value": round(point["test_bitops"])})
+        for key in ("dfs_minus_skip_only_accuracy", "dfs_minus_static_accuracy"):
+            if row.get(key) is not None:
+                figures.append({**common_keys, "metric": key, "unit": "fraction",
+                                "value": round(row[key], 4)})
+    table = report.format_table(rows, COLUMNS)
+    print(table)
+    common.append_results("dfs_curve", figures, table, notes=FLAGS.note)
+
+
+if __name__ == "__main__":
+    app.run(main)
