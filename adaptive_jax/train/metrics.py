@@ -34,3 +34,13 @@ class MetricsWriter:
 def read_metrics(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def recorded_train_time(workdir: str) -> float | None:
+    """Training time of a finished run, from its metrics (a resumed, finished run trains nothing,
+    so the time it reports is not its training time)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    times = [r["train_time_s"] for r in read_metrics(path) if "train_time_s" in r]
+    return times[-1] if times else None

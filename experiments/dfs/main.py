@@ -27,6 +27,7 @@ from adaptive_jax import execution, latency, report
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize, pipeline
 from adaptive_jax.train import dfs, loop, train_and_evaluate
+from adaptive_jax.train.metrics import recorded_train_time
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
@@ -101,15 +102,6 @@ def measure_latency(result: dict, images) -> dict:
                                                         (state.params, state.batch_stats), images)
     return {"latency_b1_ms": planned_ms, "full_latency_b1_ms": full_ms,
             "speedup_b1": full_ms / planned_ms, "int8_kernels": [list(k) + [v] for k, v in kernels]}
-
-
-def recorded_train_time(run_dir: str) -> float | None:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    from adaptive_jax.train import read_metrics
-    times = [r["train_time_s"] for r in read_metrics(path) if "train_time_s" in r]
-    return times[-1] if times else None
 
 
 def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:

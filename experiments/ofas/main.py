@@ -24,7 +24,8 @@ from adaptive_jax import latency, report
 from adaptive_jax.methods.ofas import make_predictors
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
-from adaptive_jax.train import loop, ofas, read_metrics, train_and_evaluate
+from adaptive_jax.train import loop, ofas, train_and_evaluate
+from adaptive_jax.train.metrics import recorded_train_time
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
@@ -48,15 +49,6 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("speedup_b1", "b1 speedup", ".2f"), ("distinct_plans", "plans", "d"),
            ("macs_cv", "MACs CV", ".3f"),
            ("train_time_s", "train s", ".0f")]
-
-
-def recorded_train_time(workdir: str) -> float | None:
-    """Training time of a finished run, from its metrics (a resumed, finished run trains nothing)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    times = [r["train_time_s"] for r in read_metrics(path) if "train_time_s" in r]
-    return times[-1] if times else None
 
 
 def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
