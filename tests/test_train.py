@@ -146,8 +146,11 @@ def test_schedules():
     assert float(one(30)) == pytest.approx(0.2, rel=1e-3) and float(one(100)) < 1e-3
     cos = optim.learning_rate_schedule("cosine", 0.1, 100, warmup_steps=10)
     assert float(cos(0)) == 0.0 and float(cos(10)) == pytest.approx(0.1) and float(cos(100)) < 1e-6
+    step = optim.learning_rate_schedule("step", 0.1, 100)  # /10 at 50 % and at 75 % (DFS's)
+    assert [float(step(i)) for i in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     with pytest.raises(ValueError, match="unknown schedule"):
-        optim.learning_rate_schedule("step", 0.1, 10)
+        optim.learning_rate_schedule("linear", 0.1, 10)
 
 
 def test_weight_decay_only_on_kernels():
