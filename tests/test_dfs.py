@@ -265,3 +265,15 @@ def test_greedy_descent_takes_the_move_that_keeps_accuracy():
     assert plan.tolist() == [3, 1] and [s["moved"] for s in path[1:]] == [1, 1]
     with pytest.raises(ValueError, match="no static plan reaches the budget"):
         search.greedy_descent(np.asarray([3, 3]), lower, lambda p: float(p.sum()), accuracy, 1)
+
+
+def test_every_config_variant_is_valid_and_unknown_ones_are_refused():
+    from experiments.dfs.configs import default
+    for variant in default.VARIANTS:
+        dfs.check_config(default.get_config(variant))
+    with pytest.raises(ValueError, match="unknown config variant 'fast'"):
+        default.get_config("fast")
+    config = default.get_config("smoke")
+    config.dfs.targets = (30.0, 120.0)
+    with pytest.raises(ValueError, match="computation percentage in \\(0, 100\\]"):
+        dfs.check_config(config)
