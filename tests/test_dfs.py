@@ -277,3 +277,23 @@ def test_every_config_variant_is_valid_and_unknown_ones_are_refused():
     config.dfs.targets = (30.0, 120.0)
     with pytest.raises(ValueError, match="computation percentage in \\(0, 100\\]"):
         dfs.check_config(config)
+
+
+def test_greedy_per_saving_takes_the_big_free_step_first():
+    # unit 0: float (3) -> 16 bits (2) saves 10 and loses nothing; unit 1: 2 -> 1 saves 1, gains
+    # an image by noise. By accuracy alone the small step comes first; per saving, the big one.
+    prices = {3: 10.0, 2: 1.0, 1: 0.5}
+
+    def price(plan):
+        return sum(prices[int(v)] for v in plan)
+
+    def accuracy(plan):
+        return 0.9 + 0.001 * (plan[1] == 1)
+
+    def lower(plan):
+        return [(u, np.where(np.arange(2) == u, plan - 1, plan)) for u in np.flatnonzero(plan > 1)]
+
+    _, by_accuracy = search.greedy_descent(np.asarray([3, 2]), lower, price, accuracy, 10.0)
+    _, per_saving = search.greedy_descent(np.asarray([3, 2]), lower, price, accuracy, 10.0,
+                                          per_saving=True)
+    assert by_accuracy[1]["moved"] == 1 and per_saving[1]["moved"] == 0

@@ -207,8 +207,9 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
                       costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500) -> list[tuple[np.ndarray, list]]:
     """For each BitOPs budget, the static option plan found greedily on `split` (held-out
     images): from every block at the float option, lower one block by one option at a time
-    (never to the skip), each time the one that keeps the most images right. One descent serves
-    every budget (the largest first). Returns [(plan, path)] in the order of `budgets`."""
+    (never to the skip), each time the move that loses the fewest images per BitOP it saves
+    (`search.greedy_descent(per_saving=True)`). One descent serves every budget (the largest
+    first). Returns [(plan, path)] in the order of `budgets`."""
     from adaptive_jax.data import datasets, pipeline
 
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
@@ -237,7 +238,8 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
     price = lambda plan: float(costs.plan_bitops(plan))  # noqa: E731
     results, plan, path = {}, np.full(costs.num_units, options.num_options - 1), []
     for budget in sorted(budgets, reverse=True):
-        plan, more = search.greedy_descent(plan, lower_one, price, accuracy, budget)
+        plan, more = search.greedy_descent(plan, lower_one, price, accuracy, budget,
+                                           per_saving=True)
         path = path + (more if not path else more[1:])
         results[budget] = (plan, list(path))
     return [results[b] for b in budgets]

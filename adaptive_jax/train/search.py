@@ -11,22 +11,34 @@ import numpy as np
 
 def greedy_descent(start: np.ndarray, moves: Callable[[np.ndarray], list[tuple[int, np.ndarray]]],
                    price: Callable[[np.ndarray], float], accuracy: Callable[[np.ndarray], float],
-                   budget: float) -> tuple[np.ndarray, list[dict]]:
+                   budget: float, per_saving: bool = False) -> tuple[np.ndarray, list[dict]]:
     """From `start`, take one move at a time, each time the one whose plan keeps the highest
     `accuracy` (ties: the cheaper plan, then the later unit), until `price(plan) <= budget`.
+
+    `per_saving=True` ranks moves by accuracy lost per unit of price saved instead (a move that
+    loses nothing ranks first, the larger saving first among those): for moves of unequal
+    savings (a block from float to 16 bits saves 75 % of its BitOPs, from 16 to 14 bits 6 %),
+    where ranking by accuracy alone takes the smallest steps, each costing a search round.
 
     `moves(plan)` -> [(unit, cheaper plan)]. Returns the final plan and the path (plan, price,
     accuracy, and the unit each step moved). A budget no move sequence reaches is an error."""
     plan = np.asarray(start)
     path = [{"plan": plan.tolist(), "price": float(price(plan)), "accuracy": accuracy(plan)}]
     while price(plan) > budget:
-        candidates = [(accuracy(trial), -float(price(trial)), unit, trial)
+        now, cost_now = accuracy(plan), float(price(plan))
+
+        def rank(trial):
+            if not per_saving:
+                return accuracy(trial)
+            return -max(0.0, now - accuracy(trial)) / max(cost_now - float(price(trial)), 1e-12)
+
+        candidates = [(rank(trial), -float(price(trial)), unit, trial)
                       for unit, trial in moves(plan)]
         if not candidates:
             raise ValueError(f"no static plan reaches the budget {budget:.4g} (the cheapest "
                              f"reached costs {price(plan):.4g})")
         best = max(candidates, key=lambda c: c[:3])
         plan = best[3]
-        path.append({"plan": plan.tolist(), "price": -best[1], "accuracy": best[0],
+        path.append({"plan": plan.tolist(), "price": -best[1], "accuracy": accuracy(plan),
                      "moved": best[2]})
     return plan, path
