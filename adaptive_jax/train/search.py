@@ -24,8 +24,9 @@ def greedy_descent(start: np.ndarray, moves: Callable[[np.ndarray], list[tuple[i
     accuracy, and the unit each step moved). A budget no move sequence reaches is an error."""
     plan = np.asarray(start)
     path = [{"plan": plan.tolist(), "price": float(price(plan)), "accuracy": accuracy(plan)}]
+    now = path[0]["accuracy"]
     while price(plan) > budget:
-        now, cost_now = accuracy(plan), float(price(plan))
+        cost_now = float(price(plan))
 
         def rank(trial):
             if not per_saving:
@@ -39,6 +40,6 @@ def greedy_descent(start: np.ndarray, moves: Callable[[np.ndarray], list[tuple[i
                              f"reached costs {price(plan):.4g})")
         best = max(candidates, key=lambda c: c[:3])
         plan = best[3]
-        path.append({"plan": plan.tolist(), "price": -best[1], "accuracy": accuracy(plan),
-                     "moved": best[2]})
+        now = accuracy(plan) if per_saving else best[0]  # (each candidate's was just computed)
+        path.append({"plan": plan.tolist(), "price": -best[1], "accuracy": now, "moved": best[2]})
     return plan, path
