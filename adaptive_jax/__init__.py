@@ -21,9 +21,9 @@ from adaptive_jax import (config, cost, data, execution, latency, methods, model
                           policies, report, runtime, train, zoo)
 from adaptive_jax.execution import (Executor, StaticExecutor, SubnetExecutor, bucketed, cond,
                                     make_predict_fn, masked, static, switch)
-from adaptive_jax.methods import FixedPlanNet, GatedResNet, OFASNet
+from adaptive_jax.methods import DFSNet, FixedPlanNet, GatedResNet, OFASNet
 from adaptive_jax.models import CifarResNet, ResNetSpec, resnet
-from adaptive_jax.models.options import RUN_OR_SKIP, InnerWidths, UnitOptions
+from adaptive_jax.models.options import RUN_OR_SKIP, Bitwidths, InnerWidths, UnitOptions
 from adaptive_jax.models.slimmable import SlimmableResNet, SlimmableSpec, WidthSubnet
 from adaptive_jax.plans import (BlockLayout, OptionLayout, StaticBlockPlan, StaticOptionPlan,
                                 StaticPlan)
@@ -36,7 +36,7 @@ __all__ = [
     "policies", "report", "runtime", "train", "zoo",
     # models and menus
     "CifarResNet", "ResNetSpec", "resnet", "SlimmableResNet", "SlimmableSpec", "RUN_OR_SKIP",
-    "InnerWidths", "UnitOptions",
+    "Bitwidths", "InnerWidths", "UnitOptions",
     # plans
     "BlockLayout", "OptionLayout", "StaticBlockPlan", "StaticOptionPlan", "StaticPlan",
     "WidthSubnet",
@@ -44,5 +44,5 @@ __all__ = [
     "Executor", "StaticExecutor", "SubnetExecutor", "bucketed", "cond", "make_predict_fn",
     "masked", "static", "switch",
     # methods and runtime
-    "FixedPlanNet", "GatedResNet", "OFASNet", "OperatingPoint", "RuntimeManager",
+    "DFSNet", "FixedPlanNet", "GatedResNet", "OFASNet", "OperatingPoint", "RuntimeManager",
 ]
