@@ -107,9 +107,8 @@ def residual_per_row(qblock: QuantizedBlock, x: jax.Array, choice: jax.Array,
     """Training: the residual of every row at its own bitwidth (`row_bits` (B,), 32 = float).
 
     Activations are quantised per row at the row's bitwidth and the batch range of its option;
-    the weights stay float (per-row weights would need one convolution per row or per option,
-    which on this CPU measured 0.9-245x a plain conv: docs/dfs.md). Updates
-    `qblock.updated_ranges`."""
+    the weights stay float (per-row weights would need one convolution per row or per option:
+    docs/dfs.md). Updates `qblock.updated_ranges`."""
     block = qblock.block
     num_options = qblock.ranges.shape[0]
     onehot = jax.nn.one_hot(choice, num_options, dtype=x.dtype)
