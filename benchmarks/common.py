@@ -90,3 +90,24 @@ def append_results(benchmark: str, figures: list[dict], table: str, notes: str =
         if notes:
             f.write(f"- notes: {notes}\n")
         f.write(f"\n```\n{table}\n```\n")
+
+
+def interleaved_step_seconds(runs: dict, images, labels, rounds: int, steps_per_round: int) -> dict:
+    """Median seconds per train step of each `runs[name] = [step, state]` (compiled first, state
+    carried along), the runs taking turns round by round, so a machine that slows down mid-way
+    slows every run alike."""
+    import jax
+    import numpy as np
+
+    for run in runs.values():  # compile
+        run[1], metrics = run[0](run[1], images, labels)
+        jax.block_until_ready(metrics)
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            for _ in range(steps_per_round):
+                def call(run=run):
+                    run[1], metrics = run[0](run[1], images, labels)
+                    jax.block_until_ready(metrics)
+                times[name].append(median_call_ms(call, 1))
+    return {name: float(np.median(t)) / 1e3 for name, t in times.items()}

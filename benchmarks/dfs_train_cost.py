@@ -11,7 +11,6 @@ compute); issue 14 asks for at most 2x. Figure: `dfs_train_step_over_plain`.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -48,18 +47,8 @@ def main(argv):
     images = rng.integers(0, 256, (FLAGS.batch_size, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (FLAGS.batch_size,)).astype(np.int32)
     runs = {"plain": [plain_step, plain_state], "dfs": [dfs_step, dfs_state]}
-    for run in runs.values():  # compile
-        run[1], metrics = run[0](run[1], images, labels)
-        jax.block_until_ready(metrics)
-    times = {name: [] for name in runs}
-    for _ in range(FLAGS.rounds):
-        for name, run in runs.items():
-            for _ in range(FLAGS.steps_per_round):
-                def call(run=run):
-                    run[1], metrics = run[0](run[1], images, labels)
-                    jax.block_until_ready(metrics)
-                times[name].append(common.median_call_ms(call, 1))
-    med = {name: float(np.median(t)) / 1e3 for name, t in times.items()}
+    med = common.interleaved_step_seconds(runs, images, labels, FLAGS.rounds,
+                                          FLAGS.steps_per_round)
     ratio = med["dfs"] / med["plain"]
     rows = [{"step": "plain", "s": med["plain"], "ratio": 1.0},
             {"step": f"dfs ({FLAGS.gate} gate)", "s": med["dfs"], "ratio": ratio}]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -64,19 +63,9 @@ def main(argv):
     labels = rng.integers(0, 10, (FLAGS.batch_size,)).astype(np.int32)
     runs = {}
     for name, config in variants.items():
-        step, state = make_step(config)
-        state, _ = step(state, images, labels)  # compile
-        jax.block_until_ready(state)
-        runs[name] = [step, state]
-    times = {name: [] for name in runs}
-    for _ in range(FLAGS.rounds):
-        for name, run in runs.items():
-            for _ in range(FLAGS.steps_per_round):
-                def call(run=run):
-                    run[1], metrics = run[0](run[1], images, labels)
-                    jax.block_until_ready(metrics)
-                times[name].append(common.median_call_ms(call, 1))
-    med = {name: float(np.median(t)) / 1e3 for name, t in times.items()}
+        runs[name] = list(make_step(config))
+    med = common.interleaved_step_seconds(runs, images, labels, FLAGS.rounds,
+                                          FLAGS.steps_per_round)
     med["single_path"] = float(np.mean([med[f"w{w:g}"] for w in widths]))
     # progressive spends an equal share of the schedule in each phase: full width alone, then
     # the 2, 3, ... widest, the last phase being multi_path
