@@ -197,11 +197,13 @@ def subnet_latency_table(executor, widths, batch_sizes=(1,), image_shape=(32, 32
 
 def fastest_int8_kernels(backbone, batch: int, rounds: int = 3, calls: int = 10):
     """Which kernel runs each conv of `backbone` fastest at 8 bits, measured here: per conv shape
-    (in, out, stride) at its feature size, `quantized.quantized_conv` (quantise, convolve,
-    dequantise) in "float" and by the integer kernels "xla" and "patches", interleaved rounds.
+    (in, out, stride) at its feature size, `quantized.quantized_conv` (quantise the input,
+    convolve, dequantise; the kernel quantised beforehand, as `DFSNet.prepare_weights` leaves it
+    for inference) in "float" and by the integer kernels "xla" and "patches", interleaved rounds.
     Returns (kernels for `Bitwidths(kernels=...)`: the shapes whose fastest is an integer
     kernel, {shape: {kernel: median ms}})."""
     from adaptive_jax.models import quantized
+    from adaptive_jax.nn import quant
 
     x = backbone.stem(jax.numpy.zeros((batch, 32, 32, backbone.spec.in_channels)))
     convs = {}
@@ -213,15 +215,18 @@ def fastest_int8_kernels(backbone, batch: int, rounds: int = 3, calls: int = 10)
         x = block(x)
     ms: dict = {}
     for shape, (conv, h) in convs.items():
-        top = jax.numpy.max(h)
-        fns = {kernel: jax.jit(lambda h, kernel=kernel, conv=conv: quantized.quantized_conv(
-            conv, h, 8, top, kernel)) for kernel in ("float", "xla", "patches")}
+        top, w = jax.numpy.max(h), conv.kernel[...]
+        prepared = dict(zip(("int8", "scale", "offset"), quant.int8_kernel(w)),
+                        grid=quant.fake_quant_symmetric(w, 8))
+        fns = {kernel: jax.jit(lambda h, prepared, kernel=kernel, conv=conv: quantized.quantized_conv(
+            conv, h, 8, top, kernel, prepared)) for kernel in ("float", "xla", "patches")}
         for fn in fns.values():
-            jax.block_until_ready(fn(h))
+            jax.block_until_ready(fn(h, prepared))
         times = {kernel: [] for kernel in fns}
         for _ in range(rounds):
             for kernel, fn in fns.items():
-                times[kernel].append(measure_latency(fn, h, warmup=0, repeats=calls).median_ms)
+                times[kernel].append(measure_latency(fn, h, prepared, warmup=0,
+                                                     repeats=calls).median_ms)
         ms[shape] = {kernel: float(np.median(t)) for kernel, t in times.items()}
     kernels = tuple((shape, min(t, key=t.get)) for shape, t in ms.items()
                     if min(t, key=t.get) != "float")

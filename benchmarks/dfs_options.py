@@ -11,7 +11,7 @@ and 64, side by side in one process; and whether a 0-bit decision saves what ski
 2. Blocks: each block kind (stage 1, the two transitions, stages 2 and 3) under every option of
    the menu, the 8-bit one with the chosen kernels; speedup = the float block's ms / the option's.
    An option with no faster kernel computes in float on its grid: its speedup says what that
-   costs.
+   costs. Kernels quantised once (`DFSNet.prepare_weights`), as inference runs them.
 3. 0 bits vs skip: ResNet-32, every other block at option 0 (the rest float) through the cond
    executor on the quantised net, against the same blocks skipped by a block plan on the plain
    backbone; saved fraction = (full - 0-bit) / (full - skipped).
@@ -68,11 +68,13 @@ def block_inputs(model: DFSNet, batch: int) -> dict[str, tuple[int, jax.Array]]:
 def block_ms(model: DFSNet, batch: int, menu: Bitwidths, rounds: int) -> dict[tuple[str, str], float]:
     """ms of each block kind under each option (0: its shortcut only), interleaved rounds."""
     graphdef, state = nnx.split(model)
+    state = (state, model.prepare_weights())  # arguments, as the float block's weights are
     fns, args = {}, {}
     for kind, (index, x) in block_inputs(model, batch).items():
         for k in range(menu.num_options):
             def run(state, x, k=k, index=index):
-                qblock = nnx.merge(graphdef, state).quantized().units()[index]
+                state, weights = state
+                qblock = nnx.merge(graphdef, state).quantized(weights).units()[index]
                 shortcut = qblock.shortcut(x)
                 return shortcut if k == 0 else menu.apply(qblock, x, k, shortcut)
             fns[(kind, menu.names[k])] = jax.jit(run)

@@ -136,6 +136,34 @@ def test_integer_kernels_give_the_8_bit_option_of_the_float_path(kernel):
     np.testing.assert_allclose(got, want, atol=5e-3)  # rounding flips: see above
 
 
+def test_prepared_weights_give_the_same_outputs_and_are_refused_where_they_cannot_serve():
+    mixed = Bitwidths(SMALL.widths, kernels=(((16, 16, 1), "xla"), ((32, 32, 1), "patches")))
+    with pytest.raises(ValueError, match="need calibrated activation ranges"):
+        DFSNet(resnet(8), mixed, rngs=nnx.Rngs(0)).prepare_weights()
+    model = _calibrated(DFSNet(resnet(8), mixed, rngs=nnx.Rngs(0)), _images(8))
+    weights = model.prepare_weights()
+    assert sorted(weights.stacks) == [8, 12] and set(weights.stacks[8][(16, 16, 1)]) == {
+        "grid", "int8", "scale", "offset"}
+    images = _images(8, seed=3)
+    plans = jnp.asarray(np.random.default_rng(1).integers(0, SMALL.num_options, (8, 3)), jnp.int32)
+
+    @nnx.jit
+    def both(model, weights, images, plans):  # the two walks: every block (scan), active ones
+        masked, cond = execution.masked(mixed), execution.cond(mixed)
+        return {"masked": (masked.forward(model.quantized(), images, plans),
+                           masked.forward(model.quantized(weights), images, plans)),
+                "cond": (cond.forward(model.quantized(), images[:1], plans[0]),
+                         cond.forward(model.quantized(weights), images[:1], plans[0]))}
+
+    for name, (fresh, prepared) in both(model, weights, images, plans).items():
+        # the same values; XLA may fuse the arithmetic around the convs differently (~1e-7),
+        # and such a difference can flip a later rounding (see above)
+        np.testing.assert_allclose(prepared, fresh, atol=5e-3, err_msg=name)
+    model.train()
+    with pytest.raises(ValueError, match="prepared weights are for inference"):
+        model(images, weights)
+
+
 @pytest.mark.parametrize("gate", ["recurrent", "once"])
 def test_predict_at_batch_1_runs_the_batch_path_s_decisions(gate):
     model = DFSNet(resnet(8), SMALL, gate=gate, rngs=nnx.Rngs(1))

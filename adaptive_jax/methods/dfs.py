@@ -14,6 +14,9 @@ and option, and one of two gates:
 one-hot in training (each row runs only its chosen option: `Bitwidths.blend`), hard in eval.
 `plan(images)`: (B, L) option ints. `predict(image)`: batch 1, running only what is chosen.
 `costs()`: MACs and BitOPs per unit and option (`cost.unit_costs`) with the gate's MACs.
+`prepare_weights()`: every option's kernels quantised once; passed as `weights=` to `forward`,
+`plan`, `predict` or `quantized`, inference gives the same outputs without quantising kernels per
+call (what latency is measured with).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from flax import nnx
 from adaptive_jax import cost, execution
 from adaptive_jax.execution.executors import block_by_block
 from adaptive_jax.models.options import Bitwidths
-from adaptive_jax.models.quantized import QuantizedResNet
+from adaptive_jax.models.quantized import PreparedWeights, QuantizedResNet, prepare_weights
 from adaptive_jax.models.resnet import CifarResNet, check_images
 from adaptive_jax.policies import OFASHead, decisions
 from adaptive_jax.policies.dfs import RecurrentGate
@@ -62,12 +65,18 @@ class DFSNet(nnx.Module):
     def training(self) -> bool:
         return self.backbone.training
 
-    def quantized(self) -> QuantizedResNet:
+    def quantized(self, weights: PreparedWeights | None = None) -> QuantizedResNet:
         """The backbone walked with each block bound to its ranges: what executors run."""
-        return QuantizedResNet(self.backbone, self.ranges)
+        return QuantizedResNet(self.backbone, self.ranges, weights)
 
-    def __call__(self, images: jax.Array) -> jax.Array:
-        return self.forward(images)[0]
+    def prepare_weights(self) -> PreparedWeights:
+        """Every quantised option's kernels, computed once for inference. A snapshot: prepare
+        again after the backbone or the ranges change."""
+        return prepare_weights(self.backbone, self.ranges[...], self.options.widths,
+                               self.options.per_bitwidth_ranges)
+
+    def __call__(self, images: jax.Array, weights: PreparedWeights | None = None) -> jax.Array:
+        return self.forward(images, weights)[0]
 
     def _decide(self, logits: jax.Array) -> jax.Array:
         """Training: straight-through one-hot weights (B, ..., K); eval: option ints (B, ...)."""
@@ -79,12 +88,13 @@ class DFSNet(nnx.Module):
         """The once-for-all gate's (B, L, K) logits from the stem's output."""
         return self.gate(stem_features).reshape(stem_features.shape[0], -1, self.options.num_options)
 
-    def forward(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def forward(self, images: jax.Array,
+                weights: PreparedWeights | None = None) -> tuple[jax.Array, jax.Array]:
         """(logits, decisions (B, L, K)): straight-through one-hot in training (each row runs
         its chosen option only, `Bitwidths.blend`); in eval the hard one-hot, each option of a
         block run on the rows that chose it (bucketed), exactly."""
         check_images(images, self.spec.in_channels)
-        net = self.quantized()
+        net = self.quantized(weights)
         features = net.stem(images)
         if self.gate_kind == "once":
             chosen = self._decide(self.option_logits(features))
@@ -105,11 +115,12 @@ class DFSNet(nnx.Module):
             chosen = jax.nn.one_hot(chosen, self.options.num_options)
         return net.classify(x), chosen
 
-    def plan(self, images: jax.Array) -> jax.Array:
+    def plan(self, images: jax.Array, weights: PreparedWeights | None = None) -> jax.Array:
         """(B, L) int32 options each image runs (eval mode)."""
-        return self.forward(images)[1].argmax(-1).astype(jnp.int32)
+        return self.forward(images, weights)[1].argmax(-1).astype(jnp.int32)
 
-    def predict(self, image: jax.Array, executor="cond", **executor_options):
+    def predict(self, image: jax.Array, executor="cond", weights: PreparedWeights | None = None,
+                **executor_options):
         """(logits, (1, L) plan) at batch 1 in eval mode, only the chosen option of each block
         computed. Recurrent gate: a `lax.cond` / `lax.switch` per block as the walk decides;
         once-for-all: the plan, then `executor` (an `execution` executor or its name) runs it."""
@@ -117,7 +128,7 @@ class DFSNet(nnx.Module):
         if image.shape[0] != 1 or self.training:
             raise ValueError(f"predict runs one image in eval mode (got batch {image.shape[0]}); "
                              "use model.plan(images) / model(images) in eval mode for a batch")
-        net = self.quantized()
+        net = self.quantized(weights)
         features = net.stem(image)
         if self.gate_kind == "once":
             plan = self.option_logits(features)[0].argmax(-1).astype(jnp.int32)

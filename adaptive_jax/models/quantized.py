@@ -12,12 +12,18 @@ per conv shared by every bitwidth, which lets the 8-bit option's range be set by
 at 16. In training the ranges are the batch's mean of per-row maxima over the rows that chose
 each option (the reference's statistic, per option here) and move the running values by an
 EMA; in inference the running values are constants.
+
+Inference can also take the weights already quantised (`prepare_weights`: every conv's kernel on
+each option's grid, and as int8 for the 8-bit integer kernels, computed once): an option then
+costs its activations' quantisation and its convolutions, not a pass over each kernel per call,
+which is what kept the 10-16-bit options slower than float at batch 1 (docs/dfs.md).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adaptive_jax.models.resnet import BasicBlock, CifarResNet
@@ -31,10 +37,13 @@ class QuantizedBlock:
 
     `ranges` None: no ranges kept (pricing, or a bare block): each conv's input range is its own
     max over the tensor. In training, the menu leaves the block's new running ranges in
-    `updated_ranges` for the walk to write back."""
+    `updated_ranges` for the walk to write back. `weights`: the model's `PreparedWeights` and
+    `index` this block's unit number in it (inference), or None: quantise the kernels per call."""
 
-    def __init__(self, block: BasicBlock, ranges: jax.Array | None, training: bool = False):
+    def __init__(self, block: BasicBlock, ranges: jax.Array | None, training: bool = False,
+                 index=None, weights: "PreparedWeights | None" = None):
         self.block, self.ranges, self.training = block, ranges, training
+        self.index, self.weights = index, weights
         self.updated_ranges = ranges
 
     def shortcut(self, x: jax.Array) -> jax.Array:
@@ -60,18 +69,23 @@ def _strides(conv: nnx.Conv) -> tuple[int, int]:
 
 
 def quantized_conv(conv: nnx.Conv, x: jax.Array, bits: int, max_value: jax.Array,
-                   kernel: str = "float") -> jax.Array:
+                   kernel: str = "float", prepared: dict | None = None) -> jax.Array:
     """`conv` on `x` with weights (per output channel) and input (over [0, max_value]) on b-bit
     grids. `kernel`: "float" computes on the dequantised values (any b); "xla" / "patches" run
     b = 8 in int8 x int8 -> int32 (`quant.unsigned_int8_conv2d`), the same values up to float
-    rounding. Which is faster is measured per conv shape (`python -m benchmarks.dfs_options`)."""
-    w, strides = conv.kernel[...], _strides(conv)
+    rounding. Which is faster is measured per conv shape (`python -m benchmarks.dfs_options`).
+    `prepared`: this conv's kernel already quantised (`PreparedWeights.conv`), the same values."""
+    strides = _strides(conv)
     if kernel != "float":
         if bits != 8:
             raise ValueError(f"the integer kernels run 8-bit options only, not {bits} bits")
-        return quant.unsigned_int8_conv2d(x, max_value, w, strides, PAD, kernel)
-    xq = quant.fake_quant_unsigned(x, bits, max_value)
-    return conv2d(xq, quant.fake_quant_symmetric(w, bits), strides, PAD, "auto")
+        if prepared is None:
+            return quant.unsigned_int8_conv2d(x, max_value, conv.kernel[...], strides, PAD, kernel)
+        return quant.prepared_int8_conv2d(x, max_value, prepared["int8"], prepared["scale"],
+                                          prepared["offset"], strides, PAD, kernel)
+    w = (quant.fake_quant_symmetric(conv.kernel[...], bits) if prepared is None
+         else prepared["grid"])
+    return conv2d(quant.fake_quant_unsigned(x, bits, max_value), w, strides, PAD, "auto")
 
 
 def residual_at_bits(qblock: QuantizedBlock, x: jax.Array, bits: int, ranges: jax.Array | None,
@@ -79,17 +93,22 @@ def residual_at_bits(qblock: QuantizedBlock, x: jax.Array, bits: int, ranges: ja
     """The block's residual with both convs' weights and inputs at `bits` (inference: running BN
     statistics; `ranges` (2,) the running ranges, or None for each tensor's own max)."""
     block, kernels = qblock.block, (kernels or {}) if bits == 8 else {}
+    weights = qblock.weights
 
-    def input_range(h, i):  # a range never set (an untrained model) is the tensor's own max
-        top = jnp.max(h)
+    def input_range(h, i):
+        if weights is not None:  # prepared: the ranges were checked to be set
+            return ranges[i]
+        top = jnp.max(h)  # a range never set (an untrained model) is the tensor's own max
         return top if ranges is None else jnp.where(ranges[i] > 0, ranges[i], top)
 
-    r1 = input_range(x, 0)
-    y = quantized_conv(block.conv1, x, bits, r1, kernels.get(conv_key(block.conv1), "float"))
-    y = nnx.relu(block.bn1(y))
-    r2 = input_range(y, 1)
-    y = quantized_conv(block.conv2, y, bits, r2, kernels.get(conv_key(block.conv2), "float"))
-    return block.bn2(y)
+    def conv(module, h, i):
+        prepared = (None if weights is None
+                    else weights.conv(bits, conv_key(module), qblock.index, i))
+        return quantized_conv(module, h, bits, input_range(h, i),
+                              kernels.get(conv_key(module), "float"), prepared)
+
+    y = nnx.relu(block.bn1(conv(block.conv1, x, 0)))
+    return block.bn2(conv(block.conv2, y, 1))
 
 
 def _option_means(values: jax.Array, onehot: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -134,12 +153,81 @@ def residual_per_row(qblock: QuantizedBlock, x: jax.Array, choice: jax.Array,
     return y
 
 
+@jax.tree_util.register_pytree_node_class
+class PreparedWeights:
+    """Every quantised option's conv kernels, computed once for inference (`prepare_weights`).
+
+    `stacks[bits][(in, out, stride)]`: the kernels of every conv of that shape, stacked: "grid"
+    (float32 values on the b-bit grid) and, at 8 bits, "int8" / "scale" / "offset"
+    (`quant.int8_kernel`). `rows[i][unit]`: the row of the unit's conv i (0: conv1, 1: conv2) in
+    its shape's stack (static). A pytree: jit takes it as an argument, like the parameters."""
+
+    def __init__(self, stacks: dict, rows: tuple[tuple[int, ...], tuple[int, ...]]):
+        self.stacks, self.rows = stacks, rows
+
+    def tree_flatten(self):
+        return (self.stacks,), self.rows
+
+    @classmethod
+    def tree_unflatten(cls, rows, children):
+        return cls(children[0], rows)
+
+    def conv(self, bits: int, key: tuple[int, int, int], unit, which: int) -> dict:
+        """The prepared kernel of conv `which` (shape `key`) of unit `unit` (an int or a traced
+        index: a walk's scan) at `bits`."""
+        if bits not in self.stacks:
+            raise ValueError(f"no prepared weights at {bits} bits (prepared: {sorted(self.stacks)})")
+        row = jnp.asarray(self.rows[which], jnp.int32)[unit]
+        return jax.tree.map(lambda stacked: stacked[row], self.stacks[bits][key])
+
+
+def prepare_weights(backbone: CifarResNet, ranges: jax.Array, widths: tuple[int, ...],
+                    per_bitwidth_ranges: bool = True) -> PreparedWeights:
+    """The kernels of every conv at every bitwidth of `widths` below 32, quantised once.
+
+    `ranges` (units, options, 2) must be calibrated (every range a quantised option reads is
+    set): prepared inference reads them as they are, without the per-call unset-range fallback."""
+    quantised = [k for k, bits in enumerate(widths, start=1) if bits != 32]
+    used = np.asarray(jax.device_get(ranges))[:, quantised if per_bitwidth_ranges else [1]]
+    if quantised and not (used > 0).all():
+        raise ValueError("prepared weights need calibrated activation ranges and some are unset "
+                         "(zero): run one training-mode forward (or train.dfs.calibrate_ranges) "
+                         "first")
+    members: dict[tuple, list] = {}
+    rows = ([], [])
+    for block in backbone.units():
+        for which, conv in enumerate((block.conv1, block.conv2)):
+            group = members.setdefault(conv_key(conv), [])
+            rows[which].append(len(group))
+            group.append(conv.kernel[...])
+    stacks = _quantise_stacks({key: jnp.stack(kernels) for key, kernels in members.items()},
+                              tuple(b for b in widths if b != 32))
+    return PreparedWeights(stacks, (tuple(rows[0]), tuple(rows[1])))
+
+
+@jax.jit(static_argnums=1)
+def _quantise_stacks(kernels: dict, widths: tuple[int, ...]) -> dict:
+    """{bits: {shape: prepared}} for stacked kernels {shape: (n, kh, kw, in, out)}: one compiled
+    call (op by op, this is ~100 small compilations)."""
+    stacks = {}
+    for bits in widths:
+        stacks[bits] = {}
+        for key, w in kernels.items():
+            entry = {"grid": jax.vmap(lambda k, b=bits: quant.fake_quant_symmetric(k, b))(w)}
+            if bits == 8:
+                entry.update(zip(("int8", "scale", "offset"), jax.vmap(quant.int8_kernel)(w)))
+            stacks[bits][key] = entry
+    return stacks
+
+
 class QuantizedResNet:
     """`backbone` walked with each block bound to its ranges (a view: the modules stay the
-    backbone's and the ranges variable the owner's; plain Python, made per call)."""
+    backbone's and the ranges variable the owner's; plain Python, made per call). `weights`:
+    `PreparedWeights` for inference (the same outputs, less work per call), or None."""
 
-    def __init__(self, backbone: CifarResNet, ranges: nnx.Variable):
-        self.backbone, self.ranges_variable = backbone, ranges
+    def __init__(self, backbone: CifarResNet, ranges: nnx.Variable,
+                 weights: PreparedWeights | None = None):
+        self.backbone, self.ranges_variable, self.weights = backbone, ranges, weights
         self.spec = backbone.spec
 
     # the protocol, delegated
@@ -159,26 +247,35 @@ class QuantizedResNet:
 
     def units(self) -> list[QuantizedBlock]:
         ranges = self.ranges_variable[...]
-        return [QuantizedBlock(b, ranges[i]) for i, b in enumerate(self.backbone.units())]
+        return [QuantizedBlock(b, ranges[i], index=i, weights=self.weights)
+                for i, b in enumerate(self.backbone.units())]
+
+    def _per_unit(self, per_unit):
+        """What every walk's step gets besides the caller's inputs: the block's ranges and
+        unit number (where the prepared weights are looked up)."""
+        if self.weights is not None and self.training:
+            raise ValueError("prepared weights are for inference (they are fixed copies of the "
+                             "kernels): walk the quantised net without them in training")
+        ranges = self.ranges_variable[...]
+        return (ranges, jnp.arange(ranges.shape[0]), per_unit)
 
     def walk(self, x, step, per_unit=None, companions=None):
         training = self.training
 
         def bound_step(modules, h, inputs):
-            ranges, inputs = inputs
-            qblock = QuantizedBlock(modules[0], ranges, training)
+            ranges, index, inputs = inputs
+            qblock = QuantizedBlock(modules[0], ranges, training, index, self.weights)
             h, out = step((qblock,) + tuple(modules[1:]), h, inputs)
             return h, (out, qblock.updated_ranges)
 
-        x, (outs, ranges) = self.backbone.walk(x, bound_step, (self.ranges_variable[...], per_unit),
-                                               companions)
+        x, (outs, ranges) = self.backbone.walk(x, bound_step, self._per_unit(per_unit), companions)
         if training:
             self.ranges_variable[...] = ranges
         return x, outs
 
     def walk_active(self, x, active, step, per_unit=None):
         def bound_step(block, h, inputs):
-            ranges, inputs = inputs
-            return step(QuantizedBlock(block, ranges), h, inputs)
+            ranges, index, inputs = inputs
+            return step(QuantizedBlock(block, ranges, index=index, weights=self.weights), h, inputs)
 
-        return self.backbone.walk_active(x, active, bound_step, (self.ranges_variable[...], per_unit))
+        return self.backbone.walk_active(x, active, bound_step, self._per_unit(per_unit))

@@ -94,12 +94,25 @@ def unsigned_int8_conv2d(x: jax.Array, max_value: jax.Array, w: jax.Array,
     the kernel int8 per output channel; the int32 sums corrected for the offset (128 x the sum of
     each output channel's kernel, the same at every position because the padding is offset too)
     and scaled back to float. Equal to the float path up to float32 rounding of its sums."""
-    xq, x_scale = quantize_unsigned_int8(x, max_value)
+    return prepared_int8_conv2d(x, max_value, *int8_kernel(w), strides, padding, lowering)
+
+
+def int8_kernel(w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What `prepared_int8_conv2d` needs of an HWIO float kernel, computable once per model:
+    (int8 values, scale per output channel, offset per output channel = 128 x the channel's sum
+    of int8 values, the correction for inputs stored offset by -128)."""
     wq, w_scale = quantize_symmetric(w, 8)
+    return wq, w_scale.reshape(-1), 128 * wq.astype(jnp.int32).sum(axis=(0, 1, 2))
+
+
+def prepared_int8_conv2d(x: jax.Array, max_value: jax.Array, wq: jax.Array, w_scale: jax.Array,
+                         offset: jax.Array, strides: Sequence[int],
+                         padding: Sequence[tuple[int, int]], lowering: str = "xla") -> jax.Array:
+    """`unsigned_int8_conv2d` with the kernel already quantised (`int8_kernel`)."""
+    xq, x_scale = quantize_unsigned_int8(x, max_value)
     xq = jnp.pad(xq, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)), constant_values=-128)
     sums = int_conv2d(xq, wq, strides, ((0, 0), (0, 0)), lowering)
-    offset = 128 * wq.astype(jnp.int32).sum(axis=(0, 1, 2))
-    return (sums + offset).astype(jnp.float32) * (x_scale * w_scale.reshape(-1))
+    return (sums + offset).astype(jnp.float32) * (x_scale * w_scale)
 
 
 def quantize_symmetric(x: jax.Array, bits: int = 8,
