@@ -115,7 +115,7 @@ def zero_bit_vs_skip(model: DFSNet, batch: int, rounds: int) -> dict:
            "full plain": (p, jnp.ones((num_units,), bool))}
     ms = latency.interleaved_batch_ms(
         {name: (lambda state, images, fn=fn, plan=plan: fn(state, images, plan))
-         for name, (fn, plan) in fns.items()}, (state,), [images] * (10 if batch == 1 else 2),
+         for name, (fn, plan) in fns.items()}, (state,), [images] * (10 if batch == 1 else 8),
         rounds)
     saved_skip = ms["full plain"] - ms["skipped"]
     return {**ms, "saved_fraction": (ms["full"] - ms["0-bit"]) / saved_skip}

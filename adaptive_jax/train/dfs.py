@@ -203,6 +203,30 @@ def task(step: str, start: steps.TrainState | None = None) -> loop.Task:
 # The static baseline: one bitwidth per block for every image (HAQ-like), at equal BitOPs.
 
 
+def plan_accuracy(graphdef, state, dataset: str, options: Bitwidths, batch_size: int = 500):
+    """accuracy(split, plan): top-1 over `split` of the model's quantised net with one option
+    plan (L,) for every image (the cond executor; kernels quantised once)."""
+    from adaptive_jax.data import datasets, pipeline
+
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    executor = execution.cond(options)
+
+    def count_correct(model, images_u8, labels, mask, plan, weights):
+        logits = executor.forward(model.quantized(weights), normalize(images_u8, mean, std), plan)
+        return ((logits.argmax(-1) == labels) * mask).sum()
+
+    correct = execution.jit_predict(graphdef, count_correct)
+    weights = nnx.merge(graphdef, state.params, state.batch_stats).prepare_weights()
+
+    def accuracy(split, plan) -> float:
+        plan = jnp.asarray(plan, jnp.int32)
+        right = sum(int(correct(state.params, state.batch_stats, *batch, plan, weights))
+                    for batch in pipeline.eval_batches(split, batch_size))
+        return right / len(split)
+
+    return accuracy
+
+
 def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
                       costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500) -> list[tuple[np.ndarray, list]]:
     """For each BitOPs budget, the static option plan found greedily on `split` (held-out
@@ -210,25 +234,13 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
     (never to the skip), each time the move that loses the fewest images per BitOP it saves
     (`search.greedy_descent(per_saving=True)`). One descent serves every budget (the largest
     first). Returns [(plan, path)] in the order of `budgets`."""
-    from adaptive_jax.data import datasets, pipeline
-
-    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
-    executor = execution.cond(options)
-
-    def count_correct(model, images_u8, labels, mask, plan):
-        logits = executor.forward(model.quantized(), normalize(images_u8, mean, std), plan)
-        return ((logits.argmax(-1) == labels) * mask).sum()
-
-    correct = execution.jit_predict(graphdef, count_correct)
+    plan_top1 = plan_accuracy(graphdef, state, dataset, options, batch_size)
     cache: dict[tuple, float] = {}
 
     def accuracy(plan):
         key = tuple(int(v) for v in plan)
         if key not in cache:
-            total = sum(int(correct(state.params, state.batch_stats, *batch,
-                                    jnp.asarray(plan, jnp.int32)))
-                        for batch in pipeline.eval_batches(split, batch_size))
-            cache[key] = total / len(split)
+            cache[key] = plan_top1(split, plan)
         return cache[key]
 
     def lower_one(plan):

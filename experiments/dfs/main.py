@@ -17,7 +17,6 @@ import os
 import shlex
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
@@ -25,7 +24,7 @@ from ml_collections import config_flags
 
 from adaptive_jax import execution, latency, report
 from adaptive_jax.config import check_override_flags
-from adaptive_jax.data import datasets, normalize, pipeline
+from adaptive_jax.data import datasets, normalize
 from adaptive_jax.train import dfs, loop, train_and_evaluate
 from adaptive_jax.train.metrics import recorded_train_time
 
@@ -135,17 +134,10 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
         with open(search_path + ".tmp", "w") as f:
             json.dump({"key": key, "found": [(p.tolist(), path) for p, path in found]}, f)
         os.replace(search_path + ".tmp", search_path)
-    mean, std = datasets.CHANNEL_MEAN[config.dataset], datasets.CHANNEL_STD[config.dataset]
-    executor = execution.cond(options)
-    correct = execution.jit_predict(
-        graphdef, lambda model, images_u8, labels, mask, plan: ((executor.forward(
-            model.quantized(), normalize(images_u8, mean, std), plan).argmax(-1) == labels)
-            * mask).sum())
+    test_top1 = dfs.plan_accuracy(graphdef, state, config.dataset, options, config.eval_batch_size)
     rows = []
     for dfs_row, (plan, path) in zip(dfs_rows, found):
-        right = sum(int(correct(state.params, state.batch_stats, *batch, jnp.asarray(plan, jnp.int32)))
-                    for batch in pipeline.eval_batches(test_split, config.eval_batch_size))
-        accuracy = right / len(test_split)
+        accuracy = test_top1(test_split, plan)
         relative = np.asarray(options.computation())[plan]
         rows.append({
             "point": f"static @{dfs_row['target']:g}%", "menu": "static", "target": dfs_row["target"],
