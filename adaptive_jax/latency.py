@@ -203,7 +203,6 @@ def fastest_int8_kernels(backbone, batch: int, rounds: int = 3, calls: int = 10)
     Returns (kernels for `Bitwidths(kernels=...)`: the shapes whose fastest is an integer
     kernel, {shape: {kernel: median ms}})."""
     from adaptive_jax.models import quantized
-    from adaptive_jax.nn import quant
 
     x = backbone.stem(jax.numpy.zeros((batch, 32, 32, backbone.spec.in_channels)))
     convs = {}
@@ -215,9 +214,7 @@ def fastest_int8_kernels(backbone, batch: int, rounds: int = 3, calls: int = 10)
         x = block(x)
     ms: dict = {}
     for shape, (conv, h) in convs.items():
-        top, w = jax.numpy.max(h), conv.kernel[...]
-        prepared = dict(zip(("int8", "scale", "offset"), quant.int8_kernel(w)),
-                        grid=quant.fake_quant_symmetric(w, 8))
+        top, prepared = jax.numpy.max(h), quantized.prepare_kernel(conv.kernel[...], 8)
         fns = {kernel: jax.jit(lambda h, prepared, kernel=kernel, conv=conv: quantized.quantized_conv(
             conv, h, 8, top, kernel, prepared)) for kernel in ("float", "xla", "patches")}
         for fn in fns.values():

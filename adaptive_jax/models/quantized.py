@@ -205,19 +205,22 @@ def prepare_weights(backbone: CifarResNet, ranges: jax.Array, widths: tuple[int,
     return PreparedWeights(stacks, (tuple(rows[0]), tuple(rows[1])))
 
 
+def prepare_kernel(w: jax.Array, bits: int) -> dict:
+    """One HWIO kernel as inference runs it at `bits` (what `quantized_conv` takes as
+    `prepared`): "grid", its values on the b-bit grid, and at 8 bits "int8" / "scale" / "offset"
+    for the integer kernels (`quant.int8_kernel`)."""
+    entry = {"grid": quant.fake_quant_symmetric(w, bits)}
+    if bits == 8:
+        entry.update(zip(("int8", "scale", "offset"), quant.int8_kernel(w)))
+    return entry
+
+
 @jax.jit(static_argnums=1)
 def _quantise_stacks(kernels: dict, widths: tuple[int, ...]) -> dict:
     """{bits: {shape: prepared}} for stacked kernels {shape: (n, kh, kw, in, out)}: one compiled
     call (op by op, this is ~100 small compilations)."""
-    stacks = {}
-    for bits in widths:
-        stacks[bits] = {}
-        for key, w in kernels.items():
-            entry = {"grid": jax.vmap(lambda k, b=bits: quant.fake_quant_symmetric(k, b))(w)}
-            if bits == 8:
-                entry.update(zip(("int8", "scale", "offset"), jax.vmap(quant.int8_kernel)(w)))
-            stacks[bits][key] = entry
-    return stacks
+    return {bits: {key: jax.vmap(lambda k, b=bits: prepare_kernel(k, b))(w)
+                   for key, w in kernels.items()} for bits in widths}
 
 
 class QuantizedResNet:
