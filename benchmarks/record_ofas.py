@@ -65,7 +65,8 @@ def main(argv):
                         "run_command": FLAGS.run_command})
     verdict = ""
     if FLAGS.baseline_accuracy is not None and FLAGS.baseline_macs is not None:
-        within = [p for p in run["points"] if p["test_macs"] <= FLAGS.baseline_macs]
+        within = [p for p in run["points"] if p["test_macs"] <= FLAGS.baseline_macs
+                  and "ofas_minus_static_accuracy" not in p]  # OFAS points, not static sub-nets
         best = max(within, key=lambda p: p["test_accuracy"]) if within else None
         verdict = (f"static baseline ({FLAGS.baseline}): {FLAGS.baseline_accuracy:.4f} at "
                    f"{FLAGS.baseline_macs:.3e} MACs; best OFAS point within those MACs: "
