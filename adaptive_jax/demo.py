@@ -71,7 +71,7 @@ def measure_side_by_side(batch1: dict, batch64: dict, images, latency_images: in
                          throughput_batches: int) -> dict:
     """{name: (batch-1 ms, batch-64 img/s)} of named `fn(images)` predictors, all measured in one
     interleaved pass each (image by image at batch 1, batch by batch at 64), so every row of the
-    table saw the same machine. Timed one after another on a shared machine, the same network
+    table saw the same machine. Timed one after another on a shared machine, one architecture
     once read 6.94 ms as the OFAS model's full backbone and 4.34 ms as the zoo ResNet-32
     (docs/ofas.md)."""
     b1 = dict(zip(batch1, latency.interleaved_batch1_ms(tuple(batch1.values()), (),
