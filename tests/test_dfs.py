@@ -2,6 +2,9 @@
 on option plans, the integer kernels equal to the float grid path, the gates' batch-1 paths equal
 to their batch paths, the one-path training estimator, the budget term and clear errors."""
 
+import dataclasses
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 from flax import nnx
 
 from adaptive_jax import cost, execution
+from adaptive_jax.data import datasets
 from adaptive_jax.methods.dfs import DFSNet
 from adaptive_jax.models import quantized
 from adaptive_jax.models.options import Bitwidths
@@ -325,3 +329,47 @@ def test_greedy_per_saving_takes_the_big_free_step_first():
     _, per_saving = search.greedy_descent(np.asarray([3, 2]), lower, price, accuracy, 10.0,
                                           per_saving=True)
     assert by_accuracy[1]["moved"] == 1 and per_saving[1]["moved"] == 0
+
+
+def test_a_fixed_plan_runs_for_every_image_and_trains_the_backbone_not_the_gate():
+    """`forward(images, plan=...)`: the static allocation's path (its fine-tuning and evaluation)."""
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
+    images, plan = _images(4, seed=5), np.asarray([1, 0, 3], np.int32)  # 8 bit, skip, float
+    logits, chosen = nnx.jit(lambda m, x: m.forward(x, plan=plan))(model, images)
+    expected = execution.cond(SMALL).forward(model.quantized(), images, jnp.asarray(plan))
+    np.testing.assert_allclose(logits, expected, atol=5e-3)  # rounding flips only (see above)
+    np.testing.assert_array_equal(chosen, jax.nn.one_hot(np.stack([plan] * 4), SMALL.num_options))
+
+    def loss(model):
+        logits, _ = model.forward(images, plan=plan)
+        return -jax.nn.log_softmax(logits)[jnp.arange(4), jnp.arange(4)].mean()
+
+    model.train()
+    grads = nnx.jit(nnx.grad(loss))(model)
+    assert float(optax_norm(nnx.state(grads.gate))) == 0.0  # the gate is not used
+    assert float(optax_norm(nnx.state(grads.backbone))) > 0
+    with pytest.raises(ValueError, match="L = 3 blocks, got shape \\(4,\\)"):
+        model.forward(images, plan=np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="option ints"):
+        model.forward(images, plan=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="option 7 is not on the menu"):
+        model.forward(images, plan=np.asarray([0, 7, 1]))
+
+
+def test_static_allocation_below_every_block_at_8_bits_starts_there_and_skips():
+    """A budget under the all-8-bit plan's BitOPs needs skips: the search starts at that uniform
+    plan (not at float) and lowers blocks to the skip until the budget is met."""
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = types.SimpleNamespace(params=params, batch_stats=batch_stats)
+    rng = np.random.default_rng(0)
+    split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
+                           rng.integers(0, 10, 40).astype(np.int32), 10)
+    costs = dataclasses.replace(model.costs(), policy_macs=0)
+    eight, skip = costs.plan_bitops(np.full(3, 1)), costs.plan_bitops(np.zeros(3, int))
+    budgets = [float(eight), float(skip + 0.4 * (eight - skip))]
+    (plan_at_eight, path_eight), (plan, path) = dfs.static_allocation(
+        graphdef, state, split, "cifar10", SMALL, costs, budgets, batch_size=20)
+    assert path[0]["plan"] == [1, 1, 1] and plan_at_eight.tolist() == [1, 1, 1]
+    assert costs.plan_bitops(plan) <= budgets[1] and (plan == 0).sum() >= 1
+    assert (plan <= 1).all() and len(path) == 1 + int((plan == 0).sum())

@@ -25,6 +25,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adaptive_jax import cost, execution
@@ -88,16 +89,18 @@ class DFSNet(nnx.Module):
         """The once-for-all gate's (B, L, K) logits from the stem's output."""
         return self.gate(stem_features).reshape(stem_features.shape[0], -1, self.options.num_options)
 
-    def forward(self, images: jax.Array,
-                weights: PreparedWeights | None = None) -> tuple[jax.Array, jax.Array]:
+    def forward(self, images: jax.Array, weights: PreparedWeights | None = None,
+                plan: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(logits, decisions (B, L, K)): straight-through one-hot in training (each row runs
         its chosen option only, `Bitwidths.blend`); in eval the hard one-hot, each option of a
-        block run on the rows that chose it (bucketed), exactly."""
+        block run on the rows that chose it (bucketed), exactly. `plan` ((L,) or (B, L) option
+        ints) runs that plan instead of the gate's (a static allocation; the gate is unused)."""
         check_images(images, self.spec.in_channels)
         net = self.quantized(weights)
         features = net.stem(images)
-        if self.gate_kind == "once":
-            chosen = self._decide(self.option_logits(features))
+        if plan is not None or self.gate_kind == "once":
+            chosen = (self._decide(self.option_logits(features)) if plan is None
+                      else self._fixed_plan(plan, images.shape[0]))
             executor = (execution.masked(self.options) if self.training
                         else execution.bucketed(math.gcd(images.shape[0], execution.executors.DEFAULT_BUCKETS),
                                                options=self.options))
@@ -111,9 +114,20 @@ class DFSNet(nnx.Module):
                                           self.options,
                                           state=self.gate.initial_state(images.shape[0]))
             chosen = jnp.moveaxis(chosen, 0, 1)
-        if not self.training:
+        if not self.training or plan is not None:
             chosen = jax.nn.one_hot(chosen, self.options.num_options)
         return net.classify(x), chosen
+
+    def _fixed_plan(self, plan, batch: int) -> jax.Array:
+        """`plan` ((L,) or (B, L) option ints) checked and broadcast to (B, L)."""
+        num_units = self.backbone.layout.num_blocks
+        dtype = getattr(plan, "dtype", np.asarray(plan).dtype)
+        if not np.issubdtype(dtype, np.integer) or np.ndim(plan) not in (1, 2) \
+                or np.shape(plan)[-1] != num_units:
+            raise ValueError(f"a DFS plan is (L,) or (B, L) option ints with L = {num_units} "
+                             f"blocks, got shape {np.shape(plan)} of {dtype}")
+        execution.check_plan_values(plan, self.options)
+        return jnp.broadcast_to(jnp.asarray(plan, jnp.int32), (batch, num_units))
 
     def plan(self, images: jax.Array, weights: PreparedWeights | None = None) -> jax.Array:
         """(B, L) int32 options each image runs (eval mode)."""

@@ -16,6 +16,8 @@ iterations) and "paper" (the paper as quoted: lr 0.1, 64k iterations divided by 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.dfs.skip_only_baseline = True         # the same training with the menu {0, 32} (SkipNet-like)
     c.dfs.static_baseline = True            # the greedy static allocation at each point's BitOPs
     c.dfs.static_heldout_examples = 2000
+    c.dfs.static_finetune = True            # fine-tune each static plan for the joint step's steps
     return c
 
 
@@ -71,7 +74,7 @@ def check_config(config) -> None:
         "dfs.recipe": c.one_of(*RECIPES), "dfs.warmup_epochs": c.integer(0),
         "dfs.joint_epochs": c.integer(0), "dfs.budget_weight": c.number(0),
         "dfs.skip_only_baseline": c.boolean(), "dfs.static_baseline": c.boolean(),
-        "dfs.static_heldout_examples": c.integer(1),
+        "dfs.static_heldout_examples": c.integer(1), "dfs.static_finetune": c.boolean(),
     })
     check_target(config.dfs.target)
     for target in config.dfs.targets:
@@ -127,11 +130,14 @@ def make_tx(config, steps_per_epoch: int, total_steps: int, *, step: str, frozen
     return optax.multi_transform({"gate": sgd, "frozen": optax.set_to_zero()}, labels), schedule
 
 
-def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std, steps_per_epoch: int = 1):
+def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std, steps_per_epoch: int = 1,
+                    plan=None):
+    """The joint (or warm-up) step; with `plan` (L,) every image runs that static allocation
+    (the budget term is then a constant: CE alone trains)."""
     options, target, beta = menu(config), float(config.dfs.target), config.dfs.budget_weight
 
     def loss(model, images, labels, key, step):
-        logits, weights = model.forward(images)
+        logits, weights = model.forward(images, plan=plan)
         ce = steps.cross_entropy(logits, labels, num_classes).mean()
         total, percentage, sign = budget_terms(weights, options, target)
         chosen = jax.lax.stop_gradient(weights).argmax(-1)
@@ -143,11 +149,14 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std, steps_
     return jax.jit(steps.make_step(graphdef, tx, loss, mean=mean, std=std), donate_argnums=0)
 
 
-def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
+def make_eval_step(graphdef, config, *, num_classes: int, mean, std, plan=None):
     """Accuracy and, per image, the computation percentage, BitOPs and MACs of its decisions
-    (each option of a block runs on the rows that chose it: exact, `DFSNet.forward`)."""
+    (each option of a block runs on the rows that chose it: exact, `DFSNet.forward`). With
+    `plan`, that static allocation for every image, priced without the gate (none runs)."""
     options = menu(config)
     costs = model_costs(config, num_classes, len(mean))
+    if plan is not None:
+        costs = dataclasses.replace(costs, policy_macs=0)
     option_macs = jnp.asarray(costs.option_macs, jnp.float32)            # (L, K)
     bit_scale = jnp.asarray([w * a for w, a in costs.option_bits], jnp.float32)
     fixed = float(costs.base_macs + costs.policy_macs)
@@ -156,7 +165,7 @@ def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
     def eval_step(params, batch_stats, images_u8, labels, mask):
         model = nnx.merge(graphdef, params, batch_stats)
         model.eval()
-        logits, onehot = model.forward(normalize(images_u8, mean, std))
+        logits, onehot = model.forward(normalize(images_u8, mean, std), plan=plan)
         loss = steps.cross_entropy(logits, labels, num_classes)
         macs = fixed + (onehot * option_macs).sum((1, 2))
         bitops = fixed * 32 * 32 + (onehot * option_macs * bit_scale).sum((1, 2))
@@ -203,6 +212,18 @@ def task(step: str, start: steps.TrainState | None = None) -> loop.Task:
 # The static baseline: one bitwidth per block for every image (HAQ-like), at equal BitOPs.
 
 
+def static_plan_task(plan, start: steps.TrainState) -> loop.Task:
+    """The static allocation `plan` ((L,) option ints, one per block for every image) fine-tuned
+    like DFS's joint step (same optimiser, schedule and steps; CE alone, the plan being fixed)
+    from `start` (the warm-up's weights, statistics and ranges): HAQ fine-tunes its allocation
+    too, and DFS's backbone is fine-tuned, so the comparison at equal BitOPs is on equal terms."""
+    plan = np.asarray(plan, np.int32)
+    joint = task("joint", start)
+    return dataclasses.replace(
+        joint, make_train_step=functools.partial(make_train_step, plan=plan),
+        make_eval_step=functools.partial(make_eval_step, plan=plan))
+
+
 def plan_accuracy(graphdef, state, dataset: str, options: Bitwidths, batch_size: int = 500):
     """accuracy(split, plan): top-1 over `split` of the model's quantised net with one option
     plan (L,) for every image (the cond executor; kernels quantised once)."""
@@ -230,10 +251,13 @@ def plan_accuracy(graphdef, state, dataset: str, options: Bitwidths, batch_size:
 def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
                       costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500) -> list[tuple[np.ndarray, list]]:
     """For each BitOPs budget, the static option plan found greedily on `split` (held-out
-    images): from every block at the float option, lower one block by one option at a time
-    (never to the skip), each time the move that loses the fewest images per BitOP it saves
-    (`search.greedy_descent(per_saving=True)`). One descent serves every budget (the largest
-    first). Returns [(plan, path)] in the order of `budgets`."""
+    images): from the cheapest uniform plan (every block at one bitwidth) that is not below the
+    largest budget, lower one block by one option at a time (down to the skip), each time the
+    move that loses the fewest images per BitOP it saves (`search.greedy_descent(per_saving=True)`).
+    One descent serves every budget (the largest first). Starting from the uniform plan rather
+    than from all-float spares the search the rounds between the two: below every block at 8 bits
+    a budget needs skips, and a descent from float would first take some 75 moves of one
+    bitwidth each. Returns [(plan, path)] in the order of `budgets`."""
     plan_top1 = plan_accuracy(graphdef, state, dataset, options, batch_size)
     cache: dict[tuple, float] = {}
 
@@ -245,10 +269,12 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
 
     def lower_one(plan):
         return [(int(u), np.where(np.arange(len(plan)) == u, plan - 1, plan))
-                for u in np.flatnonzero(plan > 1)]
+                for u in np.flatnonzero(plan > 0)]
 
     price = lambda plan: float(costs.plan_bitops(plan))  # noqa: E731
-    results, plan, path = {}, np.full(costs.num_units, options.num_options - 1), []
+    uniform = [np.full(costs.num_units, k) for k in range(1, options.num_options)]
+    plan = next(p for p in uniform if price(p) >= max(budgets) or p[0] == options.num_options - 1)
+    results, path = {}, []
     for budget in sorted(budgets, reverse=True):
         plan, more = search.greedy_descent(plan, lower_one, price, accuracy, budget,
                                            per_saving=True)
