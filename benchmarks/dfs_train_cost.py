@@ -1,6 +1,6 @@
 """What does a DFS training step cost against a plain step of the same backbone? Side by side.
 
-    taskset -c 0 python -m benchmarks.dfs_train_cost
+    taskset -c 0 python -m benchmarks.dfs_train_cost [--gate=once] [--estimator=two_path]
 
 The plain supervised step (`train.steps.make_train_step`) and DFS's joint step
 (`train.dfs.make_train_step`: the recurrent gate, straight-through decisions, every row at its
@@ -25,6 +25,7 @@ flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 flags.DEFINE_integer("steps_per_round", 3, "Timed steps per variant per round.")
 flags.DEFINE_string("gate", "recurrent", "DFS gate: recurrent or once.")
+flags.DEFINE_string("estimator", "one_path", "DFS training estimator: one_path or two_path.")
 
 
 def main(argv):
@@ -32,6 +33,7 @@ def main(argv):
     config = dfs.default_config()
     config.model.depth = FLAGS.depth
     config.dfs.gate = FLAGS.gate
+    config.dfs.estimator = FLAGS.estimator
     config.dfs.target = 40.0
     mean, std = datasets.CHANNEL_MEAN["cifar10"], datasets.CHANNEL_STD["cifar10"]
     common_args = dict(num_classes=10, mean=mean, std=std)
@@ -51,13 +53,13 @@ def main(argv):
                                           FLAGS.steps_per_round)
     ratio = med["dfs"] / med["plain"]
     rows = [{"step": "plain", "s": med["plain"], "ratio": 1.0},
-            {"step": f"dfs ({FLAGS.gate} gate)", "s": med["dfs"], "ratio": ratio}]
+            {"step": f"dfs ({FLAGS.gate} gate, {FLAGS.estimator})", "s": med["dfs"], "ratio": ratio}]
     text = report.format_table(rows, [("step", "train step", "s"), ("s", "s / step", ".3f"),
                                       ("ratio", "x plain", ".2f")])
     print(text)
     model = f"resnet{FLAGS.depth}_b{FLAGS.batch_size}"
     figures = [{"metric": "dfs_train_step_over_plain", "value": round(ratio, 4), "unit": "ratio",
-                "model": model, "gate": FLAGS.gate, "plain_s": round(med["plain"], 4),
+                "model": model, "gate": FLAGS.gate, "estimator": FLAGS.estimator, "plain_s": round(med["plain"], 4),
                 "dfs_s": round(med["dfs"], 4)}]
     common.append_results("dfs_train_cost", figures, text,
                           notes=f"{FLAGS.rounds} rounds x {FLAGS.steps_per_round} steps, medians")

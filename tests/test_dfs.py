@@ -373,3 +373,65 @@ def test_static_allocation_below_every_block_at_8_bits_starts_there_and_skips():
     assert path[0]["plan"] == [1, 1, 1] and plan_at_eight.tolist() == [1, 1, 1]
     assert costs.plan_bitops(plan) <= budgets[1] and (plan == 0).sum() >= 1
     assert (plan <= 1).all() and len(path) == 1 + int((plan == 0).sum())
+
+
+def _blend_and_slopes(menu: Bitwidths, choice, x, cotangent):
+    """A training-mode block blend of rows choosing `choice`: (output, d <output, cotangent> /
+    d weights (B, K), the block's updated ranges, its BN statistics after the call)."""
+    model = DFSNet(resnet(8), menu, rngs=nnx.Rngs(0))
+    model.ranges[...] = jnp.full_like(model.ranges[...], 3.0)
+    model.train()
+
+    def inner(model, weights):
+        qblock = quantized.QuantizedBlock(model.backbone.units()[0], model.ranges[0], training=True)
+        out = model.options.blend(qblock, x, weights)
+        return (out * cotangent).sum(), (out, qblock.updated_ranges)
+
+    grad, (out, ranges) = nnx.jit(nnx.grad(inner, argnums=1, has_aux=True))(
+        model, jax.nn.one_hot(jnp.asarray(choice), menu.num_options))
+    stats = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model.backbone, nnx.BatchStat))]
+    return np.asarray(out), np.asarray(grad), np.asarray(ranges), stats, model
+
+
+def test_the_two_path_estimator_changes_the_gradient_to_the_probed_option_only():
+    """Training forward: the same output and the same updates (ranges, BN statistics) as the
+    one-path estimator; backward: the weight of each row's probe option (one below its choice,
+    one above 8 bits, 8 bits for a skipped row) gets another slope, every other run option the
+    slope along the chosen residual, as before."""
+    menu = Bitwidths((8, 12, 32))
+    choice = [0, 1, 2, 3]   # skip, 8 bits, 12 bits, float
+    probe = np.asarray([1, 2, 1, 2])
+    x = nnx.relu(_images(4, seed=11)[:, :8, :8, :1] * jnp.ones(16))  # (4, 8, 8, 16), >= 0
+    cotangent = jax.random.normal(jax.random.key(2), (4, 8, 8, 16))
+    out1, grad1, ranges1, stats1, _ = _blend_and_slopes(menu, choice, x, cotangent)
+    out2, grad2, ranges2, stats2, _ = _blend_and_slopes(
+        dataclasses.replace(menu, estimator="two_path"), choice, x, cotangent)
+    np.testing.assert_array_equal(out2, out1)
+    np.testing.assert_array_equal(ranges2, ranges1)
+    for a, b in zip(stats1, stats2):
+        np.testing.assert_array_equal(a, b)
+    # slopes relative to the skip's (a softmax's gradient ignores a common shift)
+    rows, slope1, slope2 = np.arange(4), grad1 - grad1[:, :1], grad2 - grad2[:, :1]
+    assert np.allclose(slope1[:, 1:], slope1[:, 1:2])  # one path: one slope for every run option
+    assert (np.abs(slope1[:, 1]) > 1e-3).all()
+    others = np.ones_like(grad2, bool)
+    others[rows, probe] = others[:, 0] = False
+    np.testing.assert_allclose(slope2[others], np.broadcast_to(slope1[:, 1:2], grad2.shape)[others],
+                               rtol=1e-5)
+    assert (np.abs(slope2[rows, probe] - slope1[rows, probe]) > 1e-4).all()
+    with pytest.raises(ValueError, match="unknown estimator 'three_path'"):
+        Bitwidths(estimator="three_path")
+
+
+def test_the_two_path_probe_of_8_bit_rows_on_an_8_or_float_menu_is_the_float_block():
+    """An independent check of the probe's value: rows at 8 bits on the menu {skip, 8, float}
+    probe float, whose slope must be that of the plain block in training mode."""
+    x = nnx.relu(_images(4, seed=12)[:, :8, :8, :1] * jnp.ones(16))
+    cotangent = jax.random.normal(jax.random.key(3), (4, 8, 8, 16))
+    _, grad, _, _, model = _blend_and_slopes(Bitwidths((8, 32), estimator="two_path"),
+                                             [1, 1, 1, 1], x, cotangent)
+    block = DFSNet(resnet(8), rngs=nnx.Rngs(0)).backbone.units()[0]
+    block.train()
+    shortcut = block.shortcut(x)
+    expected = ((nnx.relu(shortcut + block.residual(x)) - shortcut) * cotangent).sum((1, 2, 3))
+    np.testing.assert_allclose(grad[:, 2] - grad[:, 0], expected, rtol=1e-4, atol=1e-4)

@@ -94,6 +94,7 @@ class InnerWidths(UnitOptions):
 
 
 RUN_OR_SKIP = RunOrSkip()
+ESTIMATORS = ("one_path", "two_path")  # Bitwidths' training estimators
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +111,18 @@ class Bitwidths(UnitOptions):
 
     In training, `blend` takes the straight-through one-hot decisions and runs each row's chosen
     option only (one residual per row, not one per option: the reference's ~6x), see
-    `quantized.residual_per_row`; in inference it is the dense blend of the exact options."""
+    `quantized.residual_per_row`; in inference it is the dense blend of the exact options.
+    `estimator`: what the decisions' gradient sees. "one_path": the chosen residual for every
+    run option (the gate learns run vs skip from the loss, which bitwidth from the budget
+    alone); "two_path": also each row's residual one option below its choice (8 bits: one
+    above; a skipped row: float and 8 bits), forward only, so the loss tells the gate too
+    whether a lower bitwidth would do for this image (docs/dfs.md)."""
 
     widths: tuple[int, ...] = (8, 10, 12, 14, 16, 32)
     per_bitwidth_ranges: bool = True
     kernels: tuple[tuple[tuple[int, int, int], str], ...] = ()
     range_momentum: float = 0.9  # the weight of the batch's range in the running one (reference)
+    estimator: str = "one_path"
 
     def __post_init__(self):
         widths = tuple(self.widths)
@@ -132,6 +139,8 @@ class Bitwidths(UnitOptions):
                                  "'xla' or 'patches'")
         if not 0.0 < self.range_momentum <= 1.0:
             raise ValueError(f"range_momentum must be in (0, 1], got {self.range_momentum}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; expected one of {ESTIMATORS}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -176,5 +185,18 @@ class Bitwidths(UnitOptions):
         shortcut = qblock.block.shortcut(x)
         ran = quantized.residual_per_row(qblock, x, choice, row_bits, self.per_bitwidth_ranges,
                                          self.range_momentum)
-        run = (1.0 - weights[..., 0]).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-        return shortcut + run * (nnx.relu(shortcut + ran) - shortcut)
+        column = lambda w: w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))  # noqa: E731
+        run = weights[..., 1:].sum(-1)  # 1 or 0 forward; its slope reaches every run option
+        if self.estimator == "one_path" or self.num_options < 3:
+            return shortcut + column(run) * (nnx.relu(shortcut + ran) - shortcut)
+        # the second path: one option below the choice (8 bits: one above; skip: 8 bits, while
+        # the first path of a skipped row is its float residual). Forward, the one-hot gives it
+        # weight 0: the output is the chosen option's; backward, its weight's gradient is the
+        # loss's slope along this image's probe output, every other run option's along the first.
+        probe = jnp.where(choice >= 2, choice - 1, jnp.where(choice == 1, 2, 1))
+        probe_bits = jnp.asarray((32,) + self.widths)[probe]
+        probed = quantized.residual_probe(qblock, x, probe, probe_bits, self.per_bitwidth_ranges)
+        probe_weight = (weights * jax.nn.one_hot(probe, self.num_options, dtype=weights.dtype)
+                        ).sum(-1)
+        return (shortcut + column(run - probe_weight) * (nnx.relu(shortcut + ran) - shortcut)
+                + column(probe_weight) * (nnx.relu(shortcut + probed) - shortcut))

@@ -153,6 +153,30 @@ def residual_per_row(qblock: QuantizedBlock, x: jax.Array, choice: jax.Array,
     return y
 
 
+def residual_probe(qblock: QuantizedBlock, x: jax.Array, option: jax.Array,
+                   row_bits: jax.Array, per_bitwidth: bool) -> jax.Array:
+    """Training, the two-path estimator's second path: the residual of every row at another
+    option (`option` (B,), `row_bits` (B,), 32 = float), with each option's running range (a
+    range not set yet: the row's own max) and BN on this batch's statistics, as the training
+    forward normalises; nothing is updated (no ranges, no running BN statistics) and no gradient
+    flows through it (`Bitwidths(estimator="two_path")`)."""
+    block = qblock.block
+    x = jax.lax.stop_gradient(x)
+    bits = row_bits.astype(x.dtype)[:, None, None, None]
+
+    def quantise_input(h, which):
+        running = qblock.ranges[option if per_bitwidth else jnp.ones_like(option), which]
+        row_range = jnp.where(running > 0, running, _row_max(h))
+        return quant.fake_quant_unsigned(h, bits, row_range[:, None, None, None])
+
+    def batch_norm(norm, y):  # the training forward's normalisation, without its side effects
+        mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))
+        return (y - mean) * jax.lax.rsqrt(var + norm.epsilon) * norm.scale[...] + norm.bias[...]
+
+    y = nnx.relu(batch_norm(block.bn1, block.conv1(quantise_input(x, 0))))
+    return jax.lax.stop_gradient(batch_norm(block.bn2, block.conv2(quantise_input(y, 1))))
+
+
 @jax.tree_util.register_pytree_node_class
 class PreparedWeights:
     """Every quantised option's conv kernels, computed once for inference (`prepare_weights`).

@@ -29,7 +29,7 @@ from flax import nnx
 from adaptive_jax import config as config_lib, cost, execution
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.methods.dfs import GATES, DFSNet
-from adaptive_jax.models.options import Bitwidths
+from adaptive_jax.models.options import ESTIMATORS, Bitwidths
 from adaptive_jax.train import loop, optim, search, steps
 
 RECIPES = {  # (learning rate, schedule) of each step
@@ -53,6 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dfs.hidden = 10
     c.dfs.per_bitwidth_ranges = True        # False: the reference's one range for every bitwidth
     c.dfs.range_momentum = 0.9
+    c.dfs.estimator = "one_path"            # "two_path": the loss also compares each row's choice
+                                            # with the option one below (models.options.Bitwidths)
     c.dfs.recipe = "readme"                 # RECIPES: learning rates and schedules of both steps
     c.dfs.warmup_epochs = 1
     c.dfs.joint_epochs = 1
@@ -70,7 +72,8 @@ def check_config(config) -> None:
     c = config_lib
     c.check_config_values(config, {
         "dfs.gate": c.one_of(*GATES), "dfs.embed": c.integer(1), "dfs.hidden": c.integer(1),
-        "dfs.per_bitwidth_ranges": c.boolean(), "dfs.range_momentum": c.number(above=0, maximum=1),
+        "dfs.per_bitwidth_ranges": c.boolean(), "dfs.estimator": c.one_of(*ESTIMATORS),
+        "dfs.range_momentum": c.number(above=0, maximum=1),
         "dfs.recipe": c.one_of(*RECIPES), "dfs.warmup_epochs": c.integer(0),
         "dfs.joint_epochs": c.integer(0), "dfs.budget_weight": c.number(0),
         "dfs.skip_only_baseline": c.boolean(), "dfs.static_baseline": c.boolean(),
@@ -90,7 +93,7 @@ def check_target(target) -> None:
 
 def menu(config) -> Bitwidths:
     return Bitwidths(tuple(int(b) for b in config.dfs.widths), config.dfs.per_bitwidth_ranges,
-                     range_momentum=config.dfs.range_momentum)
+                     range_momentum=config.dfs.range_momentum, estimator=config.dfs.estimator)
 
 
 def build_model(config, num_classes: int, in_channels: int) -> DFSNet:
