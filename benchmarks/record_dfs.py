@@ -6,7 +6,8 @@
 Per DFS target: `dfs_test_accuracy`, `dfs_computation_pct`, `dfs_bitops` (per image), and
 against the baselines at that target `dfs_minus_skip_only_accuracy` (skip-only trained alike at
 the same target) and `dfs_minus_static_accuracy` (the greedy static allocation at the point's
-BitOPs); the table goes to RESULTS.md.
+BitOPs, fine-tuned alike unless the run set dfs.static_finetune=False: `static_finetuned`); the
+table goes to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("test_macs", "MACs/img", ".3e"), ("skip_frac", "skip", ".2f"),
            ("bits8_frac", "8 bit", ".2f"), ("float_frac", "float", ".2f"),
            ("dfs_minus_skip_only_accuracy", "- skip-only", "+.4f"),
-           ("dfs_minus_static_accuracy", "- static", "+.4f")]
+           ("dfs_minus_static_accuracy", "- static", "+.4f"),
+           ("untuned_test_accuracy", "static before fine-tuning", ".4f")]
 
 
 def main(argv):
@@ -49,6 +51,8 @@ def main(argv):
             continue
         common_keys = {"unit": "", "model": model, "target_pct": point["target"],
                        "gate": run.get("gate"), "init_from": run.get("init_from"),
+                       "estimator": run.get("estimator", "one_path"),
+                       "static_finetuned": "untuned_test_accuracy" in static.get(point["target"], {}),
                        "run_command": FLAGS.run_command}
         figures.append({**common_keys, "metric": "dfs_test_accuracy", "unit": "fraction",
                         "value": round(point["test_accuracy"], 4)})
