@@ -30,6 +30,7 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("test_computation_pct", "comp %", ".1f"), ("test_bitops", "BitOPs/img", ".3e"),
            ("test_macs", "MACs/img", ".3e"), ("skip_frac", "skip", ".2f"),
            ("bits8_frac", "8 bit", ".2f"), ("float_frac", "float", ".2f"),
+           ("distinct_plans", "plans", "d"), ("bitops_cv", "BitOPs CV", ".3f"),
            ("dfs_minus_skip_only_accuracy", "- skip-only", "+.4f"),
            ("dfs_minus_static_accuracy", "- static", "+.4f"),
            ("untuned_test_accuracy", "static before fine-tuning", ".4f")]
@@ -60,6 +61,11 @@ def main(argv):
                         "value": round(point["test_computation_pct"], 2)})
         figures.append({**common_keys, "metric": "dfs_bitops", "unit": "BitOPs/image",
                         "value": round(point["test_bitops"])})
+        if point.get("distinct_plans") is not None:  # (runs before the plan statistics lack it)
+            figures.append({**common_keys, "metric": "dfs_distinct_plans", "unit": "plans",
+                            "value": point["distinct_plans"]})
+            figures.append({**common_keys, "metric": "dfs_bitops_cv", "unit": "ratio",
+                            "value": round(point["bitops_cv"], 4)})
         for key in ("dfs_minus_skip_only_accuracy", "dfs_minus_static_accuracy"):
             if row.get(key) is not None:
                 figures.append({**common_keys, "metric": key, "unit": "fraction",

@@ -435,3 +435,14 @@ def test_the_two_path_probe_of_8_bit_rows_on_an_8_or_float_menu_is_the_float_blo
     shortcut = block.shortcut(x)
     expected = ((nnx.relu(shortcut + block.residual(x)) - shortcut) * cotangent).sum((1, 2, 3))
     np.testing.assert_allclose(grad[:, 2] - grad[:, 0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_plan_statistics_count_plans_price_each_image_and_share_skips_per_block():
+    costs = dataclasses.replace(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)).costs(), policy_macs=0)
+    plans = np.asarray([[0, 1, 3], [0, 1, 3], [1, 1, 3], [3, 3, 3]])
+    stats = dfs.plan_statistics(plans, costs)
+    bitops = np.asarray([costs.plan_bitops(p) for p in plans], np.float64)
+    assert stats["distinct_plans"] == 3
+    assert stats["bitops_mean"] == pytest.approx(bitops.mean())
+    assert stats["bitops_cv"] == pytest.approx(bitops.std() / bitops.mean())
+    assert stats["skip_share_per_block"] == [0.5, 0.0, 0.0]

@@ -232,6 +232,8 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert dfs["dfs_minus_skip_only_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - skip["test_accuracy"])
     assert skip["bits8_frac"] == 0.0  # skip-only's menu has no 8-bit option
+    assert dfs["distinct_plans"] >= 1 and dfs["bitops_cv"] >= 0.0
+    assert len(dfs["skip_share_per_block"]) == 3  # ResNet-8: 3 blocks
     # the static allocation spends no more BitOPs than the DFS point, and was fine-tuned
     plan = static["static_plan"]
     assert static["skip_frac"] == pytest.approx(sum(v == 0 for v in plan) / len(plan))

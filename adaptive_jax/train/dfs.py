@@ -185,6 +185,16 @@ def make_eval_step(graphdef, config, *, num_classes: int, mean, std, plan=None):
     return jax.jit(eval_step)
 
 
+def plan_statistics(plans: np.ndarray, costs: cost.PlanCosts) -> dict:
+    """How adaptive a gate is over a set of images ((N, L) option plans): distinct plans, BitOPs
+    per image and their spread, and per block the share of images that skip it."""
+    bitops = costs.plan_bitops(plans).astype(np.float64)
+    return {"distinct_plans": int(len(np.unique(plans, axis=0))),
+            "bitops_mean": float(bitops.mean()), "bitops_std": float(bitops.std()),
+            "bitops_cv": float(bitops.std() / bitops.mean()),
+            "skip_share_per_block": [round(float(v), 4) for v in (plans == 0).mean(0)]}
+
+
 def step_config(config, step: str, target: float) -> ml_collections.ConfigDict:
     """The loop's config for one step: its epochs and target."""
     c = copy.deepcopy(config)

@@ -151,6 +151,21 @@ def evaluate(eval_step, state, split: datasets.Split, batch_size: int, mesh) -> 
     return {**means, "test_examples": int(totals["count"])}
 
 
+def test_plans(graphdef, state, split: datasets.Split, dataset: str,
+               batch_size: int = 500) -> np.ndarray:
+    """(N, L): the plan `model.plan(images)` of every image of `split` (eval mode): an adaptive
+    model's per-image decisions (OFAS: bools from the head; DFS: option ints from its gate)."""
+    from adaptive_jax import execution
+    from adaptive_jax.data.augment import normalize
+
+    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    plan_of = execution.jit_predict(
+        graphdef, lambda model, images_u8: model.plan(normalize(images_u8, mean, std)))
+    plans = [np.asarray(plan_of(state.params, state.batch_stats, images))[mask > 0]
+             for images, _, mask in pipeline.eval_batches(split, batch_size)]
+    return np.concatenate(plans)
+
+
 def make_tx(config, steps_per_epoch: int, total_steps: int):
     """(optax transformation, learning-rate schedule) of `config.optimizer`."""
     schedule = optim.learning_rate_schedule(

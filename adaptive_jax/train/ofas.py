@@ -289,20 +289,6 @@ def zoo_stage_a(config, data) -> dict:
     return {**result, "step": 0, "train_time_s": 0.0, "state": state, "graphdef": graphdef}
 
 
-def test_plans(graphdef, state, split, dataset: str, batch_size: int = 500) -> np.ndarray:
-    """(N, L) bool: the thresholded plan of every image of `split` (stem and head only)."""
-    from adaptive_jax.data import datasets, pipeline
-
-    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
-
-    plan_of = execution.jit_predict(
-        graphdef, lambda model, images_u8: model.plan(normalize(images_u8, mean, std)))
-
-    plans = [np.asarray(plan_of(state.params, state.batch_stats, images))[mask > 0]
-             for images, _, mask in pipeline.eval_batches(split, batch_size)]
-    return np.concatenate(plans)
-
-
 def plan_statistics(plans: np.ndarray, costs: cost.BlockCosts) -> dict:
     """How adaptive a policy is over a set of images: distinct plans, MACs per image (policy
     included) and their spread, blocks run per image."""

@@ -45,6 +45,7 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("test_computation_pct", "comp %", ".1f"), ("test_bitops", "BitOPs/img", ".3e"),
            ("test_macs", "MACs/img", ".3e"), ("skip_frac", "skip", ".2f"),
            ("bits8_frac", "8 bit", ".2f"), ("float_frac", "float", ".2f"),
+           ("distinct_plans", "plans", "d"), ("bitops_cv", "BitOPs CV", ".3f"),
            ("latency_b1_ms", "b1 ms", ".2f"), ("full_latency_b1_ms", "full b1 ms", ".2f"),
            ("train_time_s", "train s", ".0f")]
 SKIP_ONLY_WIDTHS = (32,)
@@ -79,6 +80,11 @@ def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[lis
         row = {"point": f"{name} @{target:g}%", "menu": name, "target": float(target),
                **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
                **_fractions(result)}
+        plans = loop.test_plans(result["graphdef"], result["state"], data[1], config.dataset,
+                                config.eval_batch_size)
+        train_split = data[0]
+        row.update(dfs.plan_statistics(plans, dfs.model_costs(
+            config, train_split.num_classes, train_split.images.shape[-1])))
         row.update(measure_latency(result, *latency_args))
         row["train_time_s"] = recorded_train_time(run_dir)
         rows.append(row)
@@ -154,6 +160,7 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
             "test_macs": float(static_costs.plan_macs(plan)), "static_plan": plan.tolist(),
             "skip_frac": float((plan == 0).mean()), "bits8_frac": float((plan == 1).mean()),
             "float_frac": float((plan == options.num_options - 1).mean()), "greedy_path": path,
+            "distinct_plans": 1, "bitops_cv": 0.0,
             "dfs_minus_static_accuracy": dfs_row["test_accuracy"] - accuracy})
     return rows
 

@@ -76,7 +76,7 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         r = {"point": point, **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
              **(extra or {})}
         if graph is graphdef:  # an OFAS model: its plans over the test set, and their latency
-            plans = ofas.test_plans(graphdef, result["state"], test_split, config.dataset,
+            plans = loop.test_plans(graphdef, result["state"], test_split, config.dataset,
                                     config.eval_batch_size)
             r.update(ofas.plan_statistics(plans, costs))
             planned_ms, full_ms = latency.interleaved_batch1_ms(
