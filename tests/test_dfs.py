@@ -335,7 +335,8 @@ def test_a_fixed_plan_runs_for_every_image_and_trains_the_backbone_not_the_gate(
     """`forward(images, plan=...)`: the static allocation's path (its fine-tuning and evaluation)."""
     model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
     images, plan = _images(4, seed=5), np.asarray([1, 0, 3], np.int32)  # 8 bit, skip, float
-    logits, chosen = nnx.jit(lambda m, x: m.forward(x, plan=plan))(model, images)
+    # the plan as a jit argument (traced), as a compiled caller would pass it
+    logits, chosen = nnx.jit(lambda m, x, p: m.forward(x, plan=p))(model, images, plan)
     expected = execution.cond(SMALL).forward(model.quantized(), images, jnp.asarray(plan))
     np.testing.assert_allclose(logits, expected, atol=5e-3)  # rounding flips only (see above)
     np.testing.assert_array_equal(chosen, jax.nn.one_hot(np.stack([plan] * 4), SMALL.num_options))

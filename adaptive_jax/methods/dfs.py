@@ -121,7 +121,7 @@ class DFSNet(nnx.Module):
     def _fixed_plan(self, plan, batch: int) -> jax.Array:
         """`plan` ((L,) or (B, L) option ints) checked and broadcast to (B, L)."""
         num_units = self.backbone.layout.num_blocks
-        dtype = getattr(plan, "dtype", np.asarray(plan).dtype)
+        dtype = plan.dtype if hasattr(plan, "dtype") else np.asarray(plan).dtype  # (or traced)
         if not np.issubdtype(dtype, np.integer) or np.ndim(plan) not in (1, 2) \
                 or np.shape(plan)[-1] != num_units:
             raise ValueError(f"a DFS plan is (L,) or (B, L) option ints with L = {num_units} "
