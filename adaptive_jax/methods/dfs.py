@@ -118,6 +118,26 @@ class DFSNet(nnx.Module):
             chosen = jax.nn.one_hot(chosen, self.options.num_options)
         return net.classify(x), chosen
 
+    def start_gate_at_plan(self, plan, strength: float = 2.0) -> None:
+        """Set the gate so that every image runs `plan` ((L,) option ints: a static allocation)
+        and per-image deviations are learned from there: the plan's option gets a logit
+        `strength` above the others at each block, and the layer that reads the input (the
+        recurrent gate's shared output layer, the once-for-all head's last layer) starts at
+        zero. A small strength keeps the softmax the straight-through gradient flows through
+        unsaturated (2.0: the chosen option holds e^2 / (e^2 + K - 1) of it)."""
+        if not strength > 0:
+            raise ValueError(f"the plan's logit margin must be positive, got {strength}")
+        if np.ndim(plan) != 1:
+            raise ValueError(f"the gate starts at one (L,) plan for every image, got shape "
+                             f"{np.shape(plan)}")
+        plan = self._fixed_plan(np.asarray(plan), 1)[0]
+        if self.gate_kind == "recurrent":
+            self.gate.start_at_plan(plan, strength)
+            return
+        last = self.gate.layers[-1]
+        last.kernel[...] = jnp.zeros_like(last.kernel[...])
+        last.bias[...] = (strength * jax.nn.one_hot(plan, self.options.num_options)).reshape(-1)
+
     def _fixed_plan(self, plan, batch: int) -> jax.Array:
         """`plan` ((L,) or (B, L) option ints) checked and broadcast to (B, L)."""
         num_units = self.backbone.layout.num_blocks

@@ -32,6 +32,7 @@ from adaptive_jax.methods.dfs import GATES, DFSNet
 from adaptive_jax.models.options import ESTIMATORS, Bitwidths
 from adaptive_jax.train import loop, optim, search, steps
 
+GATE_STARTS = ("warmup", "static_plan")  # where each joint step's gate starts
 RECIPES = {  # (learning rate, schedule) of each step
     "readme": {"warmup": (0.01, "constant"), "joint": (0.01, "step")},
     "paper": {"warmup": (0.1, "step"), "joint": (0.1, "step")},
@@ -65,6 +66,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.dfs.static_baseline = True            # the greedy static allocation at each point's BitOPs
     c.dfs.static_heldout_examples = 2000
     c.dfs.static_finetune = True            # fine-tune each static plan for the joint step's steps
+    c.dfs.gate_start = "warmup"             # "static_plan": each joint step's gate starts at the
+                                            # greedy static allocation for its target (a per-block
+                                            # prior), learning per-image deviations from there
+    c.dfs.gate_start_margin = 2.0           # ... the static option's logit above the others
     return c
 
 
@@ -78,6 +83,7 @@ def check_config(config) -> None:
         "dfs.joint_epochs": c.integer(0), "dfs.budget_weight": c.number(0),
         "dfs.skip_only_baseline": c.boolean(), "dfs.static_baseline": c.boolean(),
         "dfs.static_heldout_examples": c.integer(1), "dfs.static_finetune": c.boolean(),
+        "dfs.gate_start": c.one_of(*GATE_STARTS), "dfs.gate_start_margin": c.number(above=0),
     })
     check_target(config.dfs.target)
     for target in config.dfs.targets:
@@ -262,9 +268,11 @@ def plan_accuracy(graphdef, state, dataset: str, options: Bitwidths, batch_size:
 
 
 def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
-                      costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500) -> list[tuple[np.ndarray, list]]:
-    """For each BitOPs budget, the static option plan found greedily on `split` (held-out
-    images): from the cheapest uniform plan (every block at one bitwidth) that is not below the
+                      costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500,
+                      price: str = "bitops") -> list[tuple[np.ndarray, list]]:
+    """For each budget (BitOPs per image, or with `price="computation"` the paper's computation
+    percentage, what the joint step's target is in), the static option plan found greedily on
+    `split` (held-out images): from the cheapest uniform plan (every block at one bitwidth) that is not below the
     largest budget, lower one block by one option at a time (down to the skip), each time the
     move that loses the fewest images per BitOP it saves (`search.greedy_descent(per_saving=True)`).
     One descent serves every budget (the largest first). Starting from the uniform plan rather
@@ -284,7 +292,11 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
         return [(int(u), np.where(np.arange(len(plan)) == u, plan - 1, plan))
                 for u in np.flatnonzero(plan > 0)]
 
-    price = lambda plan: float(costs.plan_bitops(plan))  # noqa: E731
+    if price not in ("bitops", "computation"):
+        raise ValueError(f"a static allocation is priced in 'bitops' or 'computation', got {price!r}")
+    relative = np.asarray(options.computation())
+    price = ((lambda plan: float(costs.plan_bitops(plan))) if price == "bitops"  # noqa: E731
+             else (lambda plan: float(100 * relative[plan].mean())))
     uniform = [np.full(costs.num_units, k) for k in range(1, options.num_options)]
     plan = next(p for p in uniform if price(p) >= max(budgets) or p[0] == options.num_options - 1)
     results, path = {}, []
@@ -294,6 +306,14 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
         path = path + (more if not path else more[1:])
         results[budget] = (plan, list(path))
     return [results[b] for b in budgets]
+
+
+def start_at_plan(graphdef, state: steps.TrainState, plan, margin: float) -> steps.TrainState:
+    """`state` with its gate set to run `plan` ((L,) option ints) for every image
+    (`DFSNet.start_gate_at_plan`); backbone, statistics and ranges unchanged."""
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model.start_gate_at_plan(plan, margin)
+    return state.replace(params=nnx.state(model, nnx.Param))
 
 
 def calibrate_ranges(graphdef, state, batches, dataset: str, per_bitwidth: bool = True):

@@ -72,14 +72,24 @@ def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[lis
         warm = train_and_evaluate(dfs.step_config(config, "warmup", 100.0),
                                   os.path.join(workdir, name, "warmup"), data, dfs.task("warmup"))
         start = warm["state"]
+    from_plan = config.dfs.gate_start == "static_plan"
+    if from_plan and warm is None:
+        raise ValueError("dfs.gate_start='static_plan' searches the plan on the warm-up's "
+                         "backbone and calibrated ranges: set dfs.warmup_epochs >= 1")
     rows = []
     for target in config.dfs.targets:
         run_dir = os.path.join(workdir, name, f"target_{target:g}")
+        joint_start, extra = start, {}
+        if from_plan:
+            plan = gate_start_plan(config, run_dir, data[0], warm, target)
+            joint_start = dfs.start_at_plan(warm["graphdef"], start, plan,
+                                            config.dfs.gate_start_margin)
+            extra = {"gate_start_plan": plan.tolist()}
         result = train_and_evaluate(dfs.step_config(config, "joint", target), run_dir, data,
-                                    dfs.task("joint", start))
+                                    dfs.task("joint", joint_start))
         row = {"point": f"{name} @{target:g}%", "menu": name, "target": float(target),
                **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
-               **_fractions(result)}
+               **_fractions(result), **extra}
         plans = loop.test_plans(result["graphdef"], result["state"], data[1], config.dataset,
                                 config.eval_batch_size)
         train_split = data[0]
@@ -89,6 +99,31 @@ def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[lis
         row["train_time_s"] = recorded_train_time(run_dir)
         rows.append(row)
     return rows, warm
+
+
+def gate_start_plan(config, run_dir: str, train_split, warm: dict, target: float) -> np.ndarray:
+    """The greedy static allocation at `target` computation percent, searched on the warm-up's
+    model over the last dfs.static_heldout_examples training images: where the joint step's gate
+    starts with dfs.gate_start='static_plan'. Kept in RUN_DIR/gate_start_plan.json, so a resumed
+    run starts from the same plan."""
+    path = os.path.join(run_dir, "gate_start_plan.json")
+    n = config.dfs.static_heldout_examples
+    key = {"target": float(target), "heldout_examples": n}
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if cached["key"] == key:
+            return np.asarray(cached["plan"], np.int32)
+    heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
+    costs = dfs.model_costs(config, train_split.num_classes, train_split.images.shape[-1])
+    [(plan, search_path)] = dfs.static_allocation(
+        warm["graphdef"], warm["state"], heldout, config.dataset, dfs.menu(config), costs,
+        [float(target)], config.eval_batch_size, price="computation")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"key": key, "plan": plan.tolist(), "greedy_path": search_path}, f)
+    os.replace(path + ".tmp", path)
+    return np.asarray(plan, np.int32)
 
 
 def measure_latency(result: dict, images) -> dict:
