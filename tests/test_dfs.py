@@ -447,3 +447,52 @@ def test_plan_statistics_count_plans_price_each_image_and_share_skips_per_block(
     assert stats["bitops_mean"] == pytest.approx(bitops.mean())
     assert stats["bitops_cv"] == pytest.approx(bitops.std() / bitops.mean())
     assert stats["skip_share_per_block"] == [0.5, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("gate", ["recurrent", "once"])
+def test_a_gate_started_at_a_plan_runs_it_for_every_image_and_learns_deviations(gate):
+    """`start_gate_at_plan` (dfs.gate_start='static_plan'): every image runs the plan, and the
+    layer that reads the input gets a gradient, so per-image choices can grow from the plan."""
+    model = _calibrated(DFSNet(resnet(8), SMALL, gate, rngs=nnx.Rngs(0)), _images(8))
+    plan = np.asarray([1, 0, 3])  # 8 bit, skip, float
+    before = model.plan(_images(6, seed=2))
+    assert (np.asarray(before) != plan).any()  # (the gates start near float everywhere)
+    model.start_gate_at_plan(plan)
+    np.testing.assert_array_equal(model.plan(_images(6, seed=2)), np.stack([plan] * 6))
+    images, labels = _images(4, seed=9), jnp.arange(4)
+
+    def loss(model):
+        logits, weights = model.forward(images)
+        total, _, sign = dfs.budget_terms(weights, model.options, 30.0)
+        return -jax.nn.log_softmax(logits)[jnp.arange(4), labels].mean() + sign * 1e-2 * total
+
+    model.train()
+    grads = nnx.jit(nnx.grad(loss))(model)
+    reads_input = (grads.gate.out.kernel if gate == "recurrent"
+                   else grads.gate.layers[len(model.gate.layers) - 1].kernel)
+    assert float(jnp.abs(reads_input[...]).max()) > 0
+    with pytest.raises(ValueError, match="one \\(L,\\) plan for every image"):
+        model.start_gate_at_plan(np.stack([plan] * 2))
+    with pytest.raises(ValueError, match="option 9 is not on the menu"):
+        model.start_gate_at_plan(np.asarray([1, 9, 0]))
+    with pytest.raises(ValueError, match="margin must be positive"):
+        model.start_gate_at_plan(plan, 0.0)
+
+
+def test_static_allocation_priced_in_computation_percent_meets_the_target():
+    """The plan a gate starts at (dfs.gate_start='static_plan') is searched at the joint step's
+    target, a computation percentage: mean over blocks of (b/32)^2."""
+    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = types.SimpleNamespace(params=params, batch_stats=batch_stats)
+    rng = np.random.default_rng(1)
+    split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
+                           rng.integers(0, 10, 40).astype(np.int32), 10)
+    costs = dataclasses.replace(model.costs(), policy_macs=0)
+    [(plan, path)] = dfs.static_allocation(graphdef, state, split, "cifar10", SMALL, costs,
+                                           [40.0], batch_size=20, price="computation")
+    percentage = 100 * np.asarray(SMALL.computation())[plan].mean()
+    assert percentage <= 40.0 and path[-1]["price"] == pytest.approx(percentage)
+    assert path[0]["plan"] == [3, 3, 3]  # no uniform plan below float reaches 40 %: 12 bits = 14 %
+    with pytest.raises(ValueError, match="priced in 'bitops' or 'computation'"):
+        dfs.static_allocation(graphdef, state, split, "cifar10", SMALL, costs, [40.0], price="macs")

@@ -210,7 +210,8 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
 def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     """experiments.dfs: warm-up and a joint step for DFS and for skip-only, the greedy static
     allocation at the DFS point's BitOPs fine-tuned for as many steps, the table, report and
-    curve."""
+    curve; the joint steps' gates start at the static allocation for their target
+    (dfs.gate_start=static_plan, kept in the run's directory)."""
     manual_dir, _, _ = tiny_cifar_manual_dir
     workdir = tmp_path / "work"
     proc = run_experiment(
@@ -218,6 +219,7 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         "--config=experiments/dfs/configs/default.py:smoke",
         f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
         "--config.num_eval_examples=0", "--config.dfs.widths=8,32", "--config.dfs.targets=30",
+        "--config.dfs.gate_start=static_plan",
         "--latency_images=0")  # batch-1 predict is tested in tests/test_dfs.py
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "comp %" in proc.stdout and "BitOPs/img" in proc.stdout
@@ -244,3 +246,8 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         dfs["test_accuracy"] - static["test_accuracy"])
     assert (workdir / "curve.png").stat().st_size > 1000
     assert (workdir / "dfs" / "warmup" / "checkpoints").is_dir()
+    for menu, point, options in (("dfs", dfs, 3), ("skip_only", skip, 2)):
+        start = json.loads((workdir / menu / "target_30" / "gate_start_plan.json").read_text())
+        assert point["gate_start_plan"] == start["plan"] and len(start["plan"]) == 3
+        assert all(0 <= v < options for v in start["plan"])
+        assert start["greedy_path"][-1]["price"] <= 30.0

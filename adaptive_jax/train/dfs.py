@@ -279,6 +279,8 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
     than from all-float spares the search the rounds between the two: below every block at 8 bits
     a budget needs skips, and a descent from float would first take some 75 moves of one
     bitwidth each. Returns [(plan, path)] in the order of `budgets`."""
+    if price not in ("bitops", "computation"):
+        raise ValueError(f"a static allocation is priced in 'bitops' or 'computation', got {price!r}")
     plan_top1 = plan_accuracy(graphdef, state, dataset, options, batch_size)
     cache: dict[tuple, float] = {}
 
@@ -292,8 +294,6 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
         return [(int(u), np.where(np.arange(len(plan)) == u, plan - 1, plan))
                 for u in np.flatnonzero(plan > 0)]
 
-    if price not in ("bitops", "computation"):
-        raise ValueError(f"a static allocation is priced in 'bitops' or 'computation', got {price!r}")
     relative = np.asarray(options.computation())
     price = ((lambda plan: float(costs.plan_bitops(plan))) if price == "bitops"  # noqa: E731
              else (lambda plan: float(100 * relative[plan].mean())))
