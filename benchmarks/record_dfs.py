@@ -53,6 +53,8 @@ def main(argv):
         common_keys = {"unit": "", "model": model, "target_pct": point["target"],
                        "gate": run.get("gate"), "init_from": run.get("init_from"),
                        "estimator": run.get("estimator", "one_path"),
+                       # the gate started at the static plan for its target (dfs.gate_start)
+                       "gate_start": "static_plan" if "gate_start_plan" in point else "warmup",
                        "static_finetuned": "untuned_test_accuracy" in static.get(point["target"], {}),
                        "run_command": FLAGS.run_command}
         figures.append({**common_keys, "metric": "dfs_test_accuracy", "unit": "fraction",

@@ -222,14 +222,15 @@ def run(config, workdir: str, latency_images: int = 8) -> list[dict]:
         rows += static_rows(config, workdir, data, dfs_rows, warm)
 
     print(f"DFS ResNet-{config.model.depth} on {config.dataset} ({config.dfs.gate} gate, "
-          f"{config.dfs.estimator} estimator, menu "
+          f"{config.dfs.estimator} estimator, gate from {config.dfs.gate_start}, menu "
           f"{dfs.menu(config).names}); comp % = the paper's computation percentage (mean over "
           f"blocks of (b/32)^2); batch-1 latency of predict (only the chosen option runs) vs the "
           f"plain backbone, {len(images)} test images")
     print(report.format_table(rows, COLUMNS), flush=True)
     summary = {"model": f"dfs_resnet{config.model.depth}", "dataset": config.dataset,
                "init_from": config.init_from, "gate": config.dfs.gate,
-               "estimator": config.dfs.estimator, "points": rows}
+               "estimator": config.dfs.estimator, "gate_start": config.dfs.gate_start,
+               "points": rows}
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(summary, f, indent=2)
     plot = plot_curve(rows, os.path.join(workdir, "curve.png"),
