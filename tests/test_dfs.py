@@ -357,16 +357,22 @@ def test_a_fixed_plan_runs_for_every_image_and_trains_the_backbone_not_the_gate(
         model.forward(images, plan=np.asarray([0, 7, 1]))
 
 
-def test_static_allocation_below_every_block_at_8_bits_starts_there_and_skips():
-    """A budget under the all-8-bit plan's BitOPs needs skips: the search starts at that uniform
-    plan (not at float) and lowers blocks to the skip until the budget is met."""
+def _search_setup(seed: int):
+    """What the static search runs on: a calibrated ResNet-8 DFS model split (graphdef, state),
+    40 random held-out images and the model's costs without a gate."""
     model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     state = types.SimpleNamespace(params=params, batch_stats=batch_stats)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
                            rng.integers(0, 10, 40).astype(np.int32), 10)
-    costs = dataclasses.replace(model.costs(), policy_macs=0)
+    return graphdef, state, split, dataclasses.replace(model.costs(), policy_macs=0)
+
+
+def test_static_allocation_below_every_block_at_8_bits_starts_there_and_skips():
+    """A budget under the all-8-bit plan's BitOPs needs skips: the search starts at that uniform
+    plan (not at float) and lowers blocks to the skip until the budget is met."""
+    graphdef, state, split, costs = _search_setup(seed=0)
     eight, skip = costs.plan_bitops(np.full(3, 1)), costs.plan_bitops(np.zeros(3, int))
     budgets = [float(eight), float(skip + 0.4 * (eight - skip))]
     (plan_at_eight, path_eight), (plan, path) = dfs.static_allocation(
@@ -482,13 +488,7 @@ def test_a_gate_started_at_a_plan_runs_it_for_every_image_and_learns_deviations(
 def test_static_allocation_priced_in_computation_percent_meets_the_target():
     """The plan a gate starts at (dfs.gate_start='static_plan') is searched at the joint step's
     target, a computation percentage: mean over blocks of (b/32)^2."""
-    model = _calibrated(DFSNet(resnet(8), SMALL, rngs=nnx.Rngs(0)), _images(8))
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = types.SimpleNamespace(params=params, batch_stats=batch_stats)
-    rng = np.random.default_rng(1)
-    split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), np.uint8),
-                           rng.integers(0, 10, 40).astype(np.int32), 10)
-    costs = dataclasses.replace(model.costs(), policy_macs=0)
+    graphdef, state, split, costs = _search_setup(seed=1)
     [(plan, path)] = dfs.static_allocation(graphdef, state, split, "cifar10", SMALL, costs,
                                            [40.0], batch_size=20, price="computation")
     percentage = 100 * np.asarray(SMALL.computation())[plan].mean()
