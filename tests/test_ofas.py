@@ -168,3 +168,38 @@ def test_straight_through_stage_b_trades_blocks_for_its_penalty(tmp_path):
     with pytest.raises(ValueError, match="unknown rl.estimator 'gumbel'"):
         train_and_evaluate(_tiny_config(estimator="gumbel"), str(tmp_path / "bad"),
                            (random_split(32, seed=1), random_split(20, seed=2)), ofas.stage_a_task())
+
+
+def test_distillation_from_the_full_backbone(tmp_path):
+    """rl.distill_weight: the teacher is stage A's backbone with every block run in eval mode;
+    the soft CE has no gradient where the student already matches it; stage B and the static
+    sub-net both learn from (1 - a) CE + a KD and log it."""
+    from adaptive_jax.train import steps
+
+    teacher_logits = jnp.asarray([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    grad = jax.grad(lambda s: steps.soft_cross_entropy(s, teacher_logits, 4.0).sum())
+    np.testing.assert_allclose(grad(teacher_logits), 0.0, atol=1e-6)
+    assert np.all(np.abs(grad(jnp.zeros_like(teacher_logits))) > 1e-3)
+
+    data = random_split(32, seed=10), random_split(20, seed=11)
+    config = _tiny_config(distill_weight=0.5)
+    stage_a = train_and_evaluate(config, str(tmp_path / "a"), data, ofas.stage_a_task())
+    images = _images(4, seed=2)
+    teacher = ofas.full_backbone_teacher(config, 10, 3, stage_a["state"])
+    model = nnx.merge(stage_a["graphdef"], stage_a["state"].params, stage_a["state"].batch_stats)
+    model.eval()
+    np.testing.assert_allclose(teacher(images), model.backbone(images), rtol=1e-5, atol=1e-5)
+
+    b_config = ofas.stage_b_config(config, 1.0)
+    for name, task in [("b", ofas.stage_b_task(stage_a["state"])),
+                       ("static", ofas.static_plan_task((True, False, True), stage_a["state"]))]:
+        train_and_evaluate(b_config, str(tmp_path / name), data, task)
+        logged = [r for r in read_metrics(os.path.join(tmp_path / name, "metrics.jsonl"))
+                  if "train_loss" in r]
+        assert logged and all(np.isfinite(r["train_distill_loss"]) and r["train_distill_loss"] > 0
+                              for r in logged)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        tx, _ = ofas.make_stage_b_tx(b_config, 2, 2)
+        graphdef, _ = create_train_state(ofas.build_model(b_config, 10, 3), tx, 0)
+        ofas.make_stage_b_step(graphdef, tx, b_config, num_classes=10, mean=(0.5,) * 3,
+                               std=(0.25,) * 3)

@@ -12,6 +12,7 @@ MACs per image (policy included), counted per test image.
 from __future__ import annotations
 
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.curriculum_steps_per_block = 0     # > 0: BlockDrop's curriculum, one block released per N steps
     c.rl.backbone_learning_rate = 0.01      # SGD (the stage A optimiser's momentum / decay), cosine
     c.rl.policy_learning_rate = 0.01        # Adam
+    c.rl.distill_weight = 0.0               # a > 0: the backbone's loss is (1 - a) CE + a KD, KD the
+    c.rl.distill_temperature = 4.0          # soft CE to the frozen full backbone at this temperature
     c.rl.static_baseline = False            # also fine-tune the best static sub-net at each point's MACs
     c.rl.static_heldout_examples = 5000     # ... chosen greedily on the last this-many training images
     return c
@@ -84,6 +87,7 @@ def check_config(config) -> None:
         "rl.rl_weight": c.number(0), "rl.curriculum_steps_per_block": c.integer(0),
         "rl.backbone_learning_rate": c.number(above=0), "rl.policy_learning_rate": c.number(above=0),
         "rl.static_baseline": c.boolean(), "rl.static_heldout_examples": c.integer(1),
+        "rl.distill_weight": c.number(0, 1), "rl.distill_temperature": c.number(above=0),
     })
     if config.policy.variant not in OFAS_VARIANTS:
         raise ValueError(f"unknown OFAS head variant {config.policy.variant!r}; "
@@ -137,6 +141,43 @@ def make_eval_step(graphdef, config, *, num_classes: int, mean, std):
     return jax.jit(eval_step)
 
 
+def full_backbone_teacher(config, num_classes: int, in_channels: int,
+                          teacher: steps.TrainState):
+    """The teacher of `rl.distill_weight`: stage A's backbone (the zoo's, when stage A is
+    skipped) with every block run, frozen, in evaluation mode: (normalised images) -> logits.
+    Distilling from the network the sub-nets were cut from (docs/ofas.md) keeps what it knows
+    about the classes that a plan's CE alone does not carry."""
+    graphdef = nnx.graphdef(loop.build_model(config, num_classes, in_channels))
+    params, batch_stats = teacher.params["backbone"], teacher.batch_stats["backbone"]
+
+    def logits(images):
+        model = nnx.merge(graphdef, params, batch_stats)
+        model.eval()
+        return jax.lax.stop_gradient(model(images))
+
+    return logits
+
+
+def backbone_loss(config, ce, logits, images, teacher) -> tuple[jax.Array, dict]:
+    """The loss the backbone learns from (stage B and the static sub-net alike): the mean CE,
+    or with `rl.distill_weight` a > 0, (1 - a) CE + a KD to `teacher` (`steps.soft_cross_entropy`
+    at `rl.distill_temperature`). Returns (loss, metrics)."""
+    weight = config.rl.distill_weight
+    if not weight:
+        return ce.mean(), {}
+    soft = steps.soft_cross_entropy(logits, teacher(images), config.rl.distill_temperature).mean()
+    return (1 - weight) * ce.mean() + weight * soft, {"distill_loss": soft}
+
+
+def _teacher(config, teacher_state, num_classes: int, in_channels: int):
+    if not config.rl.distill_weight:
+        return None
+    if teacher_state is None:
+        raise ValueError("rl.distill_weight > 0 needs a teacher: the stage A state the run "
+                         "starts from (stage_b_task / static_plan_task pass it)")
+    return full_backbone_teacher(config, num_classes, in_channels, teacher_state)
+
+
 def stage_a_task() -> loop.Task:
     return loop.Task(build_model=build_model, make_eval_step=make_eval_step,
                      reference_config=default_config, validate_config=check_config)
@@ -159,8 +200,11 @@ def make_stage_b_tx(config, steps_per_epoch: int, total_steps: int):
 
 
 def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
-                      steps_per_epoch: int = 1):
+                      steps_per_epoch: int = 1, teacher_state: steps.TrainState | None = None):
+    """Stage B's jit'd train step. `teacher_state`: the stage A state the run started from, the
+    teacher of `rl.distill_weight` (needed only when it is > 0)."""
     rl = config.rl
+    teacher = _teacher(config, teacher_state, num_classes, len(mean))
     ofas_code = rl.fidelity == "ofas_code"
     shape = "ofas_code" if ofas_code else rl.reward
     self_critical = rl.self_critical and not ofas_code  # the reference code has no baseline
@@ -205,7 +249,9 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
         if rl.normalize_advantage:
             advantage = pg.normalize_advantage(advantage)
         policy_loss = pg.reinforce_loss(log_prob, advantage, entropy, rl.entropy_weight, weights)
-        loss = ce.mean() + rl.rl_weight * policy_loss
+        supervised, distill_metrics = backbone_loss(config, ce, logits, images, teacher)
+        loss = supervised + rl.rl_weight * policy_loss
+        metrics.update(distill_metrics)
         metrics.update(
             loss=ce.mean(), accuracy=correct.mean(), policy_loss=policy_loss,
             return_=returns[:, 0].mean(),
@@ -226,9 +272,10 @@ def make_stage_b_step(graphdef, tx, config, *, num_classes: int, mean, std,
         gates = decisions.straight_through(soft)
         block_frac = (gates * run_macs).sum(-1) / run_macs.sum()
         out, ce = outcome(model, features, gates, labels)
-        loss = ce.mean() + rl.penalty * block_frac.mean()
+        supervised, distill_metrics = backbone_loss(config, ce, out, images, teacher)
+        loss = supervised + rl.penalty * block_frac.mean()
         greedy = decisions.threshold(jax.nn.sigmoid(logits))
-        metrics = dict(loss=ce.mean(), accuracy=(out.argmax(-1) == labels).mean(),
+        metrics = dict(**distill_metrics, loss=ce.mean(), accuracy=(out.argmax(-1) == labels).mean(),
                        block_macs_frac=block_frac.mean(),
                        greedy_block_macs_frac=((greedy * run_macs).sum(-1) / run_macs.sum()).mean(),
                        execute_prob=jax.nn.sigmoid(logits).mean())
@@ -257,7 +304,9 @@ def stage_b_task(stage_a_state: steps.TrainState) -> loop.Task:
                              batch_stats=jax.tree.map(jnp.copy, stage_a_state.batch_stats))
 
     return loop.Task(build_model=build_model, make_tx=make_stage_b_tx,
-                     make_train_step=make_stage_b_step, make_eval_step=make_eval_step,
+                     make_train_step=functools.partial(make_stage_b_step,
+                                                       teacher_state=stage_a_state),
+                     make_eval_step=make_eval_step,
                      init_state=init_state, reference_config=default_config,
                      validate_config=check_config)
 
@@ -338,7 +387,8 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
 
 def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) -> loop.Task:
     """The static sub-net `plan` fine-tuned like stage B's backbone (same optimiser, schedule and
-    steps, CE only), from stage A's weights: what an adaptive policy must beat at equal MACs."""
+    steps, the same backbone loss: CE, distilled alike under `rl.distill_weight`), from stage A's
+    weights: what an adaptive policy must beat at equal MACs."""
     from adaptive_jax.methods.ofas import FixedPlanNet
 
     def build(config, num_classes: int, in_channels: int):
@@ -360,7 +410,20 @@ def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) ->
 
         return jax.jit(step)
 
-    return loop.Task(build_model=build, make_tx=make_stage_b_tx, make_eval_step=eval_step,
+    def train_step(graphdef, tx, config, *, num_classes: int, mean, std, steps_per_epoch: int = 1):
+        teacher = _teacher(config, stage_a_state, num_classes, len(mean))
+
+        def loss(model, images, labels, key, step):
+            logits = model(images)
+            ce = steps.cross_entropy(logits, labels, num_classes, config.optimizer.label_smoothing)
+            value, metrics = backbone_loss(config, ce, logits, images, teacher)
+            return value, {"loss": ce.mean(), "accuracy": (logits.argmax(-1) == labels).mean(),
+                           **metrics}
+
+        return jax.jit(steps.make_step(graphdef, tx, loss, mean=mean, std=std), donate_argnums=0)
+
+    return loop.Task(build_model=build, make_tx=make_stage_b_tx, make_train_step=train_step,
+                     make_eval_step=eval_step,
                      init_state=init_state, reference_config=default_config,
                      validate_config=check_config)
 

@@ -27,7 +27,6 @@ import itertools
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 
 from adaptive_jax import config as config_lib
@@ -71,10 +70,6 @@ def build_model(config, num_classes: int, in_channels: int) -> SlimmableResNet:
     return SlimmableResNet(spec, rngs=nnx.Rngs(config.seed))
 
 
-def _soft_cross_entropy(logits, soft_targets):
-    return optax.softmax_cross_entropy(logits, jax.lax.stop_gradient(soft_targets))
-
-
 def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
                     steps_per_epoch: int = 1):
     widths = tuple(config.slim.widths)
@@ -85,7 +80,7 @@ def make_train_step(graphdef, tx, config, *, num_classes: int, mean, std,
         for w in train_widths:  # widest first: it is the teacher in sandwich mode
             logits = model(images, w)
             if mode == "sandwich" and teacher is not None:
-                value = _soft_cross_entropy(logits, jax.nn.softmax(teacher)).mean()
+                value = steps.soft_cross_entropy(logits, teacher).mean()
             else:
                 value = steps.cross_entropy(logits, labels, num_classes).mean()
                 teacher = logits

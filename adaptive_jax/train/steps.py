@@ -71,6 +71,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def soft_cross_entropy(logits: jax.Array, teacher_logits: jax.Array,
+                       temperature: float = 1.0) -> jax.Array:
+    """Per-example distillation loss (Hinton et al., 2015): cross-entropy against the teacher's
+    distribution softened by `temperature`, times temperature^2 so that its gradient keeps its
+    scale whatever the temperature. No gradient reaches the teacher."""
+    targets = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / temperature)
+    return temperature ** 2 * optax.softmax_cross_entropy(logits / temperature, targets)
+
+
 LossFn = Callable[..., tuple[jax.Array, dict]]
 
 
