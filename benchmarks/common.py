@@ -17,8 +17,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS_MD = os.path.join(HERE, "RESULTS.md")
-RESULTS_JSONL = os.path.join(HERE, "results.jsonl")
+# ADAPTIVE_JAX_RESULTS_DIR sends the two files elsewhere (a scratch record, the test suite).
+RESULTS_DIR = os.environ.get("ADAPTIVE_JAX_RESULTS_DIR") or HERE
+RESULTS_MD = os.path.join(RESULTS_DIR, "RESULTS.md")
+RESULTS_JSONL = os.path.join(RESULTS_DIR, "results.jsonl")
 
 
 def median_call_ms(fn, calls: int) -> float:
@@ -79,6 +81,7 @@ def append_results(benchmark: str, figures: list[dict], table: str, notes: str =
     """
     date, command = now(), command or command_line()
     context = machine_info or machine()
+    os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(RESULTS_JSONL, "a") as f:
         for fig in figures:
             f.write(json.dumps({"benchmark": benchmark, **fig, "date": date, "command": command,

@@ -9,7 +9,9 @@ curve (stage A and each penalty) to results.jsonl, and the table to RESULTS.md, 
 baseline it is compared with: the best point at no more than the baseline's MACs against the
 baseline's accuracy. Points measured over the test set also give `ofas_distinct_plans` and
 `ofas_macs_cv`; a run with `rl.static_baseline` gives `ofas_minus_static_subnet_accuracy` per
-penalty (OFAS top-1 minus the greedy static sub-net's at the same MACs, fine-tuned alike).
+penalty (OFAS top-1 minus the greedy static sub-net's under the same MACs, fine-tuned alike), and
+with `rl.static_mixture` `ofas_minus_static_mixture_accuracy` (minus the two greedy sub-nets that
+bracket the point's MACs, mixed at exactly those MACs).
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ flags.DEFINE_string("note", "", "Anything a reader must know.")
 flags.mark_flags_as_required(["workdir", "run_command"])
 
 
+def is_static(point: dict) -> bool:
+    """A static sub-net or mixture row (`static`: below / above / mixture; before the key was
+    written, the one static row carried `ofas_minus_static_accuracy`)."""
+    return "static" in point or "ofas_minus_static_accuracy" in point
+
+
 def main(argv):
     del argv
     with open(os.path.join(FLAGS.workdir, "report.json")) as f:
         run = json.load(f)
     figures, rows = [], []
     for point in run["points"]:
-        if "ofas_minus_static_accuracy" in point:  # a static sub-net: recorded below
+        if is_static(point):  # a static sub-net or mixture: recorded below
             rows.append(point)
             continue
         context = {"model": run["model"], "point": point["point"], "penalty": point.get("penalty"),
@@ -56,6 +64,14 @@ def main(argv):
             figures.append({"metric": "ofas_macs_cv", "value": round(point["macs_cv"], 4),
                             "unit": "ratio", **context})
         rows.append(point)
+    for mixture in (p for p in run["points"] if "ofas_minus_static_mixture_accuracy" in p):
+        figures.append({"metric": "ofas_minus_static_mixture_accuracy",
+                        "value": round(mixture["ofas_minus_static_mixture_accuracy"], 4),
+                        "unit": "fraction", "model": run["model"], "point": mixture["point"],
+                        "static_accuracy": round(mixture["test_accuracy"], 4),
+                        "macs": int(mixture["test_macs"]),
+                        "share_above": round(mixture["share_above"], 4),
+                        "static_plans": mixture["static_plans"], "run_command": FLAGS.run_command})
     for static in (p for p in run["points"] if "ofas_minus_static_accuracy" in p):
         figures.append({"metric": "ofas_minus_static_subnet_accuracy",
                         "value": round(static["ofas_minus_static_accuracy"], 4), "unit": "fraction",
@@ -66,7 +82,7 @@ def main(argv):
     verdict = ""
     if FLAGS.baseline_accuracy is not None and FLAGS.baseline_macs is not None:
         within = [p for p in run["points"] if p["test_macs"] <= FLAGS.baseline_macs
-                  and "ofas_minus_static_accuracy" not in p]  # OFAS points, not static sub-nets
+                  and not is_static(p)]  # OFAS points, not static sub-nets
         best = max(within, key=lambda p: p["test_accuracy"]) if within else None
         verdict = (f"static baseline ({FLAGS.baseline}): {FLAGS.baseline_accuracy:.4f} at "
                    f"{FLAGS.baseline_macs:.3e} MACs; best OFAS point within those MACs: "

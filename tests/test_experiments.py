@@ -164,18 +164,32 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         "--config=experiments/ofas/configs/default.py:smoke", *data_flags,
         "--config.init_from=zoo:resnet8", "--config.num_epochs=0", "--config.rl.penalties=4",
         "--config.rl.static_baseline=True", "--config.rl.static_heldout_examples=50",
+        "--config.rl.static_mixture=True",
         "--config.policy.pool_grid=4", "--config.policy.activation=relu",
         "--latency_images=2", "--zoo_name=ofas_resnet8", "--zoo_penalty=4", env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ofas" / "report.json").read_text())
-    stage_a, point, static = report["points"]
-    assert [p["point"] for p in report["points"]] == ["stage A", "penalty 4", "static @4"]
+    stage_a, point, static, above, mixture = report["points"]
+    assert [p["point"] for p in report["points"]] == [
+        "stage A", "penalty 4", "static @4", "static above @4", "static mix @4"]
     assert stage_a["train_time_s"] == 0.0 and stage_a["distinct_plans"] == 1
     assert point["distinct_plans"] >= 1 and point["macs_cv"] >= 0.0
-    # The static sub-net is the greedy plan within the OFAS point's mean MACs.
+    # The static sub-net is the greedy plan within the OFAS point's mean MACs; the one above it is
+    # the greedy path's step before (one block more), fine-tuned alike; the two mixed cost exactly
+    # the OFAS point's mean MACs.
     assert static["test_macs"] <= point["macs_mean"] + 1 and static["distinct_plans"] == 1
     assert static["ofas_minus_static_accuracy"] == pytest.approx(
         point["test_accuracy"] - static["test_accuracy"])
+    assert above["test_macs"] > point["macs_mean"] and above["train_time_s"] > 0
+    assert sum(above["static_plan"]) == sum(static["static_plan"]) + 1
+    assert [a or b for a, b in zip(above["static_plan"], static["static_plan"])] == above["static_plan"]
+    w = mixture["share_above"]
+    assert 0.0 <= w <= 1.0 and mixture["test_macs"] == pytest.approx(point["macs_mean"])
+    assert (1 - w) * static["test_macs"] + w * above["test_macs"] == pytest.approx(point["macs_mean"])
+    assert mixture["test_accuracy"] == pytest.approx(
+        (1 - w) * static["test_accuracy"] + w * above["test_accuracy"])
+    assert mixture["ofas_minus_static_mixture_accuracy"] == pytest.approx(
+        point["test_accuracy"] - mixture["test_accuracy"])
 
     from adaptive_jax import zoo
     records = {r.name: r for r in zoo.list(str(zoo_dir))}
@@ -187,6 +201,20 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         assert got["count"] == rec.num_test_examples == len(test.labels)
         assert got["accuracy"] == pytest.approx(rec.test_accuracy, abs=1e-6), name
     assert records["ofas_resnet8"].metrics["static_subnet"]["test_accuracy"] == static["test_accuracy"]
+    assert records["ofas_resnet8"].metrics["static_mixture"]["test_accuracy"] == mixture["test_accuracy"]
+
+    # benchmarks.record_ofas records every comparison the run made, each with its own metric.
+    results = tmp_path / "results"
+    proc = run_experiment("benchmarks.record_ofas", f"--workdir={tmp_path / 'ofas'}",
+                          "--run_command=test", env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (results / "results.jsonl").read_text().splitlines()
+    recorded = {r["metric"]: r for r in map(json.loads, lines)}
+    assert recorded["ofas_minus_static_subnet_accuracy"]["value"] == pytest.approx(
+        static["ofas_minus_static_accuracy"], abs=1e-4)
+    assert recorded["ofas_minus_static_mixture_accuracy"]["value"] == pytest.approx(
+        mixture["ofas_minus_static_mixture_accuracy"], abs=1e-4)
+    assert "static mix @4" in (results / "RESULTS.md").read_text()
 
     # make demo's script on this zoo: the table, both plots, and the figures it reproduces.
     proc = run_experiment("experiments.ofas.demo", f"--out={tmp_path / 'demo'}",

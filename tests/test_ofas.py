@@ -117,6 +117,28 @@ def test_bad_ofas_config_is_named(tmp_path):
         with pytest.raises(ValueError, match=match):
             train_and_evaluate(_tiny_config(**{key: value}), str(tmp_path / key), data,
                                ofas.stage_a_task())
+    with pytest.raises(ValueError, match="pass --config.rl.static_baseline=True too"):
+        ofas.check_config(_tiny_config(static_mixture=True))
+
+
+def test_static_mixture_costs_the_point_and_interpolates_accuracy():
+    """Two static sub-nets mixed at MACs between theirs: the share w of images on the one above
+    makes the mean cost exactly those MACs; accuracy and block share follow the same line."""
+    below = {"test_macs": 30e6, "test_accuracy": 0.80, "test_block_macs_frac": 0.40,
+             "static_plan": [True, False, False]}
+    above = {"test_macs": 40e6, "test_accuracy": 0.84, "test_block_macs_frac": 0.55,
+             "static_plan": [True, True, False]}
+    mix = ofas.static_mixture(below, above, 32.5e6)
+    assert mix["share_above"] == pytest.approx(0.25)
+    assert mix["test_accuracy"] == pytest.approx(0.81) and mix["test_macs"] == 32.5e6
+    assert mix["test_block_macs_frac"] == pytest.approx(0.4375)
+    # per-image MACs take two values, 30 M on 3/4 of the images and 40 M on 1/4
+    assert mix["macs_cv"] == pytest.approx(np.std([30, 30, 30, 40]) / 32.5)
+    assert mix["distinct_plans"] == 2 and mix["static_plans"] == [below["static_plan"], above["static_plan"]]
+    assert ofas.static_mixture(below, above, 30e6)["test_accuracy"] == pytest.approx(0.80)
+    for macs in (29e6, 41e6):
+        with pytest.raises(ValueError, match="needs one at or below"):
+            ofas.static_mixture(below, above, macs)
 
 
 def test_per_block_gates_batch1_path_matches_their_blend():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.distill_temperature = 4.0          # soft CE to the frozen full backbone at this temperature
     c.rl.static_baseline = False            # also fine-tune the best static sub-net at each point's MACs
     c.rl.static_heldout_examples = 5000     # ... chosen greedily on the last this-many training images
+    c.rl.static_mixture = False             # ... and the one a block above, mixed at the point's MACs
     return c
 
 
@@ -87,8 +89,12 @@ def check_config(config) -> None:
         "rl.rl_weight": c.number(0), "rl.curriculum_steps_per_block": c.integer(0),
         "rl.backbone_learning_rate": c.number(above=0), "rl.policy_learning_rate": c.number(above=0),
         "rl.static_baseline": c.boolean(), "rl.static_heldout_examples": c.integer(1),
+        "rl.static_mixture": c.boolean(),
         "rl.distill_weight": c.number(0, 1), "rl.distill_temperature": c.number(above=0),
     })
+    if config.rl.static_mixture and not config.rl.static_baseline:
+        raise ValueError("rl.static_mixture mixes the static sub-nets of rl.static_baseline; "
+                         "pass --config.rl.static_baseline=True too, or leave the mixture out")
     if config.policy.variant not in OFAS_VARIANTS:
         raise ValueError(f"unknown OFAS head variant {config.policy.variant!r}; "
                          f"expected one of {sorted(OFAS_VARIANTS)}")
@@ -383,6 +389,26 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
         if "moved" in step:
             step["dropped"] = step.pop("moved")
     return tuple(bool(b) for b in plan), path
+
+
+def static_mixture(below: dict, above: dict, macs: float) -> dict:
+    """Two static sub-nets (rows with test_macs, test_accuracy, test_block_macs_frac) mixed at
+    `macs` per image (below's <= macs <= above's): the one above runs on a share w of the images,
+    w = (macs - below) / (above - below), so the mean cost is `macs` and the expected accuracy,
+    like the block-MACs share, is the interpolation between the two."""
+    low, high = below["test_macs"], above["test_macs"]
+    if not low <= macs <= high or low == high:
+        raise ValueError(f"a mixture of static sub-nets at {macs:.4g} MACs needs one at or below "
+                         f"and one above it, got {low:.4g} and {high:.4g}")
+    w = (macs - low) / (high - low)
+
+    def mix(key):
+        return (1 - w) * below[key] + w * above[key]
+
+    return {"share_above": w, "test_macs": float(macs), "macs_mean": float(macs),
+            "test_accuracy": mix("test_accuracy"), "test_block_macs_frac": mix("test_block_macs_frac"),
+            "distinct_plans": 2, "macs_cv": (high - low) * math.sqrt(w * (1 - w)) / macs,
+            "static_plans": [below["static_plan"], above["static_plan"]]}
 
 
 def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) -> loop.Task:

@@ -95,7 +95,7 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         states[float(penalty)] = result["state"]
         rows.append(row(f"penalty {penalty:g}", result, run_dir, {"penalty": float(penalty)}))
         if config.rl.static_baseline:
-            rows.append(static_baseline(b_config, stage_a, rows[-1], data, costs, workdir))
+            rows += static_baseline(b_config, stage_a, rows[-1], data, costs, workdir)
 
     print(f"OFAS ResNet-{config.model.depth} on {config.dataset}: full backbone "
           f"{costs.full_macs:.3e} MACs, policy head {costs.policy_macs} MACs; batch-1 latency of "
@@ -112,8 +112,9 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
     if zoo_name:
         point = next(r for r in rows if r.get("penalty") == zoo_penalty)  # checked up front
         static = next((r for r in rows if r["point"] == f"static @{zoo_penalty:g}"), None)
+        mixture = next((r for r in rows if r["point"] == f"static mix @{zoo_penalty:g}"), None)
         save_to_zoo(zoo_name, config, graphdef, states[zoo_penalty], point, static, test_split,
-                    command, zoo_dir)
+                    command, zoo_dir, mixture)
     return rows
 
 
@@ -121,13 +122,23 @@ PLAN_STATISTICS = ("distinct_plans", "macs_mean", "macs_std", "macs_cv", "block_
                    "blocks_mean", "blocks_std")
 
 
-def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> dict:
+def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[dict]:
     """The best static sub-net at the OFAS point's mean MACs: chosen greedily on held-out training
-    images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps."""
+    images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps.
+
+    Whole blocks are coarse (a ResNet-32 block is ~7 % of its MACs), so the greedy sub-net under
+    the point's MACs is usually cheaper than it. With rl.static_mixture the sub-net one step back
+    on the greedy path (one block more, above the point's MACs) is fine-tuned alike, and the two
+    are mixed at exactly the point's MACs: running the one above on a share w of the images and
+    the one below on the rest costs the OFAS point's mean MACs and scores, in expectation, the
+    interpolated accuracy. That is the best these two do at equal MACs without looking at the
+    image: what adaptivity has to beat (docs/ofas.md). Returns the rows: below, then (with
+    rl.static_mixture, when the point is under the full backbone's MACs) above and the mixture."""
     train_split, _ = data
     n = b_config.rl.static_heldout_examples
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
-    run_dir = os.path.join(workdir, f"static_penalty_{ofas_row['penalty']:g}")
+    penalty = f"{ofas_row['penalty']:g}"
+    run_dir = os.path.join(workdir, f"static_penalty_{penalty}")
     # The search costs minutes (a forward pass of the held-out images per candidate block), so a
     # re-run reuses the one it made for the same MACs and held-out images.
     search_path = os.path.join(run_dir, "greedy_search.json")
@@ -146,17 +157,29 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> dict:
         with open(search_path + ".tmp", "w") as f:
             json.dump({"key": key, "plan": list(plan), "path": path}, f)
         os.replace(search_path + ".tmp", search_path)
-    result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
-    r = {"point": f"static @{ofas_row['penalty']:g}",
-         **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
-         "static_plan": list(plan), "greedy_path": path, "distinct_plans": 1, "macs_cv": 0.0,
-         "macs_mean": result["test_macs"],
-         "ofas_minus_static_accuracy": ofas_row["test_accuracy"] - result["test_accuracy"]}
-    r["train_time_s"] = recorded_train_time(run_dir)
-    return r
+
+    def fine_tuned(point, kind, plan, run_dir):
+        result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
+        return {"point": point, "static": kind,
+                **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
+                "static_plan": [bool(b) for b in plan], "distinct_plans": 1, "macs_cv": 0.0,
+                "macs_mean": result["test_macs"], "train_time_s": recorded_train_time(run_dir)}
+
+    below = fine_tuned(f"static @{penalty}", "below", plan, run_dir)
+    below.update(greedy_path=path,
+                 ofas_minus_static_accuracy=ofas_row["test_accuracy"] - below["test_accuracy"])
+    if not b_config.rl.static_mixture or len(path) < 2:  # (at the full MACs nothing is above)
+        return [below]
+    above = fine_tuned(f"static above @{penalty}", "above", tuple(path[-2]["plan"]),
+                       os.path.join(workdir, f"static_above_penalty_{penalty}"))
+    mixture = ofas.static_mixture(below, above, ofas_row["macs_mean"])
+    mixture.update(point=f"static mix @{penalty}", static="mixture",
+                   ofas_minus_static_mixture_accuracy=ofas_row["test_accuracy"] - mixture["test_accuracy"])
+    return [below, above, mixture]
 
 
-def save_to_zoo(name, config, graphdef, state, point, static, test_split, command, zoo_dir=None):
+def save_to_zoo(name, config, graphdef, state, point, static, test_split, command, zoo_dir=None,
+                mixture=None):
     from adaptive_jax import zoo
 
     metrics = {k: point[k] for k in PLAN_STATISTICS}
@@ -164,6 +187,10 @@ def save_to_zoo(name, config, graphdef, state, point, static, test_split, comman
     if static is not None:  # the comparison the entry stands on, kept with it
         metrics["static_subnet"] = {"plan": static["static_plan"], "macs": static["test_macs"],
                                     "test_accuracy": static["test_accuracy"]}
+    if mixture is not None:
+        metrics["static_mixture"] = {"plans": mixture["static_plans"], "macs": mixture["test_macs"],
+                                     "share_above": mixture["share_above"],
+                                     "test_accuracy": mixture["test_accuracy"]}
     record = zoo.save_entry(name, graphdef, state, dataset=config.dataset,
                             test_accuracy=point["test_accuracy"],
                             num_test_examples=point["test_examples"], recipe=config.to_dict(),
