@@ -63,6 +63,28 @@ def test_interrupt_and_resume_matches_an_uninterrupted_run(tmp_path, tiny_data):
     assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
 
 
+def test_a_resumed_run_counts_the_training_time_before_the_interruption(tmp_path, tiny_data,
+                                                                         monkeypatch):
+    """train_time_s of a resumed run is the whole run's: the checkpoint keeps the time trained so
+    far. The first session runs on a clock that races (an hour per reading), so its time dwarfs
+    the second session's; counting the second session alone would report seconds."""
+    import time as time_module
+
+    from adaptive_jax.train import loop
+    workdir = str(tmp_path / "run")
+    real = time_module.perf_counter
+    readings = iter(range(10_000))
+    with monkeypatch.context() as m:
+        m.setattr(loop.time, "perf_counter", lambda: real() + 3600.0 * next(readings))
+        train_and_evaluate(tiny_config(stop_after_steps=6, checkpoint_every_steps=2), workdir,
+                           data=tiny_data)
+    first = [r["train_time_s"] for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+             if "train_time_s" in r]
+    assert len(first) == 1 and first[0] >= 3600.0  # epoch 1's record, on the racing clock
+    final = train_and_evaluate(tiny_config(), workdir, data=tiny_data)
+    assert final["train_time_s"] > first[0] + 3600.0  # the stop at step 6 came readings later
+
+
 def test_resuming_a_finished_run_evaluates_without_training(tmp_path, tiny_data):
     workdir = str(tmp_path / "done")
     first = train_and_evaluate(tiny_config(), workdir, data=tiny_data)

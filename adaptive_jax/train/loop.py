@@ -254,17 +254,20 @@ def _train_and_evaluate(config, workdir, data, task) -> dict:
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    config.max_checkpoints_to_keep)
     try:  # every way out waits for in-flight checkpoint writes and closes the manager
-        restored_step = None
+        restored_step, trained_s = None, 0.0
         if ckpt.latest_step() is not None:
             state, data_state, restored_step, skipped = ckpt.restore_latest_intact(state)
             for bad_step, message in skipped:
                 print(f"WARNING: skipped checkpoint step {bad_step} (moved to {ckpt.directory}"
                       f".corrupt/): {message}; resuming from step {restored_step}", flush=True)
+            trained_s = data_state.pop(TRAIN_TIME_KEY, None)
             iterator.state = pipeline.IteratorState.from_dict(data_state)
         elif task.init_state is not None:
             state = task.init_state(state)
         metrics_path = os.path.join(workdir, "metrics.jsonl")
         reconcile_metrics(metrics_path, restored_step)
+        if trained_s is None:  # a checkpoint written before it kept its time: the last record's
+            trained_s = metrics_lib.recorded_train_time(workdir) or 0.0
         state = sharding.replicate(state, mesh)
 
         common = dict(num_classes=train_split.num_classes, mean=mean, std=std)
@@ -273,9 +276,14 @@ def _train_and_evaluate(config, workdir, data, task) -> dict:
         eval_step = task.make_eval_step(graphdef, config, **common)
         writer = metrics_lib.MetricsWriter(metrics_path)
         return _loop(config, ckpt, writer, iterator, train_step, eval_step, schedule, state,
-                     graphdef, test_split, mesh, steps_per_epoch)
+                     graphdef, test_split, mesh, steps_per_epoch, trained_s)
     finally:
         _close(ckpt)
+
+
+# The checkpoint's data record keeps the training time so far, so that a resumed run's
+# train_time_s is the whole run's, not its last session's.
+TRAIN_TIME_KEY = "train_time_s"
 
 
 def _close(ckpt) -> None:
@@ -286,7 +294,7 @@ def _close(ckpt) -> None:
 
 
 def _loop(config, ckpt, writer, iterator, train_step, eval_step, schedule, state, graphdef,
-          test_split, mesh, steps_per_epoch) -> dict:
+          test_split, mesh, steps_per_epoch, trained_s: float = 0.0) -> dict:
     step = int(state.step)
     saved = {step}  # the restored (or initial) state: nothing new to save
     nonfinite_total = 0
@@ -325,11 +333,12 @@ def _loop(config, ckpt, writer, iterator, train_step, eval_step, schedule, state
     def save():  # at most once per step: a step's checkpoint can coincide with an epoch end
         if step not in saved:
             sync()  # a checkpoint never holds a run that has gone non-finite unnoticed
-            ckpt.save(step, state, iterator.state.to_dict())
+            ckpt.save(step, state, {**iterator.state.to_dict(),
+                                    TRAIN_TIME_KEY: time.perf_counter() - start})
             saved.add(step)
 
     result = {}
-    start = time.perf_counter()
+    start = time.perf_counter() - trained_s  # train_time_s counts the sessions before a resume
     while iterator.state.epoch < config.num_epochs:
         epoch = iterator.state.epoch
         epoch_start = time.perf_counter()
