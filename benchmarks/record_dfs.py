@@ -6,8 +6,9 @@
 Per DFS target: `dfs_test_accuracy`, `dfs_computation_pct`, `dfs_bitops` (per image), and
 against the baselines at that target `dfs_minus_skip_only_accuracy` (skip-only trained alike at
 the same target) and `dfs_minus_static_accuracy` (the greedy static allocation at the point's
-BitOPs, fine-tuned alike unless the run set dfs.static_finetune=False: `static_finetuned`); the
-table goes to RESULTS.md.
+BitOPs, fine-tuned alike unless the run set dfs.static_finetune=False: `static_finetuned`), and
+with dfs.static_mixture `dfs_minus_static_mixture_accuracy` (that allocation and the greedy step
+above it, mixed at exactly the point's BitOPs); the table goes to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("distinct_plans", "plans", "d"), ("bitops_cv", "BitOPs CV", ".3f"),
            ("dfs_minus_skip_only_accuracy", "- skip-only", "+.4f"),
            ("dfs_minus_static_accuracy", "- static", "+.4f"),
+           ("dfs_minus_static_mixture_accuracy", "- static mix", "+.4f"),
            ("untuned_test_accuracy", "static before fine-tuning", ".4f")]
 
 
@@ -42,11 +44,15 @@ def main(argv):
         run = json.load(f)
     model = run["model"]
     static = {p["target"]: p for p in run["points"] if p["menu"] == "static"}
+    mixture = {p["target"]: p for p in run["points"] if p["menu"] == "static_mix"}
     figures, rows = [], []
     for point in run["points"]:
         row = dict(point)
         if point["menu"] == "dfs" and point["target"] in static:
             row["dfs_minus_static_accuracy"] = static[point["target"]]["dfs_minus_static_accuracy"]
+        if point["menu"] == "dfs" and point["target"] in mixture:
+            row["dfs_minus_static_mixture_accuracy"] = \
+                mixture[point["target"]]["dfs_minus_static_mixture_accuracy"]
         rows.append(row)
         if point["menu"] != "dfs":
             continue
@@ -68,7 +74,8 @@ def main(argv):
                             "value": point["distinct_plans"]})
             figures.append({**common_keys, "metric": "dfs_bitops_cv", "unit": "ratio",
                             "value": round(point["bitops_cv"], 4)})
-        for key in ("dfs_minus_skip_only_accuracy", "dfs_minus_static_accuracy"):
+        for key in ("dfs_minus_skip_only_accuracy", "dfs_minus_static_accuracy",
+                    "dfs_minus_static_mixture_accuracy"):
             if row.get(key) is not None:
                 figures.append({**common_keys, "metric": key, "unit": "fraction",
                                 "value": round(row[key], 4)})

@@ -247,14 +247,26 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         "--config=experiments/dfs/configs/default.py:smoke",
         f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
         "--config.num_eval_examples=0", "--config.dfs.widths=8,32", "--config.dfs.targets=30",
-        "--config.dfs.gate_start=static_plan",
+        "--config.dfs.gate_start=static_plan", "--config.dfs.static_mixture=True",
         "--latency_images=0")  # batch-1 predict is tested in tests/test_dfs.py
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "comp %" in proc.stdout and "BitOPs/img" in proc.stdout
     report = json.loads((workdir / "report.json").read_text())
     points = {p["point"]: p for p in report["points"]}
-    assert sorted(points) == ["dfs @30%", "skip_only @30%", "static @30%"]
+    assert sorted(points) == ["dfs @30%", "skip_only @30%", "static @30%", "static above @30%",
+                              "static mix @30%"]
     dfs, skip, static = points["dfs @30%"], points["skip_only @30%"], points["static @30%"]
+    # the greedy step before the static allocation costs more than the DFS point; the two mixed
+    # cost exactly its BitOPs
+    above, mix = points["static above @30%"], points["static mix @30%"]
+    assert above["static_plan"] == static["greedy_path"][-2]["plan"]
+    assert above["test_bitops"] > dfs["test_bitops"] and above["train_time_s"] > 0
+    w = mix["share_above"]
+    assert mix["test_bitops"] == pytest.approx(dfs["test_bitops"])
+    assert (1 - w) * static["test_bitops"] + w * above["test_bitops"] == pytest.approx(dfs["test_bitops"])
+    assert mix["test_accuracy"] == pytest.approx((1 - w) * static["test_accuracy"] + w * above["test_accuracy"])
+    assert mix["dfs_minus_static_mixture_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - mix["test_accuracy"])
     for p in (dfs, skip, static):
         # (a mean of 100s computed in float32 may land an ulp or two above 100)
         assert 0.0 <= p["test_accuracy"] <= 1.0 and 0.0 <= p["test_computation_pct"] <= 100.001

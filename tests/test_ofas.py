@@ -135,6 +135,7 @@ def test_static_mixture_costs_the_point_and_interpolates_accuracy():
     # per-image MACs take two values, 30 M on 3/4 of the images and 40 M on 1/4
     assert mix["macs_cv"] == pytest.approx(np.std([30, 30, 30, 40]) / 32.5)
     assert mix["distinct_plans"] == 2 and mix["static_plans"] == [below["static_plan"], above["static_plan"]]
+    assert "cost_cv" not in mix
     assert ofas.static_mixture(below, above, 30e6)["test_accuracy"] == pytest.approx(0.80)
     for macs in (29e6, 41e6):
         with pytest.raises(ValueError, match="needs one at or below"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -394,20 +393,12 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
 def static_mixture(below: dict, above: dict, macs: float) -> dict:
     """Two static sub-nets (rows with test_macs, test_accuracy, test_block_macs_frac) mixed at
     `macs` per image (below's <= macs <= above's): the one above runs on a share w of the images,
-    w = (macs - below) / (above - below), so the mean cost is `macs` and the expected accuracy,
-    like the block-MACs share, is the interpolation between the two."""
-    low, high = below["test_macs"], above["test_macs"]
-    if not low <= macs <= high or low == high:
-        raise ValueError(f"a mixture of static sub-nets at {macs:.4g} MACs needs one at or below "
-                         f"and one above it, got {low:.4g} and {high:.4g}")
-    w = (macs - low) / (high - low)
-
-    def mix(key):
-        return (1 - w) * below[key] + w * above[key]
-
-    return {"share_above": w, "test_macs": float(macs), "macs_mean": float(macs),
-            "test_accuracy": mix("test_accuracy"), "test_block_macs_frac": mix("test_block_macs_frac"),
-            "distinct_plans": 2, "macs_cv": (high - low) * math.sqrt(w * (1 - w)) / macs,
+    so the mean cost is `macs` and the expected accuracy, like the block-MACs share, is the
+    interpolation between the two (`search.mixture_at`)."""
+    mixed = search.mixture_at(below, above, macs, "test_macs",
+                              ("test_accuracy", "test_block_macs_frac"))
+    macs_cv = mixed.pop("cost_cv")
+    return {**mixed, "macs_mean": float(macs), "distinct_plans": 2, "macs_cv": macs_cv,
             "static_plans": [below["static_plan"], above["static_plan"]]}
 
 

@@ -4,6 +4,7 @@ allocation at its BitOPs, HAQ-like)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -43,3 +44,21 @@ def greedy_descent(start: np.ndarray, moves: Callable[[np.ndarray], list[tuple[i
         now = accuracy(plan) if per_saving else best[0]  # (each candidate's was just computed)
         path.append({"plan": plan.tolist(), "price": -best[1], "accuracy": now, "moved": best[2]})
     return plan, path
+
+
+def mixture_at(below: dict, above: dict, cost: float, cost_key: str, keys: tuple[str, ...]) -> dict:
+    """Two static plans' results (`below[cost_key] <= cost <= above[cost_key]`) mixed at `cost`
+    per image: the one above runs on a share w of the images, w = (cost - below) / (above -
+    below), so the mean cost is `cost`, and every figure in `keys` (accuracy, other prices) is, in
+    expectation, the interpolation between the two. Whole blocks or bitwidth steps are coarse, so
+    the greedy plan under an adaptive point's cost is cheaper than it; the mixture is the static
+    (input-blind) comparison at exactly equal cost. Returns {"share_above": w, "cost_cv": the
+    per-image cost's coefficient of variation, cost_key: cost, key: mixed value for each key}."""
+    low, high = below[cost_key], above[cost_key]
+    if not low <= cost <= high or low == high:
+        raise ValueError(f"a mixture of static plans at {cost_key} {cost:.4g} needs one at or below "
+                         f"and one above it, got {low:.4g} and {high:.4g}")
+    w = (cost - low) / (high - low)
+    mixed = {key: (1 - w) * below[key] + w * above[key] for key in keys}
+    return {"share_above": w, "cost_cv": (high - low) * math.sqrt(w * (1 - w)) / cost,
+            cost_key: float(cost), **mixed}

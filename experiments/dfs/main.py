@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from adaptive_jax import execution, latency, report
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
-from adaptive_jax.train import dfs, loop, train_and_evaluate
+from adaptive_jax.train import dfs, loop, search, train_and_evaluate
 from adaptive_jax.train.metrics import recorded_train_time
 
 FLAGS = flags.FLAGS
@@ -177,26 +177,47 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
             json.dump({"key": key, "found": [(p.tolist(), path) for p, path in found]}, f)
         os.replace(search_path + ".tmp", search_path)
     test_top1 = dfs.plan_accuracy(graphdef, state, config.dataset, options, config.eval_batch_size)
-    rows = []
-    for dfs_row, (plan, path) in zip(dfs_rows, found):
+
+    def static_row(target, plan, menu, run_dir):
         accuracy = untuned = test_top1(test_split, plan)
         tuned = {}
         if config.dfs.static_finetune:
-            run_dir = os.path.join(workdir, "static", f"target_{dfs_row['target']:g}")
-            tuned = train_and_evaluate(dfs.step_config(config, "joint", dfs_row["target"]),
+            tuned = train_and_evaluate(dfs.step_config(config, "joint", target),
                                        run_dir, data, dfs.static_plan_task(plan, start_result["state"]))
             accuracy = tuned["test_accuracy"]
             tuned = {"untuned_test_accuracy": untuned, "train_time_s": recorded_train_time(run_dir)}
         relative = np.asarray(options.computation())[plan]
-        rows.append({**tuned,
-            "point": f"static @{dfs_row['target']:g}%", "menu": "static", "target": dfs_row["target"],
+        name = {"static": "static", "static_above": "static above"}[menu]
+        return {**tuned,
+            "point": f"{name} @{target:g}%", "menu": menu, "target": target,
             "test_accuracy": accuracy, "test_computation_pct": float(100 * relative.mean()),
             "test_bitops": float(static_costs.plan_bitops(plan)),
             "test_macs": float(static_costs.plan_macs(plan)), "static_plan": plan.tolist(),
             "skip_frac": float((plan == 0).mean()), "bits8_frac": float((plan == 1).mean()),
-            "float_frac": float((plan == options.num_options - 1).mean()), "greedy_path": path,
-            "distinct_plans": 1, "bitops_cv": 0.0,
-            "dfs_minus_static_accuracy": dfs_row["test_accuracy"] - accuracy})
+            "float_frac": float((plan == options.num_options - 1).mean()),
+            "distinct_plans": 1, "bitops_cv": 0.0}
+
+    rows = []
+    for dfs_row, (plan, path) in zip(dfs_rows, found):
+        target = dfs_row["target"]
+        below = static_row(target, plan, "static", os.path.join(workdir, "static", f"target_{target:g}"))
+        below.update(greedy_path=path,
+                     dfs_minus_static_accuracy=dfs_row["test_accuracy"] - below["test_accuracy"])
+        rows.append(below)
+        if not config.dfs.static_mixture or len(path) < 2:  # (nothing above the search's start)
+            continue
+        # The greedy step before this plan costs more than the DFS point: the two mixed at the
+        # point's BitOPs are the static allocation at exactly equal cost (search.mixture_at).
+        above = static_row(target, np.asarray(path[-2]["plan"]), "static_above",
+                           os.path.join(workdir, "static_above", f"target_{target:g}"))
+        mixed = search.mixture_at(below, above, dfs_row["test_bitops"], "test_bitops",
+                                  ("test_accuracy", "test_computation_pct", "test_macs"))
+        bitops_cv = mixed.pop("cost_cv")
+        rows += [above, {
+            **mixed, "point": f"static mix @{target:g}%", "menu": "static_mix", "target": target,
+            "bitops_cv": bitops_cv, "distinct_plans": 2,
+            "static_plans": [below["static_plan"], above["static_plan"]],
+            "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}]
     return rows
 
 
@@ -245,7 +266,7 @@ def plot_curve(rows, out_path: str, title: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for menu, style in (("dfs", "o-"), ("skip_only", "s--"), ("static", "^:")):
+    for menu, style in (("dfs", "o-"), ("skip_only", "s--"), ("static", "^:"), ("static_mix", "x")):
         points = sorted((r["test_computation_pct"], r["test_accuracy"]) for r in rows
                         if r["menu"] == menu)
         if points:
