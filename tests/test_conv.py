@@ -60,11 +60,13 @@ def test_asymmetric_and_string_padding():
     x, w = _normal(0, (2, 8, 8, 3)), _normal(1, (3, 3, 3, 4))
     for padding in (((0, 1), (1, 0)), "SAME", "VALID"):
         for stride in (1, 2):
-            want = jax.grad(lambda w: (_reference(x, w, stride, padding) ** 2).sum())(w)
-            got = jax.grad(lambda w: (conv2d(x, w, (stride, stride), padding,
-                                             "shifted_matmul") ** 2).sum())(w)
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4,
-                                       err_msg=f"padding {padding}, stride {stride}")
+            want = jax.grad(lambda x, w: (_reference(x, w, stride, padding) ** 2).sum(),
+                            argnums=(0, 1))(x, w)
+            got = jax.grad(lambda x, w: (conv2d(x, w, (stride, stride), padding,
+                                                "shifted_matmul") ** 2).sum(), argnums=(0, 1))(x, w)
+            for name, g, r in zip(("input grad", "weight grad"), got, want):
+                np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4,
+                                           err_msg=f"{name}, padding {padding}, stride {stride}")
 
 
 def _count_convolutions(fn, *args) -> int:

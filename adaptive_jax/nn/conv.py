@@ -1,7 +1,8 @@
-"""2-D convolution whose gradient is lowered per backend: fast weight gradients on XLA:CPU.
+"""2-D convolution whose gradients are lowered per backend: fast on XLA:CPU, also inside `lax.cond`.
 
-The op is plain `lax.conv_general_dilated` (NHWC input, HWIO kernel) going forward and for the
-input gradient. Only the weight gradient changes, and only on CPU.
+The op is plain `lax.conv_general_dilated` (NHWC input, HWIO kernel) going forward. On CPU both
+gradients are written differently (the weight gradient as matmuls, the input gradient as a
+plain convolution); every other backend keeps XLA's own.
 
 Why: XLA lowers a conv's weight gradient to a second convolution that contracts over the batch,
 with the input transposed to (C, H, W, B) and the output gradient used as a (H, W) sized kernel.
@@ -19,8 +20,17 @@ that with the row-shifted input, `kh` matmuls of width kw * O in all. Strided co
 transitions, whose operands are 4x smaller) use one matmul per tap on a strided slice.
 Measured on ResNet-20, batch 128, one core: the whole training step goes from 2.47 s to 1.77 s.
 
-`lax.platform_dependent` keeps XLA's own weight gradient on every other backend (GPU and TPU
-have fast convolution gradients), so the accelerator path is untouched.
+The input gradient is a convolution of dY with the kernel flipped in space and its in / out
+channels swapped, dY dilated by the stride (`lhs_dilation`): the same maths as XLA's transpose
+rule, which instead emits a convolution with the kernel's channels in (out, in) order and a
+reversal. XLA:CPU runs its form as fast at the top level, but inside a `lax.cond` branch (a block
+that stochastic depth or a static plan may drop, `CifarResNet.drop_blocks`) 19x slower at
+32x32x16 and batch 128 (875 vs 46 ms; 11x for the stride-2 3x3), while the plain form runs at
+the same speed in and out of the branch (measured on one core, the session of the stochastic-depth
+zoo recipe; `python -m benchmarks.stochastic_depth_cost` times the whole step).
+
+`lax.platform_dependent` keeps XLA's own gradients on every other backend (GPU and TPU have fast
+convolution gradients), so the accelerator path is untouched.
 """
 
 from __future__ import annotations
@@ -80,6 +90,41 @@ def shifted_matmul_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequen
     return jnp.stack(rows).reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
 
 
+def xla_input_grad(dy: jax.Array, w: jax.Array, input_shape: Sequence[int],
+                   strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """XLA's own input gradient (the transpose rule of `lax.conv_general_dilated`)."""
+    x = jnp.zeros(input_shape, dy.dtype)
+    return jax.vjp(lambda x: _conv(x, w, strides, padding), x)[1](dy)[0]
+
+
+def flipped_kernel_input_grad(dy: jax.Array, w: jax.Array, input_shape: Sequence[int],
+                              strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """The input gradient as a plain NHWC x HWIO convolution: dY, dilated by the stride, with the
+    kernel flipped in space and its in / out channels swapped (see module doc). Falls back to
+    XLA's form for a padding wider than the kernel (never in a CIFAR ResNet)."""
+    kh, kw = w.shape[:2]
+    pads = []
+    for size, k, s, (lo, hi) in zip(input_shape[1:3], (kh, kw), strides, padding):
+        if lo > k - 1 or hi > k - 1:
+            return xla_input_grad(dy, w, input_shape, strides, padding)
+        rest = (size + lo + hi - k) % s  # input rows the forward conv's last window never reached
+        pads.append((k - 1 - lo, k - 1 - hi + rest))
+    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+    return lax.conv_general_dilated(dy, flipped, (1, 1), tuple(pads), lhs_dilation=strides,
+                                    dimension_numbers=_NHWC)
+
+
+def _input_grad(lowering: str, dy, w, input_shape, strides, padding):
+    if lowering == "xla":
+        return xla_input_grad(dy, w, input_shape, strides, padding)
+    if lowering == "shifted_matmul":
+        return flipped_kernel_input_grad(dy, w, input_shape, strides, padding)
+    return lax.platform_dependent(
+        dy, w,
+        cpu=lambda dy, w: flipped_kernel_input_grad(dy, w, input_shape, strides, padding),
+        default=lambda dy, w: xla_input_grad(dy, w, input_shape, strides, padding))
+
+
 def _weight_grad(lowering: str, x, dy, kernel_shape, strides, padding):
     if lowering == "xla":
         return xla_weight_grad(x, dy, kernel_shape, strides, padding)
@@ -103,7 +148,7 @@ def _conv2d_fwd(x, w, strides, padding, lowering):
 
 def _conv2d_bwd(strides, padding, lowering, residuals, dy):
     x, w = residuals
-    dx = jax.vjp(lambda x: _conv(x, w, strides, padding), x)[1](dy)[0]
+    dx = _input_grad(lowering, dy, w, x.shape, strides, padding)
     dw = _weight_grad(lowering, x, dy, w.shape, strides, padding)
     return dx, dw.astype(w.dtype)
 
