@@ -99,3 +99,64 @@ def test_unrolled_training_equals_scanned_training():
 
     for a, b in zip(jax.tree.leaves(grads(True)), jax.tree.leaves(grads(False))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_stochastic_depth_drops_whole_blocks_that_then_do_not_run():
+    # ResNet-14: blocks 1 and 4 dropped (4 is stage 3's first: its projection shortcut still runs).
+    keep = jnp.array([True, False, True, True, False, True])
+    survival = jnp.array([1.0, 0.9, 0.8, 0.5, 0.5, 0.25])
+    images = jax.random.normal(jax.random.PRNGKey(3), (4, 32, 32, 3))
+    model = resnet(14)
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    before = jax.tree.map(np.array, stats)
+
+    def loss(params):
+        m = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, stats))
+        m.train()
+        return (m.drop_blocks(images, keep, survival) ** 2).sum(), (m, nnx.state(m, nnx.BatchStat))
+
+    grads, (m, after) = jax.grad(loss, has_aux=True)(params)
+    # the reference, written out block by block in training mode
+    ref = nnx.merge(graphdef, params, jax.tree.map(np.array, before))
+    ref.train()
+    x = ref.stem(images)
+    for block, k, p in zip(ref.units(), keep, survival):
+        x = nnx.relu(block.shortcut(x) + block.residual(x) / p) if k else block.shortcut(x)
+    np.testing.assert_allclose(np.asarray(loss(params)[0]), np.asarray((ref.classify(x) ** 2).sum()),
+                               rtol=1e-5)
+    conv_grads = [np.abs(np.asarray(g)).sum() for g in
+                  (grads["stages"][0]["first"]["conv1"]["kernel"][...],
+                   grads["stages"][0]["rest"]["conv1"]["kernel"][...][0],
+                   grads["stages"][2]["first"]["conv2"]["kernel"][...],
+                   grads["stages"][2]["rest"]["conv1"]["kernel"][...][0])]
+    assert conv_grads[0] > 0 and conv_grads[3] > 0  # kept
+    assert conv_grads[1] == 0 and conv_grads[2] == 0  # dropped: no gradient at all
+    moved = lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b)))
+    assert not moved(after["stages"][0]["rest"]["bn1"]["mean"][...], before["stages"][0]["rest"]["bn1"]["mean"][...])
+    assert not moved(after["stages"][2]["first"]["bn2"]["var"][...], before["stages"][2]["first"]["bn2"]["var"][...])
+    assert moved(after["stages"][2]["first"]["projection"]["bn"]["mean"][...],
+                 before["stages"][2]["first"]["projection"]["bn"]["mean"][...])  # the shortcut ran
+    assert moved(after["stages"][1]["rest"]["bn1"]["mean"][...], before["stages"][1]["rest"]["bn1"]["mean"][...])
+
+
+def test_stochastic_depth_keeping_every_block_unscaled_is_the_plain_forward():
+    images = jax.random.normal(jax.random.PRNGKey(4), (2, 32, 32, 3))
+    model = resnet(14)
+    graphdef, state = nnx.split(model)
+    a, b = nnx.merge(graphdef, state), nnx.merge(graphdef, jax.tree.map(np.array, state))
+    a.train(), b.train()
+    np.testing.assert_allclose(a.drop_blocks(images, jnp.ones(6, bool), jnp.ones(6)), b(images),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_stochastic_depth_survival_decays_linearly_and_checks_its_range():
+    from adaptive_jax.models.resnet import survival_probabilities
+    np.testing.assert_allclose(survival_probabilities(4, 0.5), [0.875, 0.75, 0.625, 0.5])
+    np.testing.assert_allclose(survival_probabilities(3, 0.0), [1, 1, 1])
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="final drop probability"):
+            survival_probabilities(3, bad)
+    model = resnet(8)
+    model.eval()
+    with pytest.raises(ValueError, match="model.train"):
+        model.drop_blocks(jnp.zeros((1, 32, 32, 3)), jnp.ones(3, bool), jnp.ones(3))

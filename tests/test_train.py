@@ -184,3 +184,29 @@ def test_weight_decay_only_on_kernels():
     assert all(m == ("kernel" in p) for p, m in paths.items())
     # stem, head, 4 per stage (first block's 2 convs, the stacked rest's 2), 2 projections
     assert sum(paths.values()) == 16
+
+
+def test_stochastic_depth_trains_with_blocks_dropped_per_batch(tmp_path, tiny_data):
+    workdir = str(tmp_path / "sd")
+    result = train_and_evaluate(tiny_config(num_epochs=2, **{"model.stochastic_depth": 0.9}),
+                                workdir, data=tiny_data)
+    runs = [r["train_blocks_run"] for r in train_metrics(workdir).values()]
+    # ResNet-8's 3 blocks survive with 0.7, 0.4 and 0.1: 0.4 of them per step in expectation
+    assert len(runs) == 8 and all(0 <= r <= 1 for r in runs) and min(runs) < 1
+    assert np.isfinite(result["test_loss"])
+
+
+@pytest.mark.parametrize("value,match", [(1.0, "model.stochastic_depth = 1.0: expected"),
+                                         (-0.5, "model.stochastic_depth = -0.5: expected")])
+def test_stochastic_depth_out_of_range_is_named(tmp_path, tiny_data, value, match):
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(tiny_config(**{"model.stochastic_depth": value}), str(tmp_path),
+                           data=tiny_data)
+
+
+def test_stochastic_depth_in_a_method_with_its_own_skipping_is_refused():
+    from adaptive_jax.train import loop, ofas
+    config = ofas.default_config()
+    config.model.stochastic_depth = 0.5
+    with pytest.raises(ValueError, match="stochastic_depth = 0.5 trains a plain backbone"):
+        loop.validate_config(config, ofas.stage_b_task(None))

@@ -196,6 +196,22 @@ def _run_block(modules: tuple, x: jax.Array, _) -> tuple[jax.Array, None]:
     return modules[0](x), None
 
 
+def _run_or_drop(modules: tuple, x: jax.Array, unit) -> tuple[jax.Array, None]:
+    keep, survival = unit
+    return nnx.cond(keep, lambda block, h: nnx.relu(block.shortcut(h) + block.residual(h) / survival),
+                    lambda block, h: block.shortcut(h), modules[0], x), None
+
+
+def survival_probabilities(num_blocks: int, final_drop: float) -> np.ndarray:
+    """Stochastic depth's linear decay (Huang et al. 2016): block l of L (1-based) survives a
+    batch with probability 1 - (l / L) * final_drop, the last block with 1 - final_drop (their
+    CIFAR setting: 0.5); the stem and classifier always run."""
+    if not 0.0 <= final_drop < 1.0:
+        raise ValueError(f"stochastic depth's final drop probability must be in [0, 1), got "
+                         f"{final_drop} (0 turns it off; Huang et al. use 0.5)")
+    return 1.0 - np.arange(1, num_blocks + 1) / num_blocks * final_drop
+
+
 class CifarResNet(nnx.Module):
     """CIFAR ResNet 6n+2. `__call__(images)` takes float NHWC (B, 32, 32, 3), returns logits."""
 
@@ -222,6 +238,19 @@ class CifarResNet(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         check_images(images, self.spec.in_channels)
         x, _ = self.walk(self.stem(images), _run_block)
+        return self.classify(x)
+
+    def drop_blocks(self, images: jax.Array, keep: jax.Array, survival: jax.Array) -> jax.Array:
+        """Training forward of stochastic depth (docs/zoo.md): block l runs for this whole batch
+        if `keep[l]` ((L,) bools), its residual scaled by 1 / `survival[l]`, so that the plain
+        network at inference (every block, unscaled) sees the residual sums' expectation; a
+        dropped block outputs its shortcut and its convs do not run, forward or backward
+        (`nnx.cond`), so a dropped block saves its time and leaves its BN statistics alone."""
+        check_images(images, self.spec.in_channels)
+        if not self.training:
+            raise ValueError("drop_blocks is stochastic depth's training forward: call "
+                             "model.train() first (inference runs every block: model(images))")
+        x, _ = self.walk(self.stem(images), _run_or_drop, per_unit=(keep, survival))
         return self.classify(x)
 
     # -- the backbone protocol (docs/architecture.md) --

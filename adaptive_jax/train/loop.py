@@ -42,6 +42,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.depth = 20
     c.model.shortcut = "projection"
     c.model.conv_lowering = "auto"  # conv weight gradients: "auto" (by backend) or "xla"
+    c.model.stochastic_depth = 0.0  # > 0: blocks dropped per batch in supervised training, the
+                                    # last block with this probability (Huang et al.: 0.5)
     c.init_from = ""          # "zoo:resnet32": start from a zoo backbone's weights and BN statistics
 
     c.seed = 0
@@ -80,6 +82,7 @@ def _value_checks() -> dict:
         "model.depth": (lambda d: c.integer(8)[0](d) and (d - 2) % 6 == 0,
                         "a CIFAR ResNet depth 6n+2 (8, 14, 20, 32, 56, 110, ...)"),
         "model.shortcut": c.one_of(*SHORTCUT_KINDS), "model.conv_lowering": c.one_of(*LOWERINGS),
+        "model.stochastic_depth": c.number(0, below=1),
         "init_from": (lambda v: isinstance(v, str) and (v == "" or v.startswith("zoo:")),
                       '"" or "zoo:NAME" (python -c "from adaptive_jax import zoo; print(zoo.list())")'),
         "seed": c.integer(0, 2**32 - 1), "num_epochs": c.integer(0),
@@ -104,6 +107,11 @@ def validate_config(config, task: Task | None = None) -> None:
     config_lib.check_config_values(config, _value_checks())
     if task.validate_config is not None:
         task.validate_config(config)
+    if config.model.stochastic_depth and task.make_train_step is not _supervised_train_step:
+        raise ValueError(
+            f"config.model.stochastic_depth = {config.model.stochastic_depth} trains a plain "
+            "backbone (the zoo recipe, experiments/zoo); this task's training step has its own "
+            "skipping and would ignore it: leave it at 0")
     if config.init_from:
         from adaptive_jax import zoo
         source = config.init_from
@@ -179,7 +187,7 @@ def make_tx(config, steps_per_epoch: int, total_steps: int):
 
 def _supervised_train_step(graphdef, tx, config, steps_per_epoch: int = 1, **common):
     return steps.make_train_step(graphdef, tx, label_smoothing=config.optimizer.label_smoothing,
-                                 **common)
+                                 stochastic_depth=config.model.stochastic_depth, **common)
 
 
 def _supervised_eval_step(graphdef, config, **common):

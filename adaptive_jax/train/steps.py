@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from adaptive_jax.data.augment import augment, normalize
+from adaptive_jax.models.resnet import survival_probabilities
 
 
 @flax.struct.dataclass
@@ -115,13 +116,26 @@ def make_step(graphdef, tx: optax.GradientTransformation, loss: LossFn, *, mean,
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, *, num_classes: int,
-                    mean, std, label_smoothing: float = 0.0, guard_nonfinite: bool = True) -> Callable:
-    """Supervised: (state, images uint8, labels) -> (state, metrics), jit-compiled (`make_step`)."""
+                    mean, std, label_smoothing: float = 0.0, stochastic_depth: float = 0.0,
+                    guard_nonfinite: bool = True) -> Callable:
+    """Supervised: (state, images uint8, labels) -> (state, metrics), jit-compiled (`make_step`).
+
+    `stochastic_depth` > 0 (a CIFAR ResNet): each step drops blocks for the whole batch, block l
+    of L with probability (l / L) * stochastic_depth (`CifarResNet.drop_blocks`: a dropped block
+    does not run); metrics["blocks_run"] is the share of blocks that ran."""
 
     def loss(model, images, labels, key, step):
-        logits = model(images)
+        metrics = {}
+        if stochastic_depth:
+            survival = jnp.asarray(survival_probabilities(model.spec.num_blocks, stochastic_depth),
+                                   jnp.float32)
+            keep = jax.random.bernoulli(key, survival)
+            logits = model.drop_blocks(images, keep, survival)
+            metrics["blocks_run"] = keep.mean()
+        else:
+            logits = model(images)
         value = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
-        return value, {"loss": value, "accuracy": (logits.argmax(-1) == labels).mean()}
+        return value, {"loss": value, "accuracy": (logits.argmax(-1) == labels).mean(), **metrics}
 
     return jax.jit(make_step(graphdef, tx, loss, mean=mean, std=std,
                              guard_nonfinite=guard_nonfinite), donate_argnums=0)
