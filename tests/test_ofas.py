@@ -66,6 +66,36 @@ def test_training_forward_reaches_the_head_through_straight_through(net):
     assert np.any(grads["policy"]["layers"][0]["kernel"].value)
 
 
+def test_static_subnet_trains_without_running_its_skipped_blocks():
+    """FixedPlanNet in training: the masked executor's logits, but the skipped blocks get no
+    gradient and keep their BN statistics (they did not run)."""
+    from adaptive_jax.methods.ofas import FixedPlanNet
+    from adaptive_jax import execution
+
+    plan = (True, False, True, True, True, False)
+    model = FixedPlanNet(CifarResNet(ResNetSpec(DEPTH), rngs=nnx.Rngs(1)), plan)
+    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    before = jax.tree.map(np.array, stats)
+    images = _images(4, seed=5)
+
+    def loss(params):
+        m = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, stats))
+        m.train()
+        return (m(images) ** 2).sum(), nnx.state(m, nnx.BatchStat)
+
+    (value, after), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    masked = nnx.merge(graphdef, params, jax.tree.map(np.array, before))
+    masked.train()
+    b = masked.backbone
+    ref = b.classify(execution.masked().run_units(b, b.stem(images), masked.plan(images)))
+    np.testing.assert_allclose(value, (ref ** 2).sum(), rtol=1e-5)
+    rest = grads["backbone"]["stages"][0]["rest"]["conv1"]["kernel"][...]  # block 1: skipped
+    assert float(jnp.abs(rest).sum()) == 0
+    assert float(jnp.abs(grads["backbone"]["stages"][0]["first"]["conv1"]["kernel"][...]).sum()) > 0
+    last = lambda s: np.asarray(s["backbone"]["stages"][2]["rest"]["bn1"]["mean"][...])  # block 5
+    np.testing.assert_array_equal(last(after), last(before))
+
+
 def test_plan_macs_count_the_head(net):
     costs = net.costs()
     assert costs.policy_macs == 16 * 32 + 32 * 6

@@ -97,9 +97,10 @@ def make_predictors(graphdef, executor="cond", check_finite: bool = False, **opt
 
 class FixedPlanNet(nnx.Module):
     """A backbone that runs one plan for every image: the *static* sub-net an adaptive policy is
-    compared with. The plan is a Python tuple of bools (part of the graph, not a weight), applied
-    by the masked executor (training and evaluation; for inference that skips the work, give the
-    plan to the cond or static executor)."""
+    compared with. The plan is a Python tuple of bools (part of the graph, not a weight). In
+    training the skipped blocks do not run (`CifarResNet.drop_blocks`: a fine-tune costs the
+    sub-net's time, not the backbone's); evaluation applies the masked executor (for inference
+    that skips the work, give the plan to the cond or static executor)."""
 
     def __init__(self, backbone: CifarResNet, plan):
         plan = tuple(bool(b) for b in plan)
@@ -115,5 +116,8 @@ class FixedPlanNet(nnx.Module):
 
     def __call__(self, images: jax.Array) -> jax.Array:
         check_images(images, self.spec.in_channels)
+        if self.backbone.training:
+            plan = jnp.asarray(self.fixed_plan)
+            return self.backbone.drop_blocks(images, plan, jnp.ones(plan.shape, jnp.float32))
         features = self.backbone.stem(images)
         return self.backbone.classify(_MASKED.run_units(self.backbone, features, self.plan(images)))
