@@ -241,15 +241,18 @@ class CifarResNet(nnx.Module):
         return self.classify(x)
 
     def drop_blocks(self, images: jax.Array, keep: jax.Array, survival: jax.Array) -> jax.Array:
-        """Training forward of stochastic depth (docs/zoo.md): block l runs for this whole batch
-        if `keep[l]` ((L,) bools), its residual scaled by 1 / `survival[l]`, so that the plain
-        network at inference (every block, unscaled) sees the residual sums' expectation; a
-        dropped block outputs its shortcut and its convs do not run, forward or backward
-        (`nnx.cond`), so a dropped block saves its time and leaves its BN statistics alone."""
+        """Training forward with whole blocks left out for the batch (stochastic depth,
+        docs/zoo.md; a static sub-net's fine-tune, `FixedPlanNet`): block l runs for this whole
+        batch if `keep[l]` ((L,) bools), its residual scaled by 1 / `survival[l]` (stochastic
+        depth's survival probability, so that the plain network at inference, every block
+        unscaled, sees the residual sums' expectation; 1 for a fixed plan). A dropped block
+        outputs its shortcut and its convs do not run, forward or backward (`nnx.cond`), so it
+        saves its time and leaves its BN statistics alone."""
         check_images(images, self.spec.in_channels)
         if not self.training:
-            raise ValueError("drop_blocks is stochastic depth's training forward: call "
-                             "model.train() first (inference runs every block: model(images))")
+            raise ValueError("drop_blocks is a training forward: call model.train() first (in "
+                             "inference, give a plan to an executor, or run every block: "
+                             "model(images))")
         x, _ = self.walk(self.stem(images), _run_or_drop, per_unit=(keep, survival))
         return self.classify(x)
 

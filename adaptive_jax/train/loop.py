@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.depth = 20
     c.model.shortcut = "projection"
-    c.model.conv_lowering = "auto"  # conv weight gradients: "auto" (by backend) or "xla"
+    c.model.conv_lowering = "auto"  # conv gradients: "auto" (by backend) or "xla"
     c.model.stochastic_depth = 0.0  # > 0: blocks dropped per batch in supervised training, the
                                     # last block with this probability (Huang et al.: 0.5)
     c.init_from = ""          # "zoo:resnet32": start from a zoo backbone's weights and BN statistics
