@@ -36,7 +36,7 @@ convolution gradients), so the accelerator path is untouched.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -114,27 +114,15 @@ def flipped_kernel_input_grad(dy: jax.Array, w: jax.Array, input_shape: Sequence
                                     dimension_numbers=_NHWC)
 
 
-def _input_grad(lowering: str, dy, w, input_shape, strides, padding):
+def _lowered(lowering: str, xla: Callable, cpu: Callable, a, b, *static):
+    """`xla(a, b, *static)` or the CPU form `cpu(a, b, *static)` as `lowering` picks ("auto":
+    chosen when the computation is lowered for a platform, not when it is traced)."""
     if lowering == "xla":
-        return xla_input_grad(dy, w, input_shape, strides, padding)
+        return xla(a, b, *static)
     if lowering == "shifted_matmul":
-        return flipped_kernel_input_grad(dy, w, input_shape, strides, padding)
-    return lax.platform_dependent(
-        dy, w,
-        cpu=lambda dy, w: flipped_kernel_input_grad(dy, w, input_shape, strides, padding),
-        default=lambda dy, w: xla_input_grad(dy, w, input_shape, strides, padding))
-
-
-def _weight_grad(lowering: str, x, dy, kernel_shape, strides, padding):
-    if lowering == "xla":
-        return xla_weight_grad(x, dy, kernel_shape, strides, padding)
-    if lowering == "shifted_matmul":
-        return shifted_matmul_weight_grad(x, dy, kernel_shape, strides, padding)
-    # "auto": chosen when the computation is lowered for a platform, not when it is traced.
-    return lax.platform_dependent(
-        x, dy,
-        cpu=lambda x, dy: shifted_matmul_weight_grad(x, dy, kernel_shape, strides, padding),
-        default=lambda x, dy: xla_weight_grad(x, dy, kernel_shape, strides, padding))
+        return cpu(a, b, *static)
+    return lax.platform_dependent(a, b, cpu=lambda a, b: cpu(a, b, *static),
+                                  default=lambda a, b: xla(a, b, *static))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -148,8 +136,10 @@ def _conv2d_fwd(x, w, strides, padding, lowering):
 
 def _conv2d_bwd(strides, padding, lowering, residuals, dy):
     x, w = residuals
-    dx = _input_grad(lowering, dy, w, x.shape, strides, padding)
-    dw = _weight_grad(lowering, x, dy, w.shape, strides, padding)
+    dx = _lowered(lowering, xla_input_grad, flipped_kernel_input_grad, dy, w, x.shape, strides,
+                  padding)
+    dw = _lowered(lowering, xla_weight_grad, shifted_matmul_weight_grad, x, dy, w.shape, strides,
+                  padding)
     return dx, dw.astype(w.dtype)
 
 
