@@ -11,6 +11,10 @@ loss and update only: the floor). If a dropped block saves its share of the time
 stochastic-depth step takes floor + (plain - floor) x the expected share of block MACs that runs
 (`cost.block_costs`); `sd_time_saved_over_ideal` is the time saved over that ideal saving (1.0:
 in proportion). A reference that multiplies dropped blocks by zero saves nothing (0.0).
+
+Part 2 (`--conv_in_cond`, default on): the conv input gradient, XLA's transposed form against
+`nn.conv`'s flipped-kernel form, at the top level and inside a `lax.cond` branch (the 3x3 convs
+of the first stage and of its stride-2 transition, batch 128): why the CPU lowering changed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from absl import app, flags
 from adaptive_jax import cost, report
 from adaptive_jax.data import datasets
 from adaptive_jax.models.resnet import survival_probabilities
+from adaptive_jax.nn import conv
 from adaptive_jax.train import loop, steps
 from benchmarks import common
 
@@ -32,6 +37,30 @@ flags.DEFINE_float("final_drop", 0.5, "Drop probability of the last block (Huang
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 flags.DEFINE_integer("steps_per_round", 10, "Timed steps per variant per round.")
+flags.DEFINE_bool("conv_in_cond", True, "Part 2: the conv input gradient in and out of lax.cond.")
+
+# (height/width, in channels, out channels, stride) of the 3x3 convs part 2 times.
+COND_SHAPES = [(32, 16, 16, 1), (32, 16, 32, 2)]
+
+
+def input_grad_ms(batch: int, hw: int, cin: int, cout: int, stride: int) -> dict:
+    """Median ms of each input-gradient form, plain and as the taken branch of a `lax.cond`."""
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.standard_normal((3, 3, cin, cout), np.float32))
+    out = (hw + stride - 1) // stride
+    dy = jnp.asarray(rng.standard_normal((batch, out, out, cout), np.float32))
+    shape, strides, padding = (batch, hw, hw, cin), (stride, stride), ((1, 1), (1, 1))
+    taken = jnp.asarray(True)
+    times = {}
+    for name, grad in (("xla", conv.xla_input_grad), ("flipped", conv.flipped_kernel_input_grad)):
+        run = lambda dy, w, grad=grad: grad(dy, w, shape, strides, padding)
+        plain = jax.jit(run)
+        branch = jax.jit(lambda p, dy, w, run=run: jax.lax.cond(
+            p, run, lambda dy, w: jnp.zeros(shape, dy.dtype), dy, w))
+        for where, fn in (("top", lambda: plain(dy, w)), ("cond", lambda: branch(taken, dy, w))):
+            jax.block_until_ready(fn())
+            times[f"{name}_{where}"] = common.median_call_ms(lambda: jax.block_until_ready(fn()), 5)
+    return times
 
 
 def expected_block_share(model, final_drop: float) -> float:
@@ -95,6 +124,21 @@ def main(argv):
                 "model": model_name, **extra},
                {"metric": "sd_time_saved_over_ideal", "value": round(efficiency, 4),
                 "unit": "ratio", "model": model_name, **extra}]
+    if FLAGS.conv_in_cond:
+        conv_rows = []
+        for hw, cin, cout, stride in COND_SHAPES:
+            t = input_grad_ms(FLAGS.batch_size, hw, cin, cout, stride)
+            conv_rows.append({"shape": f"{hw}x{hw}x{cin}->{cout} s{stride}", **t})
+            figures.append({"metric": "conv_input_grad_cond_over_top_xla",
+                            "value": round(t["xla_cond"] / t["xla_top"], 3), "unit": "ratio",
+                            "model": f"conv3x3_{hw}x{hw}x{cin}_{cout}_s{stride}_b{FLAGS.batch_size}",
+                            **{k: round(v, 2) for k, v in t.items()}})
+        part2 = report.format_table(conv_rows, [
+            ("shape", "3x3 conv input gradient", "s"), ("xla_top", "XLA ms", ".1f"),
+            ("xla_cond", "XLA in cond ms", ".1f"), ("flipped_top", "flipped ms", ".1f"),
+            ("flipped_cond", "flipped in cond ms", ".1f")])
+        print(part2)
+        text += "\n\n" + part2
     common.append_results("stochastic_depth_cost", figures, text,
                           notes=f"{FLAGS.rounds} rounds x {FLAGS.steps_per_round} steps, medians")
 

@@ -24,10 +24,10 @@ The input gradient is a convolution of dY with the kernel flipped in space and i
 channels swapped, dY dilated by the stride (`lhs_dilation`): the same maths as XLA's transpose
 rule, which instead emits a convolution with the kernel's channels in (out, in) order and a
 reversal. XLA:CPU runs its form as fast at the top level, but inside a `lax.cond` branch (a block
-that stochastic depth or a static plan may drop, `CifarResNet.drop_blocks`) 19x slower at
-32x32x16 and batch 128 (875 vs 46 ms; 11x for the stride-2 3x3), while the plain form runs at
-the same speed in and out of the branch (measured on one core, the session of the stochastic-depth
-zoo recipe; `python -m benchmarks.stochastic_depth_cost` times the whole step).
+that stochastic depth or a static plan may drop, `CifarResNet.drop_blocks`) 17-19x slower at
+32x32x16 and batch 128 (744-875 vs 45-46 ms; 11-12x for the stride-2 3x3), while the plain form
+runs at about the same speed in and out of the branch (one core, two runs;
+`python -m benchmarks.stochastic_depth_cost`, part 2, times both forms, part 1 the whole step).
 
 `lax.platform_dependent` keeps XLA's own gradients on every other backend (GPU and TPU have fast
 convolution gradients), so the accelerator path is untouched.
