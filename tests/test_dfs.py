@@ -299,6 +299,44 @@ def test_greedy_descent_takes_the_move_that_keeps_accuracy():
         search.greedy_descent(np.asarray([3, 3]), lower, lambda p: float(p.sum()), accuracy, 1)
 
 
+def test_an_interrupted_search_resumes_from_its_journal(tmp_path):
+    """The journal keeps every plan's figure as the search goes: a search stopped part way
+    (here: its evaluation fails on the third new plan) and run again evaluates only the plans
+    it had not finished, and reaches the plan an uninterrupted search reaches."""
+    def accuracy(plan):  # unit 0 matters, unit 1 does not
+        return 1.0 - 0.1 * (3 - plan[0]) - 0.01 * (3 - plan[1])
+
+    def lower(plan):
+        return [(u, np.where(np.arange(2) == u, plan - 1, plan)) for u in np.flatnonzero(plan > 1)]
+
+    journal, context = str(tmp_path / "search" / "plan_accuracy.jsonl"), {"heldout_examples": 7}
+    seen = []
+
+    def interrupted(plan):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(tuple(plan))
+        return accuracy(plan)
+
+    def descend(evaluate, path=journal, ctx=context):
+        return search.greedy_descent(np.asarray([3, 3]), lower, lambda p: float(p.sum()),
+                                     search.journaled(evaluate, path, ctx), 4)
+
+    with pytest.raises(KeyboardInterrupt):
+        descend(interrupted)
+    with open(journal, "a") as f:
+        f.write('{"context": {"heldout_examples": 7}, "plan": [2, ')  # a write cut short
+    again = []
+    plan, path = descend(lambda plan: again.append(tuple(plan)) or accuracy(plan))
+    uninterrupted, _ = descend(accuracy, path=None)
+    assert plan.tolist() == uninterrupted.tolist() == [3, 1]
+    assert not set(again) & set(seen) and len(again) > 0  # nothing evaluated twice
+    # another context (a different held-out set) reuses nothing
+    other = []
+    descend(lambda plan: other.append(tuple(plan)) or accuracy(plan), ctx={"heldout_examples": 8})
+    assert set(seen) <= set(other)
+
+
 def test_every_config_variant_is_valid_and_unknown_ones_are_refused():
     from experiments.dfs.configs import default
     for variant in default.VARIANTS:

@@ -275,7 +275,8 @@ def plan_accuracy(graphdef, state, dataset: str, options: Bitwidths, batch_size:
 
 def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
                       costs: cost.PlanCosts, budgets: list[float], batch_size: int = 500,
-                      price: str = "bitops") -> list[tuple[np.ndarray, list]]:
+                      price: str = "bitops", journal: str | None = None
+                      ) -> list[tuple[np.ndarray, list]]:
     """For each budget (BitOPs per image, or with `price="computation"` the paper's computation
     percentage, what the joint step's target is in), the static option plan found greedily on
     `split` (held-out images): from the cheapest uniform plan (every block at one bitwidth) that is not below the
@@ -284,17 +285,14 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
     One descent serves every budget (the largest first). Starting from the uniform plan rather
     than from all-float spares the search the rounds between the two: below every block at 8 bits
     a budget needs skips, and a descent from float would first take some 75 moves of one
-    bitwidth each. Returns [(plan, path)] in the order of `budgets`."""
+    bitwidth each. `journal`: a file keeping each plan's held-out accuracy as the search goes
+    (`search.journaled`), so an interrupted search resumes. Returns [(plan, path)] in the order
+    of `budgets`."""
     if price not in ("bitops", "computation"):
         raise ValueError(f"a static allocation is priced in 'bitops' or 'computation', got {price!r}")
     plan_top1 = plan_accuracy(graphdef, state, dataset, options, batch_size)
-    cache: dict[tuple, float] = {}
-
-    def accuracy(plan):
-        key = tuple(int(v) for v in plan)
-        if key not in cache:
-            cache[key] = plan_top1(split, plan)
-        return cache[key]
+    accuracy = search.journaled(lambda plan: plan_top1(split, plan), journal,
+                                {"heldout_examples": len(split), "options": list(options.names)})
 
     def lower_one(plan):
         return [(int(u), np.where(np.arange(len(plan)) == u, plan - 1, plan))

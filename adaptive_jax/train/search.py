@@ -4,10 +4,55 @@ allocation at its BitOPs, HAQ-like)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
+
+
+def journaled(evaluate: Callable[[np.ndarray], float], path: str | None = None,
+              context: dict | None = None) -> Callable[[np.ndarray], float]:
+    """`evaluate(plan)` memoised, and with `path` also kept on disk as the search goes: one JSON
+    line per plan evaluated, so a search interrupted after hours (a DFS allocation evaluates
+    hundreds of plans on held-out images) resumes where it stopped instead of starting again.
+
+    `context` (JSON values: what the figures depend on, such as the held-out set's size) is
+    written on each line; lines of another context are not reused, so a journal kept beside a
+    run never answers for a different search. A last line cut short by an interruption is
+    ignored (it is evaluated again)."""
+    context = {} if context is None else json.loads(json.dumps(context))
+    known: dict[tuple, float] = {}
+    if path is not None and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by an interrupted write
+                if entry.get("context") == context:
+                    known[_plan_key(entry["plan"])] = float(entry["value"])
+
+    def value(plan) -> float:
+        key = _plan_key(plan)
+        if key not in known:
+            known[key] = float(evaluate(plan))
+            if path is not None:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                with open(path, "a") as f:
+                    f.write(json.dumps({"context": context, "plan": list(key),
+                                        "value": known[key]}) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+        return known[key]
+
+    return value
+
+
+def _plan_key(plan) -> tuple:
+    array = np.asarray(plan)
+    return tuple(bool(v) for v in array) if array.dtype == np.bool_ else tuple(int(v) for v in array)
 
 
 def greedy_descent(start: np.ndarray, moves: Callable[[np.ndarray], list[tuple[int, np.ndarray]]],

@@ -118,7 +118,8 @@ def gate_start_plan(config, run_dir: str, train_split, warm: dict, target: float
     costs = dfs.model_costs(config, train_split.num_classes, train_split.images.shape[-1])
     [(plan, search_path)] = dfs.static_allocation(
         warm["graphdef"], warm["state"], heldout, config.dataset, dfs.menu(config), costs,
-        [float(target)], config.eval_batch_size, price="computation")
+        [float(target)], config.eval_batch_size, price="computation",
+        journal=os.path.join(run_dir, "plan_accuracy.jsonl"))
     os.makedirs(run_dir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump({"key": key, "plan": plan.tolist(), "greedy_path": search_path}, f)
@@ -171,7 +172,8 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
         found = [(np.asarray(p), path) for p, path in cached["found"]]
     else:
         found = dfs.static_allocation(graphdef, state, heldout, config.dataset, options,
-                                      static_costs, budgets, config.eval_batch_size)
+                                      static_costs, budgets, config.eval_batch_size,
+                                      journal=os.path.join(workdir, "static", "plan_accuracy.jsonl"))
         os.makedirs(os.path.dirname(search_path), exist_ok=True)
         with open(search_path + ".tmp", "w") as f:
             json.dump({"key": key, "found": [(p.tolist(), path) for p, path in found]}, f)
