@@ -180,6 +180,10 @@ def plot_accuracy_vs_macs(rows, rec, path: str) -> str:
     if static_sub:
         ax.plot(static_sub["macs"] / 1e6, static_sub["test_accuracy"], "x", color="k",
                 label="best static sub-net, fine-tuned alike")
+    mixture = rec.metrics.get("static_mixture")
+    if mixture:  # the two static sub-nets around the point, mixed at exactly its mean MACs
+        ax.plot(mixture["macs"] / 1e6, mixture["test_accuracy"], "+", color="k", markersize=9,
+                label="static sub-nets mixed at equal MACs")
     ax.set_xlabel("MACs per image (millions)")
     ax.set_ylabel("test top-1")
     ax.set_title("Adaptive (OFAS) vs static ResNets, CIFAR-10")
