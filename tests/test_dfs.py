@@ -331,6 +331,9 @@ def test_an_interrupted_search_resumes_from_its_journal(tmp_path):
     uninterrupted, _ = descend(accuracy, path=None)
     assert plan.tolist() == uninterrupted.tolist() == [3, 1]
     assert not set(again) & set(seen) and len(again) > 0  # nothing evaluated twice
+    third = []  # the entry written after the cut line is kept too: a third run evaluates nothing
+    assert descend(lambda plan: third.append(tuple(plan)) or accuracy(plan))[0].tolist() == [3, 1]
+    assert third == []
     # another context (a different held-out set) reuses nothing
     other = []
     descend(lambda plan: other.append(tuple(plan)) or accuracy(plan), ctx={"heldout_examples": 8})

@@ -33,6 +33,11 @@ def journaled(evaluate: Callable[[np.ndarray], float], path: str | None = None,
                     continue  # a line cut short by an interrupted write
                 if entry.get("context") == context:
                     known[_plan_key(entry["plan"])] = float(entry["value"])
+        with open(path, "rb+") as f:  # end a cut line, so the next entry starts a line of its own
+            if f.seek(0, os.SEEK_END):
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
 
     def value(plan) -> float:
         key = _plan_key(plan)
