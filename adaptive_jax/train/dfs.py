@@ -64,7 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dfs.budget_weight = 1e-5              # beta; cost is a sum over the batch (not a mean)
     c.dfs.skip_only_baseline = True         # the same training with the menu {0, 32} (SkipNet-like)
     c.dfs.static_baseline = True            # the greedy static allocation at each point's BitOPs
-    c.dfs.static_heldout_examples = 2000
+    c.dfs.static_heldout_examples = 2000    # ... searched on the last this-many training images
+                                            # (not held out from the backbone's training)
     c.dfs.static_finetune = True            # fine-tune each static plan for the joint step's steps
     c.dfs.static_mixture = False            # ... and the greedy step above it, the two mixed at
                                             # the DFS point's BitOPs (equal cost, docs/dfs.md)

@@ -68,7 +68,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.distill_weight = 0.0               # a > 0: the backbone's loss is (1 - a) CE + a KD, KD the
     c.rl.distill_temperature = 4.0          # soft CE to the frozen full backbone at this temperature
     c.rl.static_baseline = False            # also fine-tune the best static sub-net at each point's MACs
-    c.rl.static_heldout_examples = 5000     # ... chosen greedily on the last this-many training images
+    c.rl.static_heldout_examples = 5000     # ... chosen greedily on the last this-many training
+                                            # images (not held out from the backbone's training)
     c.rl.static_mixture = False             # ... and the one a block above, mixed at the point's MACs
     return c
 
