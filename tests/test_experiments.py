@@ -166,9 +166,15 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         "--config.rl.static_baseline=True", "--config.rl.static_heldout_examples=50",
         "--config.rl.static_mixture=True",
         "--config.policy.pool_grid=4", "--config.policy.activation=relu",
+        "--config.policy.start=static_plan", "--config.policy.start_block_share=0.5",
         "--latency_images=2", "--zoo_name=ofas_resnet8", "--zoo_penalty=4", env_extra=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ofas" / "report.json").read_text())
+    # stage B started every image at the greedy static sub-net of half the block MACs
+    search = json.loads((tmp_path / "ofas" / "start_plan" / "greedy_search.json").read_text())
+    assert report["start_plan"] == search["plan"] and not all(search["plan"])
+    assert search["path"][-1]["macs"] <= search["key"]["max_macs"] < search["path"][-2]["macs"]
+    assert "stage B starts every image at the static sub-net" in proc.stdout
     stage_a, point, static, above, mixture = report["points"]
     assert [p["point"] for p in report["points"]] == [
         "stage A", "penalty 4", "static @4", "static above @4", "static mix @4"]

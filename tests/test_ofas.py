@@ -96,6 +96,31 @@ def test_static_subnet_trains_without_running_its_skipped_blocks():
     np.testing.assert_array_equal(last(after), last(before))
 
 
+@pytest.mark.parametrize("logit_norm", ["none", "batch"])
+def test_a_head_started_at_a_plan_gives_every_image_that_plan(logit_norm):
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    model = OFASNet(CifarResNet(ResNetSpec(DEPTH), rngs=rngs), (32,), logit_norm=logit_norm,
+                    input_norm="layer", pool_grid=4, activation="relu", rngs=rngs)
+    plan = np.array([True, False, True, True, False, False])
+    head = model.policy  # as a trained head leaves them: whatever it learned is overwritten
+    head.layers[-1].bias[...] = jnp.linspace(-4.0, 4.0, 6)
+    if head.score_norm is not None:
+        head.score_norm.mean[...], head.score_norm.var[...] = jnp.full(6, 0.5), jnp.full(6, 4.0)
+    model.policy.start_at_plan(plan, margin=3.0)
+    images = _images(8, seed=2)
+    for mode in (model.eval, model.train):  # inference, and the first training step's logits
+        mode()
+        logits = model.policy(model.backbone.stem(images))
+        np.testing.assert_allclose(logits, np.broadcast_to(np.where(plan, 3.0, -3.0), (8, 6)),
+                                   atol=1e-5)
+    model.eval()
+    np.testing.assert_array_equal(model.plan(images), np.broadcast_to(plan, (8, 6)))
+    with pytest.raises(ValueError, match=r"a start plan is \(6,\) bools"):
+        model.policy.start_at_plan(plan[:5])
+    with pytest.raises(ValueError, match="margin must be positive"):
+        model.policy.start_at_plan(plan, margin=0.0)
+
+
 def test_plan_macs_count_the_head(net):
     costs = net.costs()
     assert costs.policy_macs == 16 * 32 + 32 * 6

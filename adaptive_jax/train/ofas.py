@@ -46,6 +46,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.policy.input_norm = "none"            # "layer": standardise the pooled features per image
     c.policy.logit_norm = "none"            # "batch": per-block score batch-normalised, x logit_scale,
     c.policy.logit_scale = 2.0              # + a learned bias (rate and ranking apart; policies/ofas.py)
+    c.policy.start = "on"                   # stage B's head: "on" (every block at
+                                            # initial_execute_prob); "static_plan": every image at
+                                            # the greedy static sub-net of start_block_share of the
+                                            # block MACs, per-image deviations learned from there
+    c.policy.start_block_share = 0.6
+    c.policy.start_margin = 3.0             # static_plan: each block's logit this far from 0
     c.rl = ml_collections.ConfigDict()
     c.rl.num_epochs = 1
     c.rl.fidelity = "clean"                 # "ofas_code": the reference code's estimator and rewards
@@ -81,7 +87,9 @@ def check_config(config) -> None:
         "policy.initial_execute_prob": c.number(above=0, below=1),
         "policy.pool_grid": c.integer(1), "policy.activation": c.one_of("none", "relu"),
         "policy.input_norm": c.one_of("none", "layer"), "policy.logit_norm": c.one_of("none", "batch"),
-        "policy.logit_scale": c.number(above=0),
+        "policy.logit_scale": c.number(above=0), "policy.start": c.one_of("on", "static_plan"),
+        "policy.start_block_share": c.number(above=0, below=1),
+        "policy.start_margin": c.number(above=0),
         "rl.num_epochs": c.integer(0), "rl.penalty": c.number(0),
         "rl.penalties": c.sequence_of(c.number(0), unique=True), "rl.wrong_penalty": c.number(0),
         "rl.epsilon": c.number(0, 1), "rl.self_critical": c.boolean(),
@@ -389,6 +397,14 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
         if "moved" in step:
             step["dropped"] = step.pop("moved")
     return tuple(bool(b) for b in plan), path
+
+
+def start_at_plan(graphdef, state: steps.TrainState, plan, margin: float) -> steps.TrainState:
+    """`state` with its head started at `plan` for every image (`OFASHead.start_at_plan`)."""
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model.policy.start_at_plan(np.asarray(plan, bool), margin)
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return state.replace(params=params, batch_stats=batch_stats)
 
 
 def static_mixture(below: dict, above: dict, macs: float) -> dict:

@@ -87,11 +87,16 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         return r
 
     rows = [row("stage A", stage_a, stage_a_dir)]
+    start, start_plan = start_state(config, stage_a, train_split, costs, workdir)
+    if start_plan is not None:
+        print(f"stage B starts every image at the static sub-net {np.asarray(start_plan, int)} "
+              f"({costs.block_fraction(np.asarray(start_plan)[None])[0]:.3f} of block MACs)",
+              flush=True)
     states = {}
     for penalty in config.rl.penalties:
         b_config = ofas.stage_b_config(config, penalty)
         run_dir = os.path.join(workdir, f"penalty_{penalty:g}")
-        result = train_and_evaluate(b_config, run_dir, data, ofas.stage_b_task(stage_a["state"]))
+        result = train_and_evaluate(b_config, run_dir, data, ofas.stage_b_task(start))
         states[float(penalty)] = result["state"]
         rows.append(row(f"penalty {penalty:g}", result, run_dir, {"penalty": float(penalty)}))
         if config.rl.static_baseline:
@@ -103,7 +108,9 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
     print(report.format_table(rows, COLUMNS), flush=True)
     summary = {"model": f"ofas_resnet{config.model.depth}", "dataset": config.dataset,
                "init_from": config.init_from, "full_macs": costs.full_macs,
-               "policy_macs": costs.policy_macs, "points": rows}
+               "policy_macs": costs.policy_macs,
+               "start_plan": None if start_plan is None else [bool(b) for b in start_plan],
+               "points": rows}
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(summary, f, indent=2)
     plot = plot_curve(rows, costs.full_macs, os.path.join(workdir, "curve.png"),
@@ -122,6 +129,42 @@ PLAN_STATISTICS = ("distinct_plans", "macs_mean", "macs_std", "macs_cv", "block_
                    "blocks_mean", "blocks_std")
 
 
+def greedy_static_plan(config, stage_a, train_split, costs, max_macs: float, search_path: str):
+    """`ofas.greedy_static_plan` under `max_macs` on the last rl.static_heldout_examples training
+    images, with the backbone of `stage_a`. The search costs minutes (a forward pass of those
+    images per candidate block), so it is kept at `search_path` and a re-run for the same MACs
+    and images reuses it. Returns (plan, path)."""
+    n = config.rl.static_heldout_examples
+    key = {"max_macs": max_macs, "heldout_examples": n}
+    if os.path.exists(search_path):
+        with open(search_path) as f:
+            cached = json.load(f)
+        if cached["key"] == key:
+            return tuple(cached["plan"]), cached["path"]
+    heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
+    plan, path = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
+                                         config.dataset, costs, max_macs, config.eval_batch_size)
+    os.makedirs(os.path.dirname(search_path), exist_ok=True)
+    with open(search_path + ".tmp", "w") as f:
+        json.dump({"key": key, "plan": list(plan), "path": path}, f)
+    os.replace(search_path + ".tmp", search_path)
+    return plan, path
+
+
+def start_state(config, stage_a, train_split, costs, workdir):
+    """Stage B's starting state: stage A's, with `policy.start="static_plan"` its head set so
+    that every image runs the greedy static sub-net of `policy.start_block_share` of the block
+    MACs (searched as the static baseline is; kept in WORKDIR/start_plan/greedy_search.json)."""
+    if config.policy.start == "on":
+        return stage_a["state"], None
+    max_macs = (costs.base_macs + costs.policy_macs
+                + config.policy.start_block_share * sum(costs.run_macs))
+    plan, _ = greedy_static_plan(config, stage_a, train_split, costs, max_macs,
+                                 os.path.join(workdir, "start_plan", "greedy_search.json"))
+    return ofas.start_at_plan(stage_a["graphdef"], stage_a["state"], plan,
+                              config.policy.start_margin), plan
+
+
 def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[dict]:
     """The best static sub-net at the OFAS point's mean MACs: chosen greedily on held-out training
     images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps.
@@ -134,29 +177,10 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[d
     interpolated accuracy. That is the best these two do at equal MACs without looking at the
     image: what adaptivity has to beat (docs/ofas.md). Returns the rows: below, then (with
     rl.static_mixture, when the point is under the full backbone's MACs) above and the mixture."""
-    train_split, _ = data
-    n = b_config.rl.static_heldout_examples
-    heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
     penalty = f"{ofas_row['penalty']:g}"
     run_dir = os.path.join(workdir, f"static_penalty_{penalty}")
-    # The search costs minutes (a forward pass of the held-out images per candidate block), so a
-    # re-run reuses the one it made for the same MACs and held-out images.
-    search_path = os.path.join(run_dir, "greedy_search.json")
-    key = {"max_macs": ofas_row["macs_mean"], "heldout_examples": n}
-    cached = None
-    if os.path.exists(search_path):
-        with open(search_path) as f:
-            cached = json.load(f)
-    if cached is not None and cached["key"] == key:
-        plan, path = tuple(cached["plan"]), cached["path"]
-    else:
-        plan, path = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
-                                             b_config.dataset, costs, ofas_row["macs_mean"],
-                                             b_config.eval_batch_size)
-        os.makedirs(run_dir, exist_ok=True)
-        with open(search_path + ".tmp", "w") as f:
-            json.dump({"key": key, "plan": list(plan), "path": path}, f)
-        os.replace(search_path + ".tmp", search_path)
+    plan, path = greedy_static_plan(b_config, stage_a, data[0], costs, ofas_row["macs_mean"],
+                                    os.path.join(run_dir, "greedy_search.json"))
 
     def fine_tuned(point, kind, plan, run_dir):
         result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
