@@ -174,6 +174,12 @@ def test_bad_ofas_config_is_named(tmp_path):
                                ofas.stage_a_task())
     with pytest.raises(ValueError, match="pass --config.rl.static_baseline=True too"):
         ofas.check_config(_tiny_config(static_mixture=True))
+    config = _tiny_config()
+    config.policy.start, config.policy.start_block_share = "warm", 1.5
+    with pytest.raises(ValueError, match=r"policy.start = 'warm': expected one of \['on', "
+                                         r"'static_plan'\]\n.*start_block_share = 1.5: expected a "
+                                         r"finite number > 0 and < 1"):
+        ofas.check_config(config)
 
 
 def test_static_mixture_costs_the_point_and_interpolates_accuracy():
