@@ -129,7 +129,8 @@ PLAN_STATISTICS = ("distinct_plans", "macs_mean", "macs_std", "macs_cv", "block_
                    "blocks_mean", "blocks_std")
 
 
-def greedy_static_plan(config, stage_a, train_split, costs, max_macs: float, search_path: str):
+def cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs: float,
+                              search_path: str):
     """`ofas.greedy_static_plan` under `max_macs` on the last rl.static_heldout_examples training
     images, with the backbone of `stage_a`. The search costs minutes (a forward pass of those
     images per candidate block), so it is kept at `search_path` and a re-run for the same MACs
@@ -159,8 +160,8 @@ def start_state(config, stage_a, train_split, costs, workdir):
         return stage_a["state"], None
     max_macs = (costs.base_macs + costs.policy_macs
                 + config.policy.start_block_share * sum(costs.run_macs))
-    plan, _ = greedy_static_plan(config, stage_a, train_split, costs, max_macs,
-                                 os.path.join(workdir, "start_plan", "greedy_search.json"))
+    plan, _ = cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs,
+                                        os.path.join(workdir, "start_plan", "greedy_search.json"))
     return ofas.start_at_plan(stage_a["graphdef"], stage_a["state"], plan,
                               config.policy.start_margin), plan
 
@@ -179,8 +180,9 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[d
     rl.static_mixture, when the point is under the full backbone's MACs) above and the mixture."""
     penalty = f"{ofas_row['penalty']:g}"
     run_dir = os.path.join(workdir, f"static_penalty_{penalty}")
-    plan, path = greedy_static_plan(b_config, stage_a, data[0], costs, ofas_row["macs_mean"],
-                                    os.path.join(run_dir, "greedy_search.json"))
+    plan, path = cached_greedy_static_plan(b_config, stage_a, data[0], costs,
+                                           ofas_row["macs_mean"],
+                                           os.path.join(run_dir, "greedy_search.json"))
 
     def fine_tuned(point, kind, plan, run_dir):
         result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
