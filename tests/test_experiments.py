@@ -196,6 +196,11 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         (1 - w) * static["test_accuracy"] + w * above["test_accuracy"])
     assert mixture["ofas_minus_static_mixture_accuracy"] == pytest.approx(
         point["test_accuracy"] - mixture["test_accuracy"])
+    # each static sub-net trained in WORKDIR/static/<its blocks>, tied there to its plan
+    for row in (static, above):
+        run_dir = tmp_path / "ofas" / "static" / "".join("1" if b else "0" for b in row["static_plan"])
+        assert json.loads((run_dir / "run_key.json").read_text())["plan"] == row["static_plan"]
+        assert (run_dir / "metrics.jsonl").exists()
 
     from adaptive_jax import zoo
     records = {r.name: r for r in zoo.list(str(zoo_dir))}
@@ -288,6 +293,9 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert static["test_bitops"] <= dfs["test_bitops"] + 1
     assert 0.0 <= static["untuned_test_accuracy"] <= 1.0
     assert (workdir / "static" / "target_30" / "checkpoints").is_dir()
+    for row, run_dir in ((static, "static"), (above, "static_above")):  # each tied to its plan
+        key = json.loads((workdir / run_dir / "target_30" / "run_key.json").read_text())
+        assert key["plan"] == row["static_plan"] and key["recipe"]["dfs"]["target"] == 30.0
     assert static["dfs_minus_static_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - static["test_accuracy"])
     assert (workdir / "curve.png").stat().st_size > 1000

@@ -203,6 +203,54 @@ def test_static_mixture_costs_the_point_and_interpolates_accuracy():
             ofas.static_mixture(below, above, macs)
 
 
+def test_a_static_run_is_keyed_by_plan_backbone_and_recipe_not_by_the_head(net):
+    """Two OFAS runs share a static sub-net's fine-tuning only if it would train the same weights:
+    the head's settings, the penalty and the loop's bookkeeping do not change the key; the plan,
+    the starting backbone and the backbone's recipe do."""
+    state = create_train_state(net, ofas.make_stage_b_tx(ofas.stage_b_config(
+        ofas.default_config(), 1.0), 10, 10)[0], 0)[1]
+    plan = (True, False, True, True, False, True)
+
+    def key(plan=plan, state=state, **overrides):
+        config = ofas.stage_b_config(ofas.default_config(), overrides.pop("penalty", 1.0))
+        for name, value in overrides.items():
+            section, _, field = name.rpartition(".")
+            (config[section] if section else config)[field] = value
+        return ofas.static_run_key(config, state, plan)
+
+    base = key()
+    assert base["plan"] == list(plan) and "policy" not in base["recipe"]
+    for same in (key(penalty=4.0), key(**{"policy.start": "static_plan"}),
+                 key(**{"rl.policy_learning_rate": 0.1}), key(eval_batch_size=100),
+                 key(data_dir="/elsewhere"), key(checkpoint_every_steps=100)):
+        assert same == base
+    def nudged(part):  # the state with one part's weights moved
+        return state.replace(params=jax.tree_util.tree_map_with_path(
+            lambda path, x: x + 1e-3 if path[0].key == part else x, state.params))
+
+    assert key(state=nudged("policy")) == base
+    for different in (key(plan=(True,) * 6), key(state=nudged("backbone")), key(seed=1),
+                      key(**{"rl.distill_weight": 0.5}), key(**{"rl.backbone_learning_rate": 0.1}),
+                      key(num_train_examples=100)):
+        assert different != base
+
+
+def test_a_run_directory_refuses_another_runs_key(tmp_path):
+    from adaptive_jax.train.workdir import WorkdirError, claim_run_dir
+
+    run_dir = str(tmp_path / "static" / "101")
+    key = {"plan": [True, False, True], "recipe": {"seed": 0, "rl": {"distill_weight": 0.5}}}
+    assert claim_run_dir(run_dir, key) == run_dir
+    assert claim_run_dir(run_dir, key) == run_dir  # the same run: resumed
+    with pytest.raises(WorkdirError, match=r"holds another run .*recipe\.rl\.distill_weight: "
+                                           r"held 0\.5, wanted 0\.0"):
+        claim_run_dir(run_dir, {**key, "recipe": {"seed": 0, "rl": {"distill_weight": 0.0}}})
+    unkeyed = tmp_path / "static" / "111"
+    (unkeyed / "checkpoints").mkdir(parents=True)
+    with pytest.raises(WorkdirError, match="holds files but no run_key.json"):
+        claim_run_dir(str(unkeyed), key)
+
+
 def test_per_block_gates_batch1_path_matches_their_blend():
     from adaptive_jax.methods.gates import GatedResNet
     rngs = nnx.Rngs(jax.random.key(1, impl="rbg"))

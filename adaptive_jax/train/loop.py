@@ -72,6 +72,17 @@ def default_config() -> ml_collections.ConfigDict:
 
 NONFINITE_ACTIONS = ("stop", "skip")
 
+# The loop keys that say where data lives and how a run is logged, evaluated and saved, not what
+# it trains: two runs that differ only in these trained the same weights.
+BOOKKEEPING_KEYS = ("data_dir", "manual_dir", "download", "num_eval_examples", "eval_batch_size",
+                    "num_devices", "log_every_steps", "eval_every_epochs", "checkpoint_every_steps",
+                    "max_checkpoints_to_keep", "stop_after_steps", "progress_bar")
+
+
+def recipe_of(config) -> dict:
+    """`config` as a plain dict without its BOOKKEEPING_KEYS: what a run's weights depend on."""
+    return {k: v for k, v in config.to_dict().items() if k not in BOOKKEEPING_KEYS}
+
 
 def _value_checks() -> dict:
     c = config_lib

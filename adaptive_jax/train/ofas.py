@@ -26,7 +26,7 @@ from adaptive_jax.config import check_config_keys
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.policies import OFAS_VARIANTS, decisions
-from adaptive_jax.train import loop, optim, policy_gradient as pg, search, steps
+from adaptive_jax.train import checkpoint, loop, optim, policy_gradient as pg, search, steps
 
 _MASKED = execution.masked()  # the training / evaluation path of every plan
 
@@ -77,6 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.static_heldout_examples = 5000     # ... chosen greedily on the last this-many training
                                             # images (not held out from the backbone's training)
     c.rl.static_mixture = False             # ... and the one a block above, mixed at the point's MACs
+    c.rl.static_dir = ""                    # the static sub-nets' runs, one per plan ("": WORKDIR/
+                                            # static); OFAS runs from one backbone may share one
     return c
 
 
@@ -97,7 +99,7 @@ def check_config(config) -> None:
         "rl.rl_weight": c.number(0), "rl.curriculum_steps_per_block": c.integer(0),
         "rl.backbone_learning_rate": c.number(above=0), "rl.policy_learning_rate": c.number(above=0),
         "rl.static_baseline": c.boolean(), "rl.static_heldout_examples": c.integer(1),
-        "rl.static_mixture": c.boolean(),
+        "rl.static_mixture": c.boolean(), "rl.static_dir": c.string(),
         "rl.distill_weight": c.number(0, 1), "rl.distill_temperature": c.number(above=0),
     })
     if config.rl.static_mixture and not config.rl.static_baseline:
@@ -460,6 +462,26 @@ def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) ->
                      make_eval_step=eval_step,
                      init_state=init_state, reference_config=default_config,
                      validate_config=check_config)
+
+
+# The stage-B keys a static sub-net's fine-tuning reads (static_plan_task and make_stage_b_tx);
+# the rest of `rl` and all of `policy` shape only the adaptive head.
+STATIC_RL_KEYS = ("backbone_learning_rate", "distill_weight", "distill_temperature")
+
+
+def static_run_key(b_config, stage_a_state: steps.TrainState, plan) -> dict:
+    """What a static sub-net's fine-tuning run is: its plan, the backbone it starts from (a digest
+    of stage A's backbone weights and statistics: the same zoo file or stage A run gives the same)
+    and its recipe (stage B's config without the head's keys and the loop's bookkeeping). Equal keys give the same run, so
+    every penalty, and every OFAS run from the same backbone and recipe, can share it
+    (`train.workdir.claim_run_dir`)."""
+    recipe = loop.recipe_of(b_config)
+    recipe.pop("policy", None)
+    recipe["rl"] = {k: recipe["rl"][k] for k in STATIC_RL_KEYS}
+    backbone = {"params": stage_a_state.params["backbone"],
+                "batch_stats": stage_a_state.batch_stats["backbone"]}
+    return {"plan": [bool(b) for b in plan], "backbone_sha256": checkpoint.state_digest(backbone),
+            "recipe": recipe}
 
 
 def _subtree_copy(target, source):

@@ -8,6 +8,10 @@ The kernel drops the lock when its holder dies, so a killed run never leaves a s
 after that step by the interrupted run would be written twice. They are moved (not deleted) to
 `metrics.dropped.jsonl`, and the move is reported. A run with no checkpoint to resume from refuses
 a workdir that already holds metrics: that history belongs to another run.
+
+`claim_run_dir`: a run whose identity is not in its config (a baseline trained for a plan that a
+search chose) ties its directory to what defines it, in `run_key.json`, so that a later run with
+another plan, backbone or recipe is refused instead of resuming the wrong checkpoint.
 """
 
 from __future__ import annotations
@@ -58,6 +62,58 @@ class WorkdirLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+RUN_KEY_FILE = "run_key.json"
+
+
+def claim_run_dir(run_dir: str, key: dict) -> str:
+    """Ties `run_dir` to `key` (JSON-able: what makes the run the run it is) and returns it.
+
+    A new or empty directory gets `run_key.json` (written atomically before any training); one
+    that holds the same key is the same run, to resume or re-evaluate. A different key, or a
+    directory with files but no key, is refused (WorkdirError naming the differing entries).
+    """
+    path = os.path.join(run_dir, RUN_KEY_FILE)
+    key = json.loads(json.dumps(key))  # the form it is stored in (tuples as lists)
+    if os.path.exists(path):
+        with open(path) as f:
+            held = json.load(f)
+        if held != key:
+            differ = _differing_entries(held, key)
+            raise WorkdirError(
+                f"{run_dir} holds another run ({path}: {'; '.join(differ)}); remove that "
+                "directory to train this one there, or point this run at another directory")
+        return run_dir
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        raise WorkdirError(
+            f"{run_dir} holds files but no {RUN_KEY_FILE}, so what it trained is unknown (a run "
+            "from before run keys were written); remove it, or point this run at another directory")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(key, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return run_dir
+
+
+def _differing_entries(held, wanted, prefix: str = "") -> list[str]:
+    if isinstance(held, dict) and isinstance(wanted, dict):
+        out = []
+        for k in sorted(set(held) | set(wanted)):
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if k not in held or k not in wanted:
+                out.append(f"{name} {'only held' if k in held else 'only wanted'}")
+            else:
+                out += _differing_entries(held[k], wanted[k], name)
+        return out
+    if held == wanted:
+        return []
+    return [f"{prefix or 'key'}: held {_short(held)}, wanted {_short(wanted)}"]
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _holder(path: str) -> str:

@@ -3,7 +3,8 @@
     python -m experiments.ofas.main --workdir=/tmp/ofas \
         --config=experiments/ofas/configs/default.py:demo
 
-Stage A lands in WORKDIR/stage_a, each penalty's stage B in WORKDIR/penalty_<p>; re-running with
+Stage A lands in WORKDIR/stage_a, each penalty's stage B in WORKDIR/penalty_<p>, the static
+sub-nets (rl.static_baseline) in WORKDIR/static/<plan> (or rl.static_dir); re-running with
 the same --workdir resumes (finished stages are restored and re-evaluated, not retrained).
 `--config.rl.penalties=1,4` picks the curve's points. Prints one row per point: test accuracy, the
 share of block MACs the policy spends, MACs per image (policy included) and the measured batch-1
@@ -26,6 +27,7 @@ from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
 from adaptive_jax.train import loop, ofas, train_and_evaluate
 from adaptive_jax.train.metrics import recorded_train_time
+from adaptive_jax.train.workdir import claim_run_dir
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
@@ -166,6 +168,18 @@ def start_state(config, stage_a, train_split, costs, workdir):
                               config.policy.start_margin), plan
 
 
+def static_run_dir(b_config, stage_a, plan, workdir) -> str:
+    """The fine-tuning run of the static sub-net `plan`: rl.static_dir (default WORKDIR/static)
+    holds one run per plan, named by its blocks (1 runs, 0 skips), tied by `run_key.json` to the
+    plan, the backbone it starts from and its recipe (`ofas.static_run_key`). A static sub-net does
+    not depend on the policy, so penalties that land on one plan share its run, and so may OFAS
+    runs from one backbone and recipe given one rl.static_dir; any other run there is refused."""
+    static_dir = b_config.rl.static_dir or os.path.join(workdir, "static")
+    name = "".join("1" if b else "0" for b in plan)
+    return claim_run_dir(os.path.join(static_dir, name),
+                         ofas.static_run_key(b_config, stage_a["state"], plan))
+
+
 def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[dict]:
     """The best static sub-net at the OFAS point's mean MACs: chosen greedily on held-out training
     images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps.
@@ -179,25 +193,24 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[d
     image: what adaptivity has to beat (docs/ofas.md). Returns the rows: below, then (with
     rl.static_mixture, when the point is under the full backbone's MACs) above and the mixture."""
     penalty = f"{ofas_row['penalty']:g}"
-    run_dir = os.path.join(workdir, f"static_penalty_{penalty}")
-    plan, path = cached_greedy_static_plan(b_config, stage_a, data[0], costs,
-                                           ofas_row["macs_mean"],
-                                           os.path.join(run_dir, "greedy_search.json"))
+    plan, path = cached_greedy_static_plan(
+        b_config, stage_a, data[0], costs, ofas_row["macs_mean"],
+        os.path.join(workdir, "static_search", f"penalty_{penalty}.json"))
 
-    def fine_tuned(point, kind, plan, run_dir):
+    def fine_tuned(point, kind, plan):
+        run_dir = static_run_dir(b_config, stage_a, plan, workdir)
         result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
         return {"point": point, "static": kind,
                 **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
                 "static_plan": [bool(b) for b in plan], "distinct_plans": 1, "macs_cv": 0.0,
                 "macs_mean": result["test_macs"], "train_time_s": recorded_train_time(run_dir)}
 
-    below = fine_tuned(f"static @{penalty}", "below", plan, run_dir)
+    below = fine_tuned(f"static @{penalty}", "below", plan)
     below.update(greedy_path=path,
                  ofas_minus_static_accuracy=ofas_row["test_accuracy"] - below["test_accuracy"])
     if not b_config.rl.static_mixture or len(path) < 2:  # (at the full MACs nothing is above)
         return [below]
-    above = fine_tuned(f"static above @{penalty}", "above", tuple(path[-2]["plan"]),
-                       os.path.join(workdir, f"static_above_penalty_{penalty}"))
+    above = fine_tuned(f"static above @{penalty}", "above", tuple(path[-2]["plan"]))
     mixture = ofas.static_mixture(below, above, ofas_row["macs_mean"])
     mixture.update(point=f"static mix @{penalty}", static="mixture",
                    ofas_minus_static_mixture_accuracy=ofas_row["test_accuracy"] - mixture["test_accuracy"])
