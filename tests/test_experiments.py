@@ -196,6 +196,10 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         (1 - w) * static["test_accuracy"] + w * above["test_accuracy"])
     assert mixture["ofas_minus_static_mixture_accuracy"] == pytest.approx(
         point["test_accuracy"] - mixture["test_accuracy"])
+    # per test image: a router between the two knowing the labels scores at least the mixture
+    assert mixture["test_accuracy"] - 1e-6 <= mixture["oracle_mixture_accuracy"] <= 1.0
+    assert 0.0 <= mixture["ofas_block_frac_static_right"] <= 1.0
+    assert "a router between its two sub-nets knowing the labels" in proc.stdout
     # each static sub-net trained in WORKDIR/static/<its blocks>, tied there to its plan
     for row in (static, above):
         run_dir = tmp_path / "ofas" / "static" / "".join("1" if b else "0" for b in row["static_plan"])

@@ -203,6 +203,32 @@ def test_static_mixture_costs_the_point_and_interpolates_accuracy():
             ofas.static_mixture(below, above, macs)
 
 
+def test_routing_statistics_count_what_a_router_could_gain_and_where_ofas_spends():
+    # 10 images: the static sub-net below right on 0-6, the one above on 0-5 and 7-8 (so it alone
+    # gets 7 and 8, the one below alone gets 6); OFAS spends 0.9 on 7-9, 0.5 elsewhere
+    below = np.arange(10) < 7
+    above = np.isin(np.arange(10), [0, 1, 2, 3, 4, 5, 7, 8])
+    frac = np.where(np.arange(10) >= 7, 0.9, 0.5)
+    ofas_right = np.isin(np.arange(10), [0, 1, 2, 3, 4, 7])  # right on 7 (below wrong), wrong on 5, 6
+    stats = ofas.routing_statistics(ofas_right, frac, below, above, share_above=0.1)
+    assert stats["oracle_mixture_accuracy"] == pytest.approx(0.8)   # image 7 or 8 sent above
+    assert ofas.routing_statistics(ofas_right, frac, below, above, 0.5)["oracle_mixture_accuracy"] \
+        == pytest.approx(0.9)                                        # both, and three neutral
+    # all ten above: the one above's own accuracy, however it is split
+    assert ofas.routing_statistics(ofas_right, frac, below, above, 1.0)["oracle_mixture_accuracy"] \
+        == pytest.approx(0.8)
+    assert stats["static_above_only_right"] == pytest.approx(0.2)
+    assert stats["static_below_only_right"] == pytest.approx(0.1)
+    assert stats["ofas_block_frac_static_wrong"] == pytest.approx(0.9)
+    assert stats["ofas_block_frac_static_right"] == pytest.approx(0.5)
+    assert stats["ofas_only_right"] == pytest.approx(0.1)
+    assert stats["static_only_right"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="different lengths"):
+        ofas.routing_statistics(ofas_right[:9], frac, below, above, 0.1)
+    with pytest.raises(ValueError, match="share_above = 1.5"):
+        ofas.routing_statistics(ofas_right, frac, below, above, 1.5)
+
+
 def test_a_static_run_is_keyed_by_plan_backbone_and_recipe_not_by_the_head(net):
     """Two OFAS runs share a static sub-net's fine-tuning only if it would train the same weights:
     the head's settings, the penalty and the loop's bookkeeping do not change the key; the plan,

@@ -170,19 +170,34 @@ def evaluate(eval_step, state, split: datasets.Split, batch_size: int, mesh) -> 
     return {**means, "test_examples": int(totals["count"])}
 
 
-def test_plans(graphdef, state, split: datasets.Split, dataset: str,
-               batch_size: int = 500) -> np.ndarray:
-    """(N, L): the plan `model.plan(images)` of every image of `split` (eval mode): an adaptive
-    model's per-image decisions (OFAS: bools from the head; DFS: option ints from its gate)."""
+def test_outputs(graphdef, state, split: datasets.Split, dataset: str, output: Callable,
+                 batch_size: int = 500) -> np.ndarray:
+    """`output(model, images)` (eval mode, images normalised) for every image of `split`,
+    concatenated over the batches."""
     from adaptive_jax import execution
     from adaptive_jax.data.augment import normalize
 
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
-    plan_of = execution.jit_predict(
-        graphdef, lambda model, images_u8: model.plan(normalize(images_u8, mean, std)))
-    plans = [np.asarray(plan_of(state.params, state.batch_stats, images))[mask > 0]
-             for images, _, mask in pipeline.eval_batches(split, batch_size)]
-    return np.concatenate(plans)
+    output_of = execution.jit_predict(
+        graphdef, lambda model, images_u8: output(model, normalize(images_u8, mean, std)))
+    outputs = [np.asarray(output_of(state.params, state.batch_stats, images))[mask > 0]
+               for images, _, mask in pipeline.eval_batches(split, batch_size)]
+    return np.concatenate(outputs)
+
+
+def test_plans(graphdef, state, split: datasets.Split, dataset: str,
+               batch_size: int = 500) -> np.ndarray:
+    """(N, L): the plan `model.plan(images)` of every image of `split` (eval mode): an adaptive
+    model's per-image decisions (OFAS: bools from the head; DFS: option ints from its gate)."""
+    return test_outputs(graphdef, state, split, dataset, lambda model, x: model.plan(x), batch_size)
+
+
+def test_correct(graphdef, state, split: datasets.Split, dataset: str,
+                 batch_size: int = 500) -> np.ndarray:
+    """(N,) bools: whether the model's top-1 (eval mode) is each image's label."""
+    top1 = test_outputs(graphdef, state, split, dataset, lambda model, x: model(x).argmax(-1),
+                        batch_size)
+    return top1 == np.asarray(split.labels)
 
 
 def make_tx(config, steps_per_epoch: int, total_steps: int):

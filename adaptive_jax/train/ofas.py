@@ -421,6 +421,43 @@ def static_mixture(below: dict, above: dict, macs: float) -> dict:
             "static_plans": [below["static_plan"], above["static_plan"]]}
 
 
+def routing_statistics(ofas_correct, ofas_block_frac, below_correct, above_correct,
+                       share_above: float) -> dict:
+    """What per-image routing could buy over the static mixture, and what OFAS's routing does
+    (per test image: whether each model is right, and the share of block MACs OFAS ran).
+
+    oracle_mixture_accuracy: the two static sub-nets with the share `share_above` of the images
+    sent to the one above, chosen knowing the labels (first the images only it gets right, never
+    those only the one below gets right unless the share forces it): the most a router between
+    the two could score at the mixture's MACs. The rest: how OFAS spends its blocks on the images
+    the static sub-net below gets right and wrong (a router by difficulty spends more on the
+    wrong ones), and where OFAS and that sub-net disagree."""
+    ofas_correct, below_correct, above_correct = (
+        np.asarray(a, bool) for a in (ofas_correct, below_correct, above_correct))
+    ofas_block_frac = np.asarray(ofas_block_frac, np.float64)
+    n = {len(a) for a in (ofas_correct, ofas_block_frac, below_correct, above_correct)}
+    if len(n) != 1:
+        raise ValueError(f"per-image arrays of different lengths {sorted(n)}: all must cover "
+                         "the same test images")
+    if not 0.0 <= share_above <= 1.0:
+        raise ValueError(f"share_above = {share_above}: expected a share in [0, 1]")
+    gain = float(np.mean(above_correct & ~below_correct))   # only the one above is right
+    lose = float(np.mean(below_correct & ~above_correct))   # only the one below is right
+    oracle = (float(below_correct.mean()) + min(share_above, gain)
+              - max(0.0, share_above - (1.0 - lose)))
+    wrong = ~below_correct
+
+    def mean_where(mask):
+        return float(ofas_block_frac[mask].mean()) if mask.any() else float("nan")
+
+    return {"oracle_mixture_accuracy": oracle,
+            "static_above_only_right": gain, "static_below_only_right": lose,
+            "ofas_block_frac_static_wrong": mean_where(wrong),
+            "ofas_block_frac_static_right": mean_where(~wrong),
+            "ofas_only_right": float(np.mean(ofas_correct & wrong)),
+            "static_only_right": float(np.mean(below_correct & ~ofas_correct))}
+
+
 def static_plan_task(plan: tuple[bool, ...], stage_a_state: steps.TrainState) -> loop.Task:
     """The static sub-net `plan` fine-tuned like stage B's backbone (same optimiser, schedule and
     steps, the same backbone loss: CE, distilled alike under `rl.distill_weight`), from stage A's

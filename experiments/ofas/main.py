@@ -102,12 +102,21 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         states[float(penalty)] = result["state"]
         rows.append(row(f"penalty {penalty:g}", result, run_dir, {"penalty": float(penalty)}))
         if config.rl.static_baseline:
-            rows += static_baseline(b_config, stage_a, rows[-1], data, costs, workdir)
+            rows += static_baseline(b_config, stage_a, rows[-1], data, costs, workdir,
+                                    result["state"])
 
     print(f"OFAS ResNet-{config.model.depth} on {config.dataset}: full backbone "
           f"{costs.full_macs:.3e} MACs, policy head {costs.policy_macs} MACs; batch-1 latency of "
           f"the cond executor (skipped blocks do not run) vs all blocks, {len(images)} test images")
     print(report.format_table(rows, COLUMNS), flush=True)
+    for r in rows:
+        if "oracle_mixture_accuracy" in r:  # static_baseline's per-image look at the routing
+            print(f"{r['point']}: a router between its two sub-nets knowing the labels would score "
+                  f"{r['oracle_mixture_accuracy']:.4f}; OFAS runs {r['ofas_block_frac_static_wrong']:.3f}"
+                  f" of block MACs on the images the sub-net below gets wrong, "
+                  f"{r['ofas_block_frac_static_right']:.3f} on those it gets right; right where it is "
+                  f"wrong {r['ofas_only_right']:.4f}, wrong where it is right {r['static_only_right']:.4f}",
+                  flush=True)
     summary = {"model": f"ofas_resnet{config.model.depth}", "dataset": config.dataset,
                "init_from": config.init_from, "full_macs": costs.full_macs,
                "policy_macs": costs.policy_macs,
@@ -180,7 +189,7 @@ def static_run_dir(b_config, stage_a, plan, workdir) -> str:
                          ofas.static_run_key(b_config, stage_a["state"], plan))
 
 
-def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[dict]:
+def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_state) -> list[dict]:
     """The best static sub-net at the OFAS point's mean MACs: chosen greedily on held-out training
     images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps.
 
@@ -190,16 +199,23 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[d
     are mixed at exactly the point's MACs: running the one above on a share w of the images and
     the one below on the rest costs the OFAS point's mean MACs and scores, in expectation, the
     interpolated accuracy. That is the best these two do at equal MACs without looking at the
-    image: what adaptivity has to beat (docs/ofas.md). Returns the rows: below, then (with
-    rl.static_mixture, when the point is under the full backbone's MACs) above and the mixture."""
+    image: what adaptivity has to beat (docs/ofas.md). Per test image, the mixture's row also
+    says what a router between the two could score knowing the labels, and how OFAS (state
+    `ofas_state`) spends its blocks on the images the sub-net below gets wrong
+    (`ofas.routing_statistics`). Returns the rows: below, then (with rl.static_mixture, when the
+    point is under the full backbone's MACs) above and the mixture."""
     penalty = f"{ofas_row['penalty']:g}"
     plan, path = cached_greedy_static_plan(
         b_config, stage_a, data[0], costs, ofas_row["macs_mean"],
         os.path.join(workdir, "static_search", f"penalty_{penalty}.json"))
 
+    test_split, correct = data[1], {}
+
     def fine_tuned(point, kind, plan):
         run_dir = static_run_dir(b_config, stage_a, plan, workdir)
         result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
+        correct[kind] = loop.test_correct(result["graphdef"], result["state"], test_split,
+                                          b_config.dataset, b_config.eval_batch_size)
         return {"point": point, "static": kind,
                 **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
                 "static_plan": [bool(b) for b in plan], "distinct_plans": 1, "macs_cv": 0.0,
@@ -214,6 +230,11 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir) -> list[d
     mixture = ofas.static_mixture(below, above, ofas_row["macs_mean"])
     mixture.update(point=f"static mix @{penalty}", static="mixture",
                    ofas_minus_static_mixture_accuracy=ofas_row["test_accuracy"] - mixture["test_accuracy"])
+    graphdef = stage_a["graphdef"]
+    plans = loop.test_plans(graphdef, ofas_state, test_split, b_config.dataset, b_config.eval_batch_size)
+    mixture.update(ofas.routing_statistics(
+        loop.test_correct(graphdef, ofas_state, test_split, b_config.dataset, b_config.eval_batch_size),
+        costs.block_fraction(plans), correct["below"], correct["above"], mixture["share_above"]))
     return [below, above, mixture]
 
 
