@@ -11,7 +11,9 @@ baseline's accuracy. Points measured over the test set also give `ofas_distinct_
 `ofas_macs_cv`; a run with `rl.static_baseline` gives `ofas_minus_static_subnet_accuracy` per
 penalty (OFAS top-1 minus the greedy static sub-net's under the same MACs, fine-tuned alike), and
 with `rl.static_mixture` `ofas_minus_static_mixture_accuracy` (minus the two greedy sub-nets that
-bracket the point's MACs, mixed at exactly those MACs).
+bracket the point's MACs, mixed at exactly those MACs) and `ofas_static_router_oracle_accuracy`
+(the two sub-nets routed per image knowing the labels at the mixture's share, with where OFAS
+spends its blocks: `ofas.routing_statistics`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ flags.DEFINE_integer("baseline_macs", None, "MACs per image of the static baseli
 flags.DEFINE_string("baseline", "", "The static baseline, in words.")
 flags.DEFINE_string("note", "", "Anything a reader must know.")
 flags.mark_flags_as_required(["workdir", "run_command"])
+
+
+# `ofas.routing_statistics`, kept with the oracle figure
+ROUTING_KEYS = ("static_above_only_right", "static_below_only_right",
+                "ofas_block_frac_static_wrong", "ofas_block_frac_static_right",
+                "ofas_only_right", "static_only_right")
 
 
 def is_static(point: dict) -> bool:
@@ -72,6 +80,13 @@ def main(argv):
                         "macs": int(mixture["test_macs"]),
                         "share_above": round(mixture["share_above"], 4),
                         "static_plans": mixture["static_plans"], "run_command": FLAGS.run_command})
+        if "oracle_mixture_accuracy" in mixture:  # what routing between the two could buy
+            figures.append({"metric": "ofas_static_router_oracle_accuracy",
+                            "value": round(mixture["oracle_mixture_accuracy"], 4),
+                            "unit": "fraction", "model": run["model"], "point": mixture["point"],
+                            "static_accuracy": round(mixture["test_accuracy"], 4),
+                            **{k: round(mixture[k], 4) for k in ROUTING_KEYS},
+                            "run_command": FLAGS.run_command})
     for static in (p for p in run["points"] if "ofas_minus_static_accuracy" in p):
         figures.append({"metric": "ofas_minus_static_subnet_accuracy",
                         "value": round(static["ofas_minus_static_accuracy"], 4), "unit": "fraction",

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -171,10 +172,12 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "ofas" / "report.json").read_text())
     # stage B started every image at the greedy static sub-net of half the block MACs
-    search = json.loads((tmp_path / "ofas" / "start_plan" / "greedy_search.json").read_text())
-    assert report["start_plan"] == search["plan"] and not all(search["plan"])
-    assert search["path"][-1]["macs"] <= search["key"]["max_macs"] < search["path"][-2]["macs"]
-    assert "stage B starts every image at the static sub-net" in proc.stdout
+    # (the first plan of one greedy path, kept for the run, within that budget)
+    path = json.loads((tmp_path / "ofas" / "static_search" / "greedy_path.json").read_text())["path"]
+    plans = [step["plan"] for step in path]
+    assert report["start_plan"] in plans[1:]
+    share = float(re.search(r"static sub-net .* \(([0-9.]+) of block MACs\)", proc.stdout).group(1))
+    assert 0.0 < share <= 0.5
     stage_a, point, static, above, mixture = report["points"]
     assert [p["point"] for p in report["points"]] == [
         "stage A", "penalty 4", "static @4", "static above @4", "static mix @4"]
@@ -184,6 +187,7 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     # the greedy path's step before (one block more), fine-tuned alike; the two mixed cost exactly
     # the OFAS point's mean MACs.
     assert static["test_macs"] <= point["macs_mean"] + 1 and static["distinct_plans"] == 1
+    assert static["greedy_path"] == path[:len(static["greedy_path"])]  # the same path, read off
     assert static["ofas_minus_static_accuracy"] == pytest.approx(
         point["test_accuracy"] - static["test_accuracy"])
     assert above["test_macs"] > point["macs_mean"] and above["train_time_s"] > 0
@@ -229,6 +233,9 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         static["ofas_minus_static_accuracy"], abs=1e-4)
     assert recorded["ofas_minus_static_mixture_accuracy"]["value"] == pytest.approx(
         mixture["ofas_minus_static_mixture_accuracy"], abs=1e-4)
+    oracle = recorded["ofas_static_router_oracle_accuracy"]
+    assert oracle["value"] == pytest.approx(mixture["oracle_mixture_accuracy"], abs=1e-4)
+    assert oracle["ofas_only_right"] == pytest.approx(mixture["ofas_only_right"], abs=1e-4)
     assert "static mix @4" in (results / "RESULTS.md").read_text()
 
     # make demo's script on this zoo: the table, both plots, and the figures it reproduces.

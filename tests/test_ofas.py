@@ -1,5 +1,6 @@
 """OFAS: the network planned by one head after the stem, its executors, its cost, and stage B."""
 
+import functools
 import os
 
 import jax
@@ -227,6 +228,28 @@ def test_routing_statistics_count_what_a_router_could_gain_and_where_ofas_spends
         ofas.routing_statistics(ofas_right[:9], frac, below, above, 0.1)
     with pytest.raises(ValueError, match="share_above = 1.5"):
         ofas.routing_statistics(ofas_right, frac, below, above, 1.5)
+
+
+def test_a_greedy_path_continued_from_its_end_is_the_path_searched_at_once(net):
+    """Why one cached path serves every budget: searching to a high budget and continuing from
+    its last plan to a low one takes the same steps as searching to the low one at once."""
+    from adaptive_jax.data import datasets
+
+    rng = np.random.default_rng(0)
+    split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+                           rng.integers(0, 10, 40), 10)
+    graphdef, state = create_train_state(net, ofas.make_stage_b_tx(ofas.stage_b_config(
+        ofas.default_config(), 1.0), 1, 1)[0], 0)
+    costs = net.costs()
+    low, high = (costs.base_macs + costs.policy_macs + share * sum(costs.run_macs)
+                 for share in (0.3, 0.7))
+    search = functools.partial(ofas.greedy_static_plan, graphdef, state, split, "cifar10", costs,
+                               batch_size=20)
+    plan, path = search(low)
+    _, first = search(high)
+    continued_plan, rest = search(low, start=first[-1]["plan"])
+    assert rest[0]["plan"] == first[-1]["plan"] and len(first) > 1 and len(rest) > 1
+    assert first + rest[1:] == path and continued_plan == plan
 
 
 def test_a_static_run_is_keyed_by_plan_backbone_and_recipe_not_by_the_head(net):

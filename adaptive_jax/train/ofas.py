@@ -367,11 +367,14 @@ def plan_statistics(plans: np.ndarray, costs: cost.BlockCosts) -> dict:
 
 
 def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCosts,
-                       max_macs: float, batch_size: int = 500) -> tuple[tuple[bool, ...], list[dict]]:
+                       max_macs: float, batch_size: int = 500,
+                       start=None) -> tuple[tuple[bool, ...], list[dict]]:
     """The best *static* sub-net under `max_macs` MACs per image, found greedily: from all
-    blocks, drop one block at a time, each time the one whose removal keeps the most images of
-    `split` right (held-out images), until the plan's MACs are at most `max_macs`. Returns the
-    plan and the path taken (plan, MACs, accuracy per step)."""
+    blocks (or the plan `start`, to continue a path searched before), drop one block at a time,
+    each time the one whose removal keeps the most images of `split` right (held-out images),
+    until the plan's MACs are at most `max_macs`. Returns the plan and the path taken (plan,
+    MACs, accuracy per step, `start` first). Until it stops the path does not depend on
+    `max_macs`: a path searched to a lower budget holds the answer for every higher one."""
     from adaptive_jax.data import datasets, pipeline
 
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
@@ -392,7 +395,8 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
     def drop_one(plan):
         return [(int(k), np.where(np.arange(len(plan)) == k, False, plan)) for k in np.flatnonzero(plan)]
 
-    plan, path = search.greedy_descent(np.ones(len(costs.run_macs), bool), drop_one,
+    start = np.ones(len(costs.run_macs), bool) if start is None else np.asarray(start, bool)
+    plan, path = search.greedy_descent(start, drop_one,
                                        lambda plan: int(costs.plan_macs(plan)), accuracy, max_macs)
     for step in path:  # the keys this search has always written (greedy_search.json)
         step["macs"] = int(step.pop("price"))
@@ -515,10 +519,14 @@ def static_run_key(b_config, stage_a_state: steps.TrainState, plan) -> dict:
     recipe = loop.recipe_of(b_config)
     recipe.pop("policy", None)
     recipe["rl"] = {k: recipe["rl"][k] for k in STATIC_RL_KEYS}
-    backbone = {"params": stage_a_state.params["backbone"],
-                "batch_stats": stage_a_state.batch_stats["backbone"]}
-    return {"plan": [bool(b) for b in plan], "backbone_sha256": checkpoint.state_digest(backbone),
+    return {"plan": [bool(b) for b in plan], "backbone_sha256": backbone_digest(stage_a_state),
             "recipe": recipe}
+
+
+def backbone_digest(state: steps.TrainState) -> str:
+    """sha256 of an OFAS state's backbone weights and BN statistics (the head left out)."""
+    return checkpoint.state_digest({"params": state.params["backbone"],
+                                    "batch_stats": state.batch_stats["backbone"]})
 
 
 def _subtree_copy(target, source):

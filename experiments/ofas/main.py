@@ -141,38 +141,46 @@ PLAN_STATISTICS = ("distinct_plans", "macs_mean", "macs_std", "macs_cv", "block_
 
 
 def cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs: float,
-                              search_path: str):
+                              workdir: str):
     """`ofas.greedy_static_plan` under `max_macs` on the last rl.static_heldout_examples training
     images, with the backbone of `stage_a`. The search costs minutes (a forward pass of those
-    images per candidate block), so it is kept at `search_path` and a re-run for the same MACs
-    and images reuses it. Returns (plan, path)."""
+    images per candidate block and step), and its path does not depend on the budget until it
+    stops, so one path serves every budget of the run (each penalty's static sub-net, the head's
+    start): WORKDIR/static_search/greedy_path.json keeps the longest path searched; a budget the
+    path has passed is read off it, a lower one continues it. Returns (plan, path to the plan)."""
     n = config.rl.static_heldout_examples
-    key = {"max_macs": max_macs, "heldout_examples": n}
-    if os.path.exists(search_path):
-        with open(search_path) as f:
+    key = {"heldout_examples": n, "backbone_sha256": ofas.backbone_digest(stage_a["state"])}
+    cache = os.path.join(workdir, "static_search", "greedy_path.json")
+    path = []
+    if os.path.exists(cache):
+        with open(cache) as f:
             cached = json.load(f)
         if cached["key"] == key:
-            return tuple(cached["plan"]), cached["path"]
+            path = cached["path"]
+    if path and path[-1]["macs"] <= max_macs:
+        stop = next(i for i, step in enumerate(path) if step["macs"] <= max_macs)
+        return tuple(path[stop]["plan"]), path[:stop + 1]
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
-    plan, path = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
-                                         config.dataset, costs, max_macs, config.eval_batch_size)
-    os.makedirs(os.path.dirname(search_path), exist_ok=True)
-    with open(search_path + ".tmp", "w") as f:
-        json.dump({"key": key, "plan": list(plan), "path": path}, f)
-    os.replace(search_path + ".tmp", search_path)
+    plan, more = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
+                                         config.dataset, costs, max_macs, config.eval_batch_size,
+                                         start=path[-1]["plan"] if path else None)
+    path = path + more[1:] if path else more  # (a continued search starts at the path's end)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache + ".tmp", "w") as f:
+        json.dump({"key": key, "path": path}, f)
+    os.replace(cache + ".tmp", cache)
     return plan, path
 
 
 def start_state(config, stage_a, train_split, costs, workdir):
     """Stage B's starting state: stage A's, with `policy.start="static_plan"` its head set so
     that every image runs the greedy static sub-net of `policy.start_block_share` of the block
-    MACs (searched as the static baseline is; kept in WORKDIR/start_plan/greedy_search.json)."""
+    MACs (read off the static baseline's greedy path, `cached_greedy_static_plan`)."""
     if config.policy.start == "on":
         return stage_a["state"], None
     max_macs = (costs.base_macs + costs.policy_macs
                 + config.policy.start_block_share * sum(costs.run_macs))
-    plan, _ = cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs,
-                                        os.path.join(workdir, "start_plan", "greedy_search.json"))
+    plan, _ = cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs, workdir)
     return ofas.start_at_plan(stage_a["graphdef"], stage_a["state"], plan,
                               config.policy.start_margin), plan
 
@@ -205,9 +213,8 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_stat
     (`ofas.routing_statistics`). Returns the rows: below, then (with rl.static_mixture, when the
     point is under the full backbone's MACs) above and the mixture."""
     penalty = f"{ofas_row['penalty']:g}"
-    plan, path = cached_greedy_static_plan(
-        b_config, stage_a, data[0], costs, ofas_row["macs_mean"],
-        os.path.join(workdir, "static_search", f"penalty_{penalty}.json"))
+    plan, path = cached_greedy_static_plan(b_config, stage_a, data[0], costs,
+                                           ofas_row["macs_mean"], workdir)
 
     test_split, correct = data[1], {}
 
