@@ -541,3 +541,30 @@ def test_static_allocation_priced_in_computation_percent_meets_the_target():
     assert path[0]["plan"] == [3, 3, 3]  # no uniform plan below float reaches 40 %: 12 bits = 14 %
     with pytest.raises(ValueError, match="priced in 'bitops' or 'computation'"):
         dfs.static_allocation(graphdef, state, split, "cifar10", SMALL, costs, [40.0], price="macs")
+
+
+def test_a_static_allocation_run_is_keyed_by_plan_start_and_training_not_by_the_experiment():
+    """The experiment may add targets or baselines and keep its static runs; a change to the
+    plan, the starting state or what the fine-tuning reads makes another run."""
+    import optax
+    from adaptive_jax.train import create_train_state
+
+    model = DFSNet(resnet(8), rngs=nnx.Rngs(0))
+    state = create_train_state(model, optax.identity(), 0)[1]
+    plan = np.array([0, 1, 2])
+
+    def key(plan=plan, state=state, **dfs_overrides):
+        config = dfs.step_config(dfs.default_config(), "joint", 30.0)
+        for name, value in dfs_overrides.items():
+            config.dfs[name] = value
+        return dfs.static_run_key(config, state, plan)
+
+    base = key()
+    assert base["plan"] == [0, 1, 2] and set(base["recipe"]["dfs"]) == set(dfs.STATIC_DFS_KEYS)
+    for same in (key(targets=(4.0, 5.0)), key(static_mixture=True), key(budget_weight=1.0),
+                 key(gate_start="static_plan")):
+        assert same == base
+    moved = state.replace(params=jax.tree.map(lambda x: x + 1e-3, state.params))
+    for different in (key(plan=np.array([0, 2, 2])), key(state=moved), key(widths=(8, 32)),
+                      key(joint_epochs=2), key(per_bitwidth_ranges=False)):
+        assert different != base

@@ -306,7 +306,8 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert (workdir / "static" / "target_30" / "checkpoints").is_dir()
     for row, run_dir in ((static, "static"), (above, "static_above")):  # each tied to its plan
         key = json.loads((workdir / run_dir / "target_30" / "run_key.json").read_text())
-        assert key["plan"] == row["static_plan"] and key["recipe"]["dfs"]["target"] == 30.0
+        assert key["plan"] == row["static_plan"] and key["recipe"]["dfs"]["widths"] == [8, 32]
+        assert "targets" not in key["recipe"]["dfs"]  # another target list keeps these runs
     assert static["dfs_minus_static_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - static["test_accuracy"])
     assert (workdir / "curve.png").stat().st_size > 1000

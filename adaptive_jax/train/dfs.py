@@ -30,7 +30,7 @@ from adaptive_jax import config as config_lib, cost, execution
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.methods.dfs import GATES, DFSNet
 from adaptive_jax.models.options import ESTIMATORS, Bitwidths
-from adaptive_jax.train import loop, optim, search, steps
+from adaptive_jax.train import checkpoint, loop, optim, search, steps
 
 GATE_STARTS = ("warmup", "static_plan")  # where each joint step's gate starts
 RECIPES = {  # (learning rate, schedule) of each step
@@ -248,6 +248,26 @@ def static_plan_task(plan, start: steps.TrainState) -> loop.Task:
     return dataclasses.replace(
         joint, make_train_step=functools.partial(make_train_step, plan=plan),
         make_eval_step=functools.partial(make_eval_step, plan=plan))
+
+
+# The `dfs` keys a static allocation's fine-tuning reads (the model, its ranges, the joint
+# step's recipe and length); the rest steer the gate or the experiment (the budget term is a
+# constant under a fixed plan).
+STATIC_DFS_KEYS = ("widths", "gate", "embed", "hidden", "per_bitwidth_ranges", "range_momentum",
+                   "recipe", "joint_epochs")
+
+
+def static_run_key(config, start: steps.TrainState, plan) -> dict:
+    """What a static allocation's fine-tuning run is (`train.workdir.claim_run_dir`): its plan,
+    a digest of the state it starts from (the warm-up's weights, statistics and ranges) and its
+    recipe (the loop's config without bookkeeping, `dfs` cut to STATIC_DFS_KEYS), so that adding
+    a target or a baseline to the experiment does not disown the runs it already has."""
+    recipe = loop.recipe_of(config)
+    recipe["dfs"] = {k: recipe["dfs"][k] for k in STATIC_DFS_KEYS}
+    return {"plan": np.asarray(plan).tolist(),
+            "start_sha256": checkpoint.state_digest({"params": start.params,
+                                                     "batch_stats": start.batch_stats}),
+            "recipe": recipe}
 
 
 def plan_accuracy(graphdef, state, dataset: str, options: Bitwidths, batch_size: int = 500):

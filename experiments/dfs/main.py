@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from adaptive_jax import execution, latency, report
 from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
-from adaptive_jax.train import checkpoint, dfs, loop, search, train_and_evaluate
+from adaptive_jax.train import dfs, loop, search, train_and_evaluate
 from adaptive_jax.train.metrics import recorded_train_time
 from adaptive_jax.train.workdir import claim_run_dir
 
@@ -180,7 +180,6 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
             json.dump({"key": key, "found": [(p.tolist(), path) for p, path in found]}, f)
         os.replace(search_path + ".tmp", search_path)
     test_top1 = dfs.plan_accuracy(graphdef, state, config.dataset, options, config.eval_batch_size)
-    start_digest = checkpoint.state_digest({"params": state.params, "batch_stats": state.batch_stats})
 
     def static_row(target, plan, menu, run_dir):
         accuracy = untuned = test_top1(test_split, plan)
@@ -188,8 +187,7 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
         if config.dfs.static_finetune:
             step_config = dfs.step_config(config, "joint", target)
             # the directory is named by target; the key ties it to the plan the search gave
-            run_dir = claim_run_dir(run_dir, {"plan": plan.tolist(), "start_sha256": start_digest,
-                                              "recipe": loop.recipe_of(step_config)})
+            run_dir = claim_run_dir(run_dir, dfs.static_run_key(step_config, start_result["state"], plan))
             tuned = train_and_evaluate(step_config, run_dir, data,
                                        dfs.static_plan_task(plan, start_result["state"]))
             accuracy = tuned["test_accuracy"]
