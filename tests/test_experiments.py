@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.test_cost import hand_count_macs
@@ -317,3 +318,46 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         assert point["gate_start_plan"] == start["plan"] and len(start["plan"]) == 3
         assert all(0 <= v < options for v in start["plan"])
         assert start["greedy_path"][-1]["price"] <= 30.0
+
+
+def test_roc_auc_counts_pairs_and_ties():
+    from benchmarks.ofas_difficulty import roc_auc
+
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0])) == 0.0
+    # pairs (pos, neg): (0.5, 0.5) tie = 1/2, (0.5, 0.1) = 1, (0.9, 0.5) = 1, (0.9, 0.1) = 1
+    assert roc_auc(np.array([0.5, 0.9, 0.5, 0.1]), np.array([1, 1, 0, 0])) == pytest.approx(3.5 / 4)
+    with pytest.raises(ValueError, match="positives and negatives"):
+        roc_auc(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+def test_difficulty_probes_find_a_signal_and_only_a_signal():
+    from benchmarks.ofas_difficulty import probe_scores
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 2000)
+    wrong = rng.random(2000) < 0.3
+    noise = rng.normal(size=(2000, 8)).astype(np.float32)
+    informative = noise.copy()
+    informative[:, 0] += 3.0 * wrong          # column 0 says which images are wrong
+    informative[:, 1:4] += 3.0 * np.eye(3)[labels]  # columns 1-3 say the class
+    found = probe_scores(informative, labels, wrong, 3, l2=1e-3, steps=200)
+    blind = probe_scores(noise, labels, wrong, 3, l2=1e-3, steps=200)
+    assert found["auc_wrong_probe"] > 0.9 and found["exit_top1"] > 0.85
+    assert abs(blind["auc_wrong_probe"] - 0.5) < 0.05 and abs(blind["auc_exit_confidence"] - 0.5) < 0.05
+
+
+def test_difficulty_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
+    manual_dir, _, test = tiny_cifar_manual_dir
+    results = tmp_path / "results"
+    proc = run_experiment("benchmarks.ofas_difficulty", "--model=resnet20", "--probe_steps=20",
+                          f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={manual_dir}",
+                          env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OFAS head input (stem, 4x4 pooled)" in proc.stdout and "after block 8" in proc.stdout
+    recorded = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    per_depth = [r for r in recorded if r["metric"] == "ofas_difficulty_auc"]
+    assert len(per_depth) == 2 + 9  # image, head input, 9 blocks of ResNet-20
+    assert all(0.0 <= r["value"] <= 1.0 and r["test_examples"] == len(test.labels) for r in per_depth)
+    reference = next(r for r in recorded if r["metric"] == "ofas_difficulty_auc_backbone_confidence")
+    assert 0.0 <= reference["value"] <= 1.0
