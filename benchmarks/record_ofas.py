@@ -13,7 +13,9 @@ penalty (OFAS top-1 minus the greedy static sub-net's under the same MACs, fine-
 with `rl.static_mixture` `ofas_minus_static_mixture_accuracy` (minus the two greedy sub-nets that
 bracket the point's MACs, mixed at exactly those MACs) and `ofas_static_router_oracle_accuracy`
 (the two sub-nets routed per image knowing the labels at the mixture's share, with where OFAS
-spends its blocks: `ofas.routing_statistics`).
+spends its blocks: `ofas.routing_statistics`); with `rl.static_cascade`, the cascade's
+comparisons (`ofas_cascade_minus_static_mixture_accuracy`, `..._random_mixture_accuracy`,
+`ofas_minus_cascade_accuracy`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ flags.mark_flags_as_required(["workdir", "run_command"])
 ROUTING_KEYS = ("static_above_only_right", "static_below_only_right",
                 "ofas_block_frac_static_wrong", "ofas_block_frac_static_right",
                 "ofas_only_right", "static_only_right")
+
+
+# a cascade row's comparisons (experiments/ofas/main.py, static_cascade)
+CASCADE_METRICS = {"cascade_minus_static_mixture_accuracy": "ofas_cascade_minus_static_mixture_accuracy",
+                   "cascade_minus_random_mixture_accuracy": "ofas_cascade_minus_random_mixture_accuracy",
+                   "ofas_minus_cascade_accuracy": "ofas_minus_cascade_accuracy"}
 
 
 def is_static(point: dict) -> bool:
@@ -87,6 +95,18 @@ def main(argv):
                             "static_accuracy": round(mixture["test_accuracy"], 4),
                             **{k: round(mixture[k], 4) for k in ROUTING_KEYS},
                             "run_command": FLAGS.run_command})
+    for cascade in (p for p in run["points"] if p.get("static") == "cascade"):
+        context = {"model": run["model"], "point": cascade["point"],
+                   "cascade_accuracy": round(cascade["test_accuracy"], 4),
+                   "macs": int(cascade["test_macs"]),
+                   "escalated_share": round(cascade["escalated_share"], 4),
+                   "latency_b1_ms": round(cascade["latency_b1_ms"], 3),
+                   "full_latency_b1_ms": round(cascade["full_latency_b1_ms"], 3),
+                   "run_command": FLAGS.run_command}
+        for key, metric in CASCADE_METRICS.items():
+            if key in cascade:  # (against the static mixture: when it brackets the MACs)
+                figures.append({"metric": metric, "value": round(cascade[key], 4),
+                                "unit": "fraction", **context})
     for static in (p for p in run["points"] if "ofas_minus_static_accuracy" in p):
         figures.append({"metric": "ofas_minus_static_subnet_accuracy",
                         "value": round(static["ofas_minus_static_accuracy"], 4), "unit": "fraction",

@@ -166,7 +166,8 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
         "--config=experiments/ofas/configs/default.py:smoke", *data_flags,
         "--config.init_from=zoo:resnet8", "--config.num_epochs=0", "--config.rl.penalties=4",
         "--config.rl.static_baseline=True", "--config.rl.static_heldout_examples=50",
-        "--config.rl.static_mixture=True",
+        "--config.rl.static_mixture=True", "--config.rl.static_cascade=True",
+        "--config.num_train_examples=80",  # 20 training images left unseen: the cascade's calibration
         "--config.policy.pool_grid=4", "--config.policy.activation=relu",
         "--config.policy.start=static_plan", "--config.policy.start_block_share=0.5",
         "--latency_images=2", "--zoo_name=ofas_resnet8", "--zoo_penalty=4", env_extra=env)
@@ -179,9 +180,9 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert report["start_plan"] in plans[1:]
     share = float(re.search(r"static sub-net .* \(([0-9.]+) of block MACs\)", proc.stdout).group(1))
     assert 0.0 < share <= 0.5
-    stage_a, point, static, above, mixture = report["points"]
+    stage_a, point, static, above, mixture, cascade = report["points"]
     assert [p["point"] for p in report["points"]] == [
-        "stage A", "penalty 4", "static @4", "static above @4", "static mix @4"]
+        "stage A", "penalty 4", "static @4", "static above @4", "static mix @4", "cascade @4"]
     assert stage_a["train_time_s"] == 0.0 and stage_a["distinct_plans"] == 1
     assert point["distinct_plans"] >= 1 and point["macs_cv"] >= 0.0
     # The static sub-net is the greedy plan within the OFAS point's mean MACs; the one above it is
@@ -205,6 +206,18 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert mixture["test_accuracy"] - 1e-6 <= mixture["oracle_mixture_accuracy"] <= 1.0
     assert 0.0 <= mixture["ofas_block_frac_static_right"] <= 1.0
     assert "a router between its two sub-nets knowing the labels" in proc.stdout
+    # the cascade: the sub-net below, its least sure test images escalated to the full backbone
+    full_macs = report["full_macs"]
+    e = cascade["escalated_share"]
+    assert cascade["calibration_examples"] == 20 and 0.0 <= e <= 1.0
+    assert cascade["test_macs"] == pytest.approx(static["test_macs"] + e * full_macs)
+    assert cascade["escalation_target_share"] == pytest.approx(
+        (point["macs_mean"] - static["test_macs"]) / full_macs)
+    random_mix = (1 - e) * static["test_accuracy"] + e * cascade["full_backbone_accuracy"]
+    assert cascade["cascade_minus_random_mixture_accuracy"] == pytest.approx(
+        cascade["test_accuracy"] - random_mix)
+    assert cascade["latency_b1_ms"] > 0 and cascade["static_latency_b1_ms"] > 0
+    assert "cascade @4: the sub-net below escalates" in proc.stdout
     # each static sub-net trained in WORKDIR/static/<its blocks>, tied there to its plan
     for row in (static, above):
         run_dir = tmp_path / "ofas" / "static" / "".join("1" if b else "0" for b in row["static_plan"])
@@ -238,6 +251,9 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert oracle["value"] == pytest.approx(mixture["oracle_mixture_accuracy"], abs=1e-4)
     assert oracle["ofas_only_right"] == pytest.approx(mixture["ofas_only_right"], abs=1e-4)
     assert "static mix @4" in (results / "RESULTS.md").read_text()
+    assert recorded["ofas_cascade_minus_random_mixture_accuracy"]["value"] == pytest.approx(
+        cascade["cascade_minus_random_mixture_accuracy"], abs=1e-4)
+    assert recorded["ofas_minus_cascade_accuracy"]["escalated_share"] == pytest.approx(e, abs=1e-4)
 
     # make demo's script on this zoo: the table, both plots, and the figures it reproduces.
     proc = run_experiment("experiments.ofas.demo", f"--out={tmp_path / 'demo'}",

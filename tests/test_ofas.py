@@ -97,6 +97,18 @@ def test_static_subnet_trains_without_running_its_skipped_blocks():
     np.testing.assert_array_equal(last(after), last(before))
 
 
+def test_static_subnet_predicts_what_it_evaluates():
+    """FixedPlanNet.predict (the static executor: the skipped blocks do not run) gives the logits
+    of its evaluation forward (the masked executor, every block computed)."""
+    from adaptive_jax.methods.ofas import FixedPlanNet
+
+    model = FixedPlanNet(CifarResNet(ResNetSpec(DEPTH), rngs=nnx.Rngs(2)),
+                         (False, True, True, False, True, True))
+    model.eval()
+    images = _images(3, seed=6)
+    np.testing.assert_allclose(model.predict(images), model(images), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("logit_norm", ["none", "batch"])
 def test_a_head_started_at_a_plan_gives_every_image_that_plan(logit_norm):
     rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
@@ -173,8 +185,9 @@ def test_bad_ofas_config_is_named(tmp_path):
         with pytest.raises(ValueError, match=match):
             train_and_evaluate(_tiny_config(**{key: value}), str(tmp_path / key), data,
                                ofas.stage_a_task())
-    with pytest.raises(ValueError, match="pass --config.rl.static_baseline=True too"):
-        ofas.check_config(_tiny_config(static_mixture=True))
+    for flag in ("static_mixture", "static_cascade"):
+        with pytest.raises(ValueError, match="pass --config.rl.static_baseline=True too"):
+            ofas.check_config(_tiny_config(**{flag: True}))
     config = _tiny_config()
     config.policy.start, config.policy.start_block_share = "warm", 1.5
     with pytest.raises(ValueError, match=r"policy.start = 'warm': expected one of \['on', "

@@ -210,3 +210,20 @@ def test_stochastic_depth_in_a_method_with_its_own_skipping_is_refused():
     config.model.stochastic_depth = 0.5
     with pytest.raises(ValueError, match="stochastic_depth = 0.5 trains a plain backbone"):
         loop.validate_config(config, ofas.stage_b_task(None))
+
+
+def test_unseen_training_images_are_the_ones_after_the_prefix(tiny_cifar_manual_dir, tmp_path):
+    from adaptive_jax.train import loop
+
+    manual_dir, train, _ = tiny_cifar_manual_dir
+    config = tiny_config()
+    config.data_dir, config.manual_dir = str(tmp_path / "tfds"), manual_dir
+    config.num_train_examples = 80
+    fitted, _ = loop.load_data(config)
+    unseen = loop.unseen_training_images(config)
+    assert len(fitted) == 80 and len(unseen) == 20
+    np.testing.assert_array_equal(unseen.labels, train.labels[80:])
+    np.testing.assert_array_equal(unseen.images, train.images[80:])
+    config.num_train_examples = 0  # all of them
+    with pytest.raises(ValueError, match="none is left unseen; set it below 100"):
+        loop.unseen_training_images(config)

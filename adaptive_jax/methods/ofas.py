@@ -20,6 +20,7 @@ from adaptive_jax.models.resnet import CifarResNet, check_images
 from adaptive_jax.policies import OFASHead, decisions
 
 _MASKED = execution.masked()
+_STATIC = execution.static()
 
 
 class OFASNet(nnx.Module):
@@ -113,6 +114,12 @@ class FixedPlanNet(nnx.Module):
 
     def plan(self, images: jax.Array) -> jax.Array:
         return jnp.broadcast_to(jnp.asarray(self.fixed_plan), (images.shape[0], len(self.fixed_plan)))
+
+    def predict(self, images: jax.Array) -> jax.Array:
+        """Logits in inference through the static executor: the skipped blocks do not run."""
+        check_images(images, self.spec.in_channels)
+        features = self.backbone.stem(images)
+        return self.backbone.classify(_STATIC.run_units(self.backbone, features, self.fixed_plan))
 
     def __call__(self, images: jax.Array) -> jax.Array:
         check_images(images, self.spec.in_channels)

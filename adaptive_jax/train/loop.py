@@ -151,6 +151,19 @@ def load_data(config) -> tuple[datasets.Split, datasets.Split]:
     return _prefix(train, config.num_train_examples), _prefix(test, config.num_eval_examples)
 
 
+def unseen_training_images(config) -> datasets.Split:
+    """The training images after the first `num_train_examples`, which a run of `config` never
+    trains on: a calibration set that is not the test set."""
+    train = datasets.load_split(config.dataset, "train", data_dir=config.data_dir or None,
+                                manual_dir=config.manual_dir or None, download=config.download)
+    n = config.num_train_examples
+    if n <= 0 or n >= len(train):
+        raise ValueError(f"num_train_examples={n} trains on all {len(train)} training images, so "
+                         f"none is left unseen; set it below {len(train)} (e.g. "
+                         f"--config.num_train_examples={len(train) - min(2000, len(train) // 10)})")
+    return datasets.Split(train.images[n:], train.labels[n:], train.num_classes)
+
+
 def _prefix(split: datasets.Split, n: int) -> datasets.Split:
     if n <= 0 or n >= len(split):
         return split

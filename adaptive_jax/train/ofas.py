@@ -79,6 +79,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.rl.static_mixture = False             # ... and the one a block above, mixed at the point's MACs
     c.rl.static_dir = ""                    # the static sub-nets' runs, one per plan ("": WORKDIR/
                                             # static); OFAS runs from one backbone may share one
+    c.rl.static_cascade = False             # ... and the cascade of the sub-net below into the full
+                                            # backbone at the point's MACs (methods.cascade)
     return c
 
 
@@ -100,11 +102,15 @@ def check_config(config) -> None:
         "rl.backbone_learning_rate": c.number(above=0), "rl.policy_learning_rate": c.number(above=0),
         "rl.static_baseline": c.boolean(), "rl.static_heldout_examples": c.integer(1),
         "rl.static_mixture": c.boolean(), "rl.static_dir": c.string(),
+        "rl.static_cascade": c.boolean(),
         "rl.distill_weight": c.number(0, 1), "rl.distill_temperature": c.number(above=0),
     })
     if config.rl.static_mixture and not config.rl.static_baseline:
         raise ValueError("rl.static_mixture mixes the static sub-nets of rl.static_baseline; "
                          "pass --config.rl.static_baseline=True too, or leave the mixture out")
+    if config.rl.static_cascade and not config.rl.static_baseline:
+        raise ValueError("rl.static_cascade escalates from the static sub-net of rl.static_baseline; "
+                         "pass --config.rl.static_baseline=True too, or leave the cascade out")
     if config.policy.variant not in OFAS_VARIANTS:
         raise ValueError(f"unknown OFAS head variant {config.policy.variant!r}; "
                          f"expected one of {sorted(OFAS_VARIANTS)}")

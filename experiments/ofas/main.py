@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
@@ -103,7 +104,7 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
         rows.append(row(f"penalty {penalty:g}", result, run_dir, {"penalty": float(penalty)}))
         if config.rl.static_baseline:
             rows += static_baseline(b_config, stage_a, rows[-1], data, costs, workdir,
-                                    result["state"])
+                                    result["state"], images)
 
     print(f"OFAS ResNet-{config.model.depth} on {config.dataset}: full backbone "
           f"{costs.full_macs:.3e} MACs, policy head {costs.policy_macs} MACs; batch-1 latency of "
@@ -117,6 +118,15 @@ def run(config, workdir: str, latency_images: int = 16, zoo_name: str = "",
                   f"{r['ofas_block_frac_static_right']:.3f} on those it gets right; right where it is "
                   f"wrong {r['ofas_only_right']:.4f}, wrong where it is right {r['static_only_right']:.4f}",
                   flush=True)
+        if r.get("static") == "cascade":
+            versus = (f"{r['cascade_minus_static_mixture_accuracy']:+.4f} against the static mixture "
+                      f"at its MACs, " if "cascade_minus_static_mixture_accuracy" in r else "")
+            print(f"{r['point']}: the sub-net below escalates {r['escalated_share']:.3f} of the test "
+                  f"images (target {r['escalation_target_share']:.3f}, threshold {r['threshold']:.3f} "
+                  f"set on {r['calibration_examples']} unseen training images) to the full backbone: "
+                  f"{r['test_accuracy']:.4f} at {r['test_macs']:.3e} MACs; {versus}"
+                  f"{r['cascade_minus_random_mixture_accuracy']:+.4f} against the same two networks "
+                  f"mixed at random", flush=True)
     summary = {"model": f"ofas_resnet{config.model.depth}", "dataset": config.dataset,
                "init_from": config.init_from, "full_macs": costs.full_macs,
                "policy_macs": costs.policy_macs,
@@ -197,7 +207,8 @@ def static_run_dir(b_config, stage_a, plan, workdir) -> str:
                          ofas.static_run_key(b_config, stage_a["state"], plan))
 
 
-def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_state) -> list[dict]:
+def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_state,
+                    latency_images) -> list[dict]:
     """The best static sub-net at the OFAS point's mean MACs: chosen greedily on held-out training
     images (the last rl.static_heldout_examples), fine-tuned with stage B's schedule and steps.
 
@@ -210,19 +221,22 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_stat
     image: what adaptivity has to beat (docs/ofas.md). Per test image, the mixture's row also
     says what a router between the two could score knowing the labels, and how OFAS (state
     `ofas_state`) spends its blocks on the images the sub-net below gets wrong
-    (`ofas.routing_statistics`). Returns the rows: below, then (with rl.static_mixture, when the
-    point is under the full backbone's MACs) above and the mixture."""
+    (`ofas.routing_statistics`). With rl.static_cascade, the sub-net below escalating its least
+    sure images to the full backbone at the point's MACs (`static_cascade`). Returns the rows:
+    below, then (with rl.static_mixture, when the point is under the full backbone's MACs) above
+    and the mixture, then the cascade."""
     penalty = f"{ofas_row['penalty']:g}"
     plan, path = cached_greedy_static_plan(b_config, stage_a, data[0], costs,
                                            ofas_row["macs_mean"], workdir)
 
-    test_split, correct = data[1], {}
+    test_split, correct, trained = data[1], {}, {}
 
     def fine_tuned(point, kind, plan):
         run_dir = static_run_dir(b_config, stage_a, plan, workdir)
         result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
         correct[kind] = loop.test_correct(result["graphdef"], result["state"], test_split,
                                           b_config.dataset, b_config.eval_batch_size)
+        trained[kind] = result
         return {"point": point, "static": kind,
                 **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
                 "static_plan": [bool(b) for b in plan], "distinct_plans": 1, "macs_cv": 0.0,
@@ -231,18 +245,80 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_stat
     below = fine_tuned(f"static @{penalty}", "below", plan)
     below.update(greedy_path=path,
                  ofas_minus_static_accuracy=ofas_row["test_accuracy"] - below["test_accuracy"])
-    if not b_config.rl.static_mixture or len(path) < 2:  # (at the full MACs nothing is above)
-        return [below]
-    above = fine_tuned(f"static above @{penalty}", "above", tuple(path[-2]["plan"]))
-    mixture = ofas.static_mixture(below, above, ofas_row["macs_mean"])
-    mixture.update(point=f"static mix @{penalty}", static="mixture",
-                   ofas_minus_static_mixture_accuracy=ofas_row["test_accuracy"] - mixture["test_accuracy"])
-    graphdef = stage_a["graphdef"]
-    plans = loop.test_plans(graphdef, ofas_state, test_split, b_config.dataset, b_config.eval_batch_size)
-    mixture.update(ofas.routing_statistics(
-        loop.test_correct(graphdef, ofas_state, test_split, b_config.dataset, b_config.eval_batch_size),
-        costs.block_fraction(plans), correct["below"], correct["above"], mixture["share_above"]))
-    return [below, above, mixture]
+    rows = [below]
+    if b_config.rl.static_mixture and len(path) >= 2:  # (at the full MACs nothing is above)
+        above = fine_tuned(f"static above @{penalty}", "above", tuple(path[-2]["plan"]))
+        mixture = ofas.static_mixture(below, above, ofas_row["macs_mean"])
+        mixture.update(point=f"static mix @{penalty}", static="mixture",
+                       ofas_minus_static_mixture_accuracy=ofas_row["test_accuracy"] - mixture["test_accuracy"])
+        graphdef = stage_a["graphdef"]
+        plans = loop.test_plans(graphdef, ofas_state, test_split, b_config.dataset, b_config.eval_batch_size)
+        mixture.update(ofas.routing_statistics(
+            loop.test_correct(graphdef, ofas_state, test_split, b_config.dataset, b_config.eval_batch_size),
+            costs.block_fraction(plans), correct["below"], correct["above"], mixture["share_above"]))
+        rows += [above, mixture]
+    if b_config.rl.static_cascade:
+        rows.append(static_cascade(b_config, stage_a, ofas_row, data, costs, below, trained["below"],
+                                   rows[1] if len(rows) > 1 else None, latency_images))
+    return rows
+
+
+def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above,
+                   latency_images) -> dict:
+    """The static sub-net below the point (`small`: its fine-tuned run) escalating the images it is
+    least sure of to the full backbone (stage A's), as many as the point's MACs allow
+    (`methods.cascade`): the threshold is set on the training images no fine-tune saw (those after
+    num_train_examples), so the test set's share, and so its MACs, are measured, not set. At its
+    measured MACs it is compared with the static mixture of the sub-nets below and `above`
+    (when they bracket those MACs) and with the same two networks mixed at random at its
+    escalated share (what routing by confidence adds), and timed at batch 1 (the cascade's one
+    executable, the full backbone, the sub-net alone: interleaved)."""
+    from adaptive_jax.execution.predict import pure_predict
+    from adaptive_jax.methods import cascade
+    from adaptive_jax.train import search
+
+    test_split = data[1]
+    sub_net = pure_predict(small["graphdef"], lambda model, x: model.predict(x))
+    backbone = pure_predict(stage_a["graphdef"], lambda model, x: model.backbone(x))
+    sub_state = (small["state"].params, small["state"].batch_stats)
+    full_state = (stage_a["state"].params, stage_a["state"].batch_stats)
+
+    def logits_on(split, graphdef, state, call):
+        return loop.test_outputs(graphdef, state, split, b_config.dataset, call,
+                                 b_config.eval_batch_size)
+
+    unseen = loop.unseen_training_images(b_config)
+    share = cascade.share_for_macs(ofas_row["macs_mean"], below["test_macs"], costs.full_macs)
+    threshold = cascade.threshold_for_share(cascade.confidence(logits_on(
+        unseen, small["graphdef"], small["state"], lambda model, x: model.predict(x))), share)
+    small_logits = logits_on(test_split, small["graphdef"], small["state"],
+                             lambda model, x: model.predict(x))
+    large_logits = logits_on(test_split, stage_a["graphdef"], stage_a["state"],
+                             lambda model, x: model.backbone(x))
+    stats = cascade.statistics(small_logits, large_logits, test_split.labels, threshold,
+                               below["test_macs"], costs.full_macs)
+    large_accuracy = float(np.mean(large_logits.argmax(-1) == np.asarray(test_split.labels)))
+    random_mixture = ((1 - stats["escalated_share"]) * below["test_accuracy"]
+                      + stats["escalated_share"] * large_accuracy)
+    row = {"point": f"cascade @{ofas_row['penalty']:g}", "static": "cascade", **stats,
+           "test_macs": stats["macs_mean"], "distinct_plans": 2,
+           "test_block_macs_frac": (stats["macs_mean"] - costs.base_macs) / sum(costs.run_macs),
+           "escalation_target_share": share, "calibration_examples": len(unseen),
+           "full_backbone_accuracy": large_accuracy,
+           "cascade_minus_random_mixture_accuracy": stats["test_accuracy"] - random_mixture,
+           "ofas_minus_cascade_accuracy": ofas_row["test_accuracy"] - stats["test_accuracy"]}
+    if above is not None and below["test_macs"] <= stats["macs_mean"] <= above["test_macs"]:
+        mixed = search.mixture_at(below, above, stats["macs_mean"], "test_macs", ("test_accuracy",))
+        row["cascade_minus_static_mixture_accuracy"] = stats["test_accuracy"] - mixed["test_accuracy"]
+
+    batch1 = cascade.batch1_predictor(sub_net, backbone, threshold)
+    full_b1, sub_b1 = jax.jit(backbone), jax.jit(sub_net)
+    cascade_ms, full_ms, sub_ms = latency.interleaved_batch1_ms(
+        (batch1, lambda s, f, x: full_b1(*f, x), lambda s, f, x: sub_b1(*s, x)),
+        (sub_state, full_state), latency_images)
+    row.update(latency_b1_ms=cascade_ms, full_latency_b1_ms=full_ms, speedup_b1=full_ms / cascade_ms,
+               static_latency_b1_ms=sub_ms)
+    return row
 
 
 def save_to_zoo(name, config, graphdef, state, point, static, test_split, command, zoo_dir=None,

@@ -1,0 +1,110 @@
+"""A confidence cascade (docs/ofas.md, "Routing by confidence"): a cheap network answers every
+image; the images it is least sure of (top softmax probability below a threshold) go on to an
+expensive network, whose answer replaces the cheap one's.
+
+Why it is here: an OFAS head decides every block at the stem, where nothing linear tells the images
+a network gets wrong from those it gets right better than AUC ~0.6; the network's own top softmax
+probability does (~0.88; `benchmarks.ofas_difficulty`). A cascade routes by that signal, after
+the cheap network has run. Its cost per image is the cheap network's, plus the expensive one's
+for an escalated image: the mean follows the share escalated, set by the threshold
+(`threshold_for_share`, on images the cheap network did not train on).
+
+Two compiled paths; the expensive network only runs for the images that escalate:
+- `batch1_predictor`: one executable; `lax.cond` on the cheap network's confidence.
+- `batch_predictor`: the cheap network on the batch, then the expensive one on the escalated rows
+  only, gathered into the smallest of `execution.capacities` that holds them (a few compiled
+  shapes, not one per count).
+Each network is a pure function `(params, batch_stats, images) -> logits`
+(`execution.predict.pure_predict`); a state is its `(params, batch_stats)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptive_jax.execution.executors import capacities
+
+PureNet = Callable[..., jax.Array]  # (params, batch_stats, images) -> logits
+
+
+def confidence(logits) -> jax.Array:
+    """(B,) the top softmax probability of each row of (B, classes) logits."""
+    return jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1).max(axis=-1)
+
+
+def threshold_for_share(confidences, share: float) -> float:
+    """The threshold under which `share` of `confidences` fall (escalation is `confidence <
+    threshold`): 0 escalates none, 1 all."""
+    confidences = np.sort(np.asarray(confidences, np.float64).ravel())
+    if confidences.size == 0:
+        raise ValueError("a threshold needs confidences of at least one held-out image")
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the escalated share must be in [0, 1], got {share}")
+    k = int(round(share * confidences.size))
+    return float(np.inf) if k >= confidences.size else float(confidences[k])
+
+
+def share_for_macs(target_macs: float, small_macs: float, large_macs: float) -> float:
+    """The share of images to escalate for a mean of `target_macs` per image, when every image
+    costs `small_macs` and an escalated one `large_macs` more."""
+    share = (target_macs - small_macs) / large_macs
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"a cascade of {small_macs:.4g} + {large_macs:.4g} MACs per escalated "
+                         f"image cannot average {target_macs:.4g}: the target must lie between "
+                         f"{small_macs:.4g} and {small_macs + large_macs:.4g}")
+    return share
+
+
+def statistics(small_logits, large_logits, labels, threshold: float, small_macs: float,
+               large_macs: float) -> dict:
+    """The cascade over a labelled set, from both networks' logits on every image: its accuracy,
+    the share escalated, and the measured MACs per image (mean, coefficient of variation)."""
+    small_logits, large_logits = np.asarray(small_logits), np.asarray(large_logits)
+    labels = np.asarray(labels)
+    if small_logits.shape != large_logits.shape or small_logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"logits {small_logits.shape} and {large_logits.shape} for "
+                         f"{labels.shape[0]} labels: one row per image from each network")
+    escalated = np.asarray(confidence(small_logits)) < threshold
+    answer = np.where(escalated, large_logits.argmax(-1), small_logits.argmax(-1))
+    macs = small_macs + escalated * float(large_macs)
+    return {"test_accuracy": float(np.mean(answer == labels)),
+            "escalated_share": float(escalated.mean()), "macs_mean": float(macs.mean()),
+            "macs_cv": float(macs.std() / macs.mean()), "threshold": float(threshold)}
+
+
+def batch1_predictor(small: PureNet, large: PureNet, threshold: float) -> Callable:
+    """jit'd (small_state, large_state, image) -> (logits, escalated) for a batch of one image."""
+
+    def predict(small_state, large_state, images):
+        if images.shape[0] != 1:
+            raise ValueError(f"batch1_predictor takes one image, got a batch of {images.shape[0]}; "
+                             "use batch_predictor")
+        logits = small(*small_state, images)
+        escalated = confidence(logits)[0] < threshold
+        logits = jax.lax.cond(escalated, lambda: large(*large_state, images), lambda: logits)
+        return logits, escalated
+
+    return jax.jit(predict)
+
+
+def batch_predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8) -> Callable:
+    """(small_state, large_state, images) -> (logits, escalated) for a batch: the expensive
+    network runs on the escalated rows only (padded up to the next of `buckets` capacities)."""
+    small_jit, large_jit = jax.jit(small), jax.jit(large)
+
+    def predict(small_state, large_state, images):
+        logits = small_jit(*small_state, images)
+        escalated = np.asarray(confidence(logits) < threshold)
+        rows = np.flatnonzero(escalated)
+        if rows.size == 0:
+            return logits, escalated
+        capacity = next(c for c in capacities(images.shape[0], buckets) if c >= rows.size)
+        gathered = np.concatenate([rows, np.full(capacity - rows.size, rows[0])])
+        answers = large_jit(*large_state, jnp.asarray(images)[gathered])[:rows.size]
+        return logits.at[rows].set(answers), escalated
+
+    return predict

@@ -1,0 +1,75 @@
+"""methods.cascade: the threshold, the measured statistics, and both compiled paths."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from adaptive_jax.methods import cascade
+
+
+def test_threshold_escalates_the_asked_share():
+    conf = np.array([0.9, 0.3, 0.6, 0.8])
+    for share, escalated in ((0.0, 0), (0.25, 1), (0.5, 2), (1.0, 4)):
+        assert np.sum(conf < cascade.threshold_for_share(conf, share)) == escalated
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        cascade.threshold_for_share(conf, 1.5)
+    with pytest.raises(ValueError, match="at least one held-out image"):
+        cascade.threshold_for_share([], 0.5)
+
+
+def test_share_for_macs_and_its_limits():
+    assert cascade.share_for_macs(30.0, 20.0, 50.0) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="must lie between 20 and 70"):
+        cascade.share_for_macs(80.0, 20.0, 50.0)
+
+
+def test_statistics_hand_counted():
+    # 4 images, 2 classes; the small network is unsure of images 1 and 3 (max softmax 0.5)
+    small = np.array([[5.0, 0.0], [0.0, 0.0], [0.0, 5.0], [0.0, 0.0]])
+    large = np.array([[0.0, 5.0], [0.0, 5.0], [5.0, 0.0], [5.0, 0.0]])
+    labels = np.array([0, 1, 1, 1])
+    got = cascade.statistics(small, large, labels, threshold=0.6, small_macs=10.0, large_macs=30.0)
+    # answers: small 0, large 1, small 1, large 0 -> right on images 0, 1, 2
+    assert got["test_accuracy"] == 0.75 and got["escalated_share"] == 0.5
+    macs = np.array([10.0, 40.0, 10.0, 40.0])
+    assert got["macs_mean"] == 25.0 and got["macs_cv"] == pytest.approx(macs.std() / macs.mean())
+    with pytest.raises(ValueError, match="one row per image"):
+        cascade.statistics(small, large[:3], labels, 0.6, 10.0, 30.0)
+
+
+def _nets():
+    w_small = jnp.array([[1.0, -1.0, 0.5], [0.2, 0.3, -0.4]])  # 2 features -> 3 classes
+    w_large = jnp.array([[-2.0, 1.0, 0.0], [1.0, 0.0, 2.0]])
+
+    def small(params, batch_stats, images):
+        return images @ params
+
+    def large(params, batch_stats, images):
+        return images @ params + batch_stats
+
+    return small, large, (w_small, None), (w_large, jnp.array([0.0, 1.0, 0.0]))
+
+
+def test_both_compiled_paths_answer_as_the_rule():
+    small, large, small_state, large_state = _nets()
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)), jnp.float32)
+    small_logits, large_logits = small(*small_state, images), large(*large_state, images)
+    threshold = float(np.median(np.asarray(cascade.confidence(small_logits))))
+    escalate = np.asarray(cascade.confidence(small_logits)) < threshold
+    expected = np.where(escalate[:, None], large_logits, small_logits)
+    assert 0 < escalate.sum() < 16
+    got, escalated = cascade.batch_predictor(small, large, threshold, buckets=4)(
+        small_state, large_state, images)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_array_equal(escalated, escalate)
+    one = cascade.batch1_predictor(small, large, threshold)
+    for i in range(16):
+        logits, esc = one(small_state, large_state, images[i:i + 1])
+        np.testing.assert_allclose(logits[0], expected[i], rtol=1e-6)
+        assert bool(esc) == escalate[i]
+    with pytest.raises(ValueError, match="use batch_predictor"):
+        one(small_state, large_state, images[:2])
+    # nothing escalates under a threshold of 0: the small network's logits, untouched
+    got, escalated = cascade.batch_predictor(small, large, 0.0, buckets=4)(small_state, large_state, images)
+    np.testing.assert_array_equal(got, small_logits)
+    assert not escalated.any()
