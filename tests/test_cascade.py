@@ -50,7 +50,7 @@ def _nets():
     return small, large, (w_small, None), (w_large, jnp.array([0.0, 1.0, 0.0]))
 
 
-def test_both_compiled_paths_answer_as_the_rule():
+def test_the_predictor_answers_as_the_rule_at_any_batch():
     small, large, small_state, large_state = _nets()
     images = jnp.asarray(np.random.default_rng(0).normal(size=(16, 2)), jnp.float32)
     small_logits, large_logits = small(*small_state, images), large(*large_state, images)
@@ -58,18 +58,16 @@ def test_both_compiled_paths_answer_as_the_rule():
     escalate = np.asarray(cascade.confidence(small_logits)) < threshold
     expected = np.where(escalate[:, None], large_logits, small_logits)
     assert 0 < escalate.sum() < 16
-    got, escalated = cascade.batch_predictor(small, large, threshold, buckets=4)(
-        small_state, large_state, images)
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
-    np.testing.assert_array_equal(escalated, escalate)
-    one = cascade.batch1_predictor(small, large, threshold)
-    for i in range(16):
-        logits, esc = one(small_state, large_state, images[i:i + 1])
+    predict = cascade.predictor(small, large, threshold, buckets=4)
+    for batch in (images, images[:6]):  # 16 rows in capacities of 4; 6 rows: not divisible by 4
+        got, escalated = predict(small_state, large_state, batch)
+        np.testing.assert_allclose(got, expected[:len(batch)], rtol=1e-6)
+        np.testing.assert_array_equal(escalated, escalate[:len(batch)])
+    for i in range(16):  # batch 1
+        logits, escalated = predict(small_state, large_state, images[i:i + 1])
         np.testing.assert_allclose(logits[0], expected[i], rtol=1e-6)
-        assert bool(esc) == escalate[i]
-    with pytest.raises(ValueError, match="use batch_predictor"):
-        one(small_state, large_state, images[:2])
+        assert bool(escalated[0]) == escalate[i]
     # nothing escalates under a threshold of 0: the small network's logits, untouched
-    got, escalated = cascade.batch_predictor(small, large, 0.0, buckets=4)(small_state, large_state, images)
+    got, escalated = cascade.predictor(small, large, 0.0)(small_state, large_state, images)
     np.testing.assert_array_equal(got, small_logits)
     assert not escalated.any()

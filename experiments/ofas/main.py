@@ -271,8 +271,8 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
     num_train_examples), so the test set's share, and so its MACs, are measured, not set. At its
     measured MACs it is compared with the static mixture of the sub-nets below and `above`
     (when they bracket those MACs) and with the same two networks mixed at random at its
-    escalated share (what routing by confidence adds), and timed at batch 1 (the cascade's one
-    executable, the full backbone, the sub-net alone: interleaved)."""
+    escalated share (what routing by confidence adds), and timed at batch 1 (the cascade, the
+    full backbone, the sub-net alone: interleaved)."""
     from adaptive_jax.execution.predict import pure_predict
     from adaptive_jax.methods import cascade
     from adaptive_jax.train import search
@@ -311,10 +311,10 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
         mixed = search.mixture_at(below, above, stats["macs_mean"], "test_macs", ("test_accuracy",))
         row["cascade_minus_static_mixture_accuracy"] = stats["test_accuracy"] - mixed["test_accuracy"]
 
-    batch1 = cascade.batch1_predictor(sub_net, backbone, threshold)
+    cascaded = cascade.predictor(sub_net, backbone, threshold)
     full_b1, sub_b1 = jax.jit(backbone), jax.jit(sub_net)
     cascade_ms, full_ms, sub_ms = latency.interleaved_batch1_ms(
-        (batch1, lambda s, f, x: full_b1(*f, x), lambda s, f, x: sub_b1(*s, x)),
+        (cascaded, lambda s, f, x: full_b1(*f, x), lambda s, f, x: sub_b1(*s, x)),
         (sub_state, full_state), latency_images)
     row.update(latency_b1_ms=cascade_ms, full_latency_b1_ms=full_ms, speedup_b1=full_ms / cascade_ms,
                static_latency_b1_ms=sub_ms)
