@@ -127,6 +127,15 @@ def main(argv):
                         "value": round(best["test_accuracy"] - FLAGS.baseline_accuracy, 4) if best else None,
                         "unit": "fraction", "model": run["model"], "baseline": FLAGS.baseline,
                         "run_command": FLAGS.run_command})
+        for cascade in (p for p in run["points"] if p.get("static") == "cascade"
+                        and p["test_macs"] <= FLAGS.baseline_macs):
+            verdict += (f"; {cascade['point']} {cascade['test_accuracy']:.4f} at "
+                        f"{cascade['test_macs']:.3e}")
+            figures.append({"metric": "ofas_cascade_minus_baseline_accuracy_at_baseline_macs",
+                            "value": round(cascade["test_accuracy"] - FLAGS.baseline_accuracy, 4),
+                            "unit": "fraction", "model": run["model"], "point": cascade["point"],
+                            "macs": int(cascade["test_macs"]), "baseline": FLAGS.baseline,
+                            "run_command": FLAGS.run_command})
     table = report.format_table(rows, [
         ("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
         ("test_block_macs_frac", "block MACs", ".3f"), ("test_macs", "MACs/img", ".3e"),

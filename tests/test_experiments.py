@@ -239,7 +239,8 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     # benchmarks.record_ofas records every comparison the run made, each with its own metric.
     results = tmp_path / "results"
     proc = run_experiment("benchmarks.record_ofas", f"--workdir={tmp_path / 'ofas'}",
-                          "--run_command=test", env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results)})
+                          "--run_command=test", "--baseline_accuracy=0.5", "--baseline_macs=1000000000",
+                          "--baseline=any", env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = (results / "results.jsonl").read_text().splitlines()
     recorded = {r["metric"]: r for r in map(json.loads, lines)}
@@ -254,6 +255,11 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert recorded["ofas_cascade_minus_random_mixture_accuracy"]["value"] == pytest.approx(
         cascade["cascade_minus_random_mixture_accuracy"], abs=1e-4)
     assert recorded["ofas_minus_cascade_accuracy"]["escalated_share"] == pytest.approx(e, abs=1e-4)
+    # against a static baseline of at least the cascade's MACs, OFAS's best point and the cascade
+    assert recorded["ofas_cascade_minus_baseline_accuracy_at_baseline_macs"]["value"] == pytest.approx(
+        cascade["test_accuracy"] - 0.5, abs=1e-4)
+    assert recorded["ofas_minus_baseline_accuracy_at_baseline_macs"]["value"] == pytest.approx(
+        max(point["test_accuracy"], stage_a["test_accuracy"]) - 0.5, abs=1e-4)
 
     # make demo's script on this zoo: the table, both plots, and the figures it reproduces.
     proc = run_experiment("experiments.ofas.demo", f"--out={tmp_path / 'demo'}",
