@@ -278,23 +278,23 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
     from adaptive_jax.train import search
 
     test_split = data[1]
-    sub_net = pure_predict(small["graphdef"], lambda model, x: model.predict(x))
-    backbone = pure_predict(stage_a["graphdef"], lambda model, x: model.backbone(x))
-    sub_state = (small["state"].params, small["state"].batch_stats)
-    full_state = (stage_a["state"].params, stage_a["state"].batch_stats)
 
-    def logits_on(split, graphdef, state, call):
-        return loop.test_outputs(graphdef, state, split, b_config.dataset, call,
-                                 b_config.eval_batch_size)
+    def sub_net_call(model, images):  # a FixedPlanNet: only its blocks run
+        return model.predict(images)
+
+    def backbone_call(model, images):  # an OFASNet: its backbone, every block
+        return model.backbone(images)
+
+    def sub_net_logits(split):
+        return loop.test_outputs(small["graphdef"], small["state"], split, b_config.dataset,
+                                 sub_net_call, b_config.eval_batch_size)
 
     unseen = loop.unseen_training_images(b_config)
     share = cascade.share_for_macs(ofas_row["macs_mean"], below["test_macs"], costs.full_macs)
-    threshold = cascade.threshold_for_share(cascade.confidence(logits_on(
-        unseen, small["graphdef"], small["state"], lambda model, x: model.predict(x))), share)
-    small_logits = logits_on(test_split, small["graphdef"], small["state"],
-                             lambda model, x: model.predict(x))
-    large_logits = logits_on(test_split, stage_a["graphdef"], stage_a["state"],
-                             lambda model, x: model.backbone(x))
+    threshold = cascade.threshold_for_share(cascade.confidence(sub_net_logits(unseen)), share)
+    small_logits = sub_net_logits(test_split)
+    large_logits = loop.test_outputs(stage_a["graphdef"], stage_a["state"], test_split,
+                                     b_config.dataset, backbone_call, b_config.eval_batch_size)
     stats = cascade.statistics(small_logits, large_logits, test_split.labels, threshold,
                                below["test_macs"], costs.full_macs)
     large_accuracy = float(np.mean(large_logits.argmax(-1) == np.asarray(test_split.labels)))
@@ -311,6 +311,10 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
         mixed = search.mixture_at(below, above, stats["macs_mean"], "test_macs", ("test_accuracy",))
         row["cascade_minus_static_mixture_accuracy"] = stats["test_accuracy"] - mixed["test_accuracy"]
 
+    sub_net = pure_predict(small["graphdef"], sub_net_call)
+    backbone = pure_predict(stage_a["graphdef"], backbone_call)
+    sub_state = (small["state"].params, small["state"].batch_stats)
+    full_state = (stage_a["state"].params, stage_a["state"].batch_stats)
     cascaded = cascade.predictor(sub_net, backbone, threshold)
     full_b1, sub_b1 = jax.jit(backbone), jax.jit(sub_net)
     cascade_ms, full_ms, sub_ms = latency.interleaved_batch1_ms(
