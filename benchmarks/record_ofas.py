@@ -102,6 +102,8 @@ def main(argv):
                    "escalated_share": round(cascade["escalated_share"], 4),
                    "latency_b1_ms": round(cascade["latency_b1_ms"], 3),
                    "full_latency_b1_ms": round(cascade["full_latency_b1_ms"], 3),
+                   **{k: round(cascade[k], 3) for k in ("throughput_batch", "batch_ms", "full_batch_ms")
+                      if k in cascade},
                    "run_command": FLAGS.run_command}
         for key, metric in CASCADE_METRICS.items():
             if key in cascade:  # (against the static mixture: when it brackets the MACs)

@@ -217,6 +217,8 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
     assert cascade["cascade_minus_random_mixture_accuracy"] == pytest.approx(
         cascade["test_accuracy"] - random_mix)
     assert cascade["latency_b1_ms"] > 0 and cascade["static_latency_b1_ms"] > 0
+    assert cascade["throughput_batch"] == 40 and cascade["batch_ms"] > 0  # 40 test images: one batch
+    assert cascade["speedup_batch"] == pytest.approx(cascade["full_batch_ms"] / cascade["batch_ms"])
     assert "cascade @4: the sub-net below escalates" in proc.stdout
     # each static sub-net trained in WORKDIR/static/<its blocks>, tied there to its plan
     for row in (static, above):

@@ -271,8 +271,8 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
     num_train_examples), so the test set's share, and so its MACs, are measured, not set. At its
     measured MACs it is compared with the static mixture of the sub-nets below and `above`
     (when they bracket those MACs) and with the same two networks mixed at random at its
-    escalated share (what routing by confidence adds), and timed at batch 1 (the cascade, the
-    full backbone, the sub-net alone: interleaved)."""
+    escalated share (what routing by confidence adds), and timed at batch 1 and in batches of up
+    to 64 (the cascade, the full backbone, the sub-net alone: interleaved)."""
     from adaptive_jax.execution.predict import pure_predict
     from adaptive_jax.methods import cascade
     from adaptive_jax.train import search
@@ -316,12 +316,23 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
     sub_state = (small["state"].params, small["state"].batch_stats)
     full_state = (stage_a["state"].params, stage_a["state"].batch_stats)
     cascaded = cascade.predictor(sub_net, backbone, threshold)
-    full_b1, sub_b1 = jax.jit(backbone), jax.jit(sub_net)
+    full_jit, sub_jit = jax.jit(backbone), jax.jit(sub_net)
+    runs = {"cascade": cascaded, "full": lambda s, f, x: full_jit(*f, x),
+            "sub-net": lambda s, f, x: sub_jit(*s, x)}
     cascade_ms, full_ms, sub_ms = latency.interleaved_batch1_ms(
-        (cascaded, lambda s, f, x: full_b1(*f, x), lambda s, f, x: sub_b1(*s, x)),
-        (sub_state, full_state), latency_images)
+        tuple(runs.values()), (sub_state, full_state), latency_images)
     row.update(latency_b1_ms=cascade_ms, full_latency_b1_ms=full_ms, speedup_b1=full_ms / cascade_ms,
                static_latency_b1_ms=sub_ms)
+    # In batches: the backbone on the escalated rows only; 4 test batches of up to 64 (the first
+    # images), whole batches only, each call timed, the three taking turns.
+    mean, std = datasets.CHANNEL_MEAN[b_config.dataset], datasets.CHANNEL_STD[b_config.dataset]
+    batch = min(64, len(test_split) // 8 * 8)
+    images = np.asarray(normalize(test_split.images[:4 * batch], mean, std), np.float32)
+    batch_ms = latency.interleaved_batch_ms(
+        runs, (sub_state, full_state), [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)])
+    row.update(throughput_batch=batch, batch_ms=batch_ms["cascade"],
+               full_batch_ms=batch_ms["full"], static_batch_ms=batch_ms["sub-net"],
+               speedup_batch=batch_ms["full"] / batch_ms["cascade"])
     return row
 
 
