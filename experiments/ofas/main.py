@@ -229,13 +229,15 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_stat
     plan, path = cached_greedy_static_plan(b_config, stage_a, data[0], costs,
                                            ofas_row["macs_mean"], workdir)
 
-    test_split, correct, trained = data[1], {}, {}
+    test_split, correct, trained, test_logits = data[1], {}, {}, {}
 
     def fine_tuned(point, kind, plan):
         run_dir = static_run_dir(b_config, stage_a, plan, workdir)
         result = train_and_evaluate(b_config, run_dir, data, ofas.static_plan_task(plan, stage_a["state"]))
-        correct[kind] = loop.test_correct(result["graphdef"], result["state"], test_split,
-                                          b_config.dataset, b_config.eval_batch_size)
+        test_logits[kind] = loop.test_outputs(result["graphdef"], result["state"], test_split,
+                                              b_config.dataset, lambda model, x: model.predict(x),
+                                              b_config.eval_batch_size)
+        correct[kind] = test_logits[kind].argmax(-1) == np.asarray(test_split.labels)
         trained[kind] = result
         return {"point": point, "static": kind,
                 **{k: v for k, v in result.items() if k not in ("state", "graphdef")},
@@ -259,13 +261,15 @@ def static_baseline(b_config, stage_a, ofas_row, data, costs, workdir, ofas_stat
         rows += [above, mixture]
     if b_config.rl.static_cascade:
         rows.append(static_cascade(b_config, stage_a, ofas_row, data, costs, below, trained["below"],
-                                   rows[1] if len(rows) > 1 else None, latency_images))
+                                   test_logits["below"], rows[1] if len(rows) > 1 else None,
+                                   latency_images))
     return rows
 
 
-def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above,
+def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, small_logits, above,
                    latency_images) -> dict:
-    """The static sub-net below the point (`small`: its fine-tuned run) escalating the images it is
+    """The static sub-net below the point (`small`: its fine-tuned run; `small_logits` on the test
+    set) escalating the images it is
     least sure of to the full backbone (stage A's), as many as the point's MACs allow
     (`methods.cascade`): the threshold is set on the training images no fine-tune saw (those after
     num_train_examples), so the test set's share, and so its MACs, are measured, not set. At its
@@ -292,7 +296,6 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, above
     unseen = loop.unseen_training_images(b_config)
     share = cascade.share_for_macs(ofas_row["macs_mean"], below["test_macs"], costs.full_macs)
     threshold = cascade.threshold_for_share(cascade.confidence(sub_net_logits(unseen)), share)
-    small_logits = sub_net_logits(test_split)
     large_logits = loop.test_outputs(stage_a["graphdef"], stage_a["state"], test_split,
                                      b_config.dataset, backbone_call, b_config.eval_batch_size)
     stats = cascade.statistics(small_logits, large_logits, test_split.labels, threshold,
