@@ -45,6 +45,26 @@ def test_offline_tfds_build_yields_exactly_the_binary_records(tiny_cifar_manual_
         assert got.num_classes == 10
 
 
+def test_without_tfds_cifar10_is_read_from_the_binary_layout_in_the_same_order(
+        tiny_cifar_manual_dir, tmp_path, monkeypatch):
+    """An accelerator image without TFDS gets the arrays the TFDS build gives (same order)."""
+    from adaptive_jax.data import datasets
+    manual_dir, _, _ = tiny_cifar_manual_dir
+    data_dir = str(tmp_path / "tfds")
+    with_tfds = {name: load_split("cifar10", name, data_dir=data_dir, manual_dir=manual_dir)
+                 for name in ("train", "test")}
+    monkeypatch.setattr(datasets, "_tfds_installed", lambda: False)
+    for name, expected in with_tfds.items():
+        got = load_split("cifar10", name, manual_dir=manual_dir)
+        np.testing.assert_array_equal(got.images, expected.images)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+        assert got.labels.dtype == expected.labels.dtype and got.num_classes == 10
+    with pytest.raises(DataNotFoundError, match="tensorflow_datasets or grain is not installed"):
+        load_split("cifar10", "train", manual_dir=str(tmp_path / "nothing_here"))
+    with pytest.raises(DataNotFoundError, match="only cifar10"):
+        load_split("fashion_mnist", "train", manual_dir=manual_dir)
+
+
 def test_offline_build_from_the_archive(tiny_cifar_manual_dir, tmp_path):
     import tarfile
     manual_dir, train, _ = tiny_cifar_manual_dir

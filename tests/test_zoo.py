@@ -3,6 +3,7 @@ and the shipped entries reproduce their recorded accuracy on real CIFAR-10."""
 
 import json
 import os
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -184,3 +185,45 @@ def test_init_from_gives_a_slimmable_net_the_backbone_at_full_width(tmp_path, mo
                                   np.asarray(backbone.stem_bn.mean[...][:4]))
     with pytest.raises(zoo.ZooError, match=r"zoo model is a ResNet-14 .* ResNet-20"):
         zoo.init_from(SlimmableResNet(SlimmableSpec(depth=20), rngs=nnx.Rngs(0)), "zoo:resnet14")
+
+
+def test_time_budget_fits_whole_epochs_and_names_the_fix_when_none_fits():
+    from experiments.zoo import budget
+
+    # 100 steps of 10 ms: 1.08 s an epoch with its overhead; 60 s left, a 10 s compile and the
+    # final 20 s kept back leave 30 s: 27 epochs (27.8 rounded down), capped by config.
+    assert budget.epochs_within(60.0, 10.0, 0.01, 100, max_epochs=160) == 27
+    assert budget.epochs_within(60.0, 10.0, 0.01, 100, max_epochs=5) == 5
+    with pytest.raises(ValueError, match="raise --time_budget_s"):
+        budget.epochs_within(30.0, 10.0, 0.01, 100, max_epochs=160)
+
+
+def test_a_budgeted_run_records_the_fixed_epoch_command_that_reproduces_it():
+    from experiments.zoo import budget
+
+    argv = ["main.py", "--workdir=/w", "--config=c.py:gpu", "--config.num_epochs=9",
+            "--time_budget_s=400", "--sync_dir=/s", "--sync_count=6", "--name=resnet56"]
+    assert budget.fixed_epoch_command(argv, 120) == (
+        "python -m experiments.zoo.main --workdir=/w --config=c.py:gpu --name=resnet56 "
+        "--config.num_epochs=120")
+
+
+def test_runs_side_by_side_wait_for_each_other(tmp_path):
+    from experiments.zoo import budget
+
+    sync = tmp_path / "sync"
+    start = time.perf_counter()
+    budget.wait_for_each_other(str(sync), count=1)   # this run alone: no wait
+    assert time.perf_counter() - start < 1.0
+    start = time.perf_counter()
+    budget.wait_for_each_other(str(sync), count=3, timeout_s=0.5)  # the others never come
+    assert 0.5 <= time.perf_counter() - start < 2.0
+
+
+def test_a_time_budget_over_an_existing_run_is_refused(tmp_path):
+    from experiments.zoo import budget
+
+    budget.check_fresh_workdir(str(tmp_path / "run"))  # nothing there yet
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds a run already.*fixed-epoch command"):
+        budget.check_fresh_workdir(str(tmp_path / "run"))

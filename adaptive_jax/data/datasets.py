@@ -13,6 +13,10 @@ Where the data come from, in order:
      IDX files; for fashion_mnist also Debian's /usr/share/datasets/fashion-mnist): the TFDS
      dataset is built from them offline (offline.py);
   3. a normal TFDS download, when `download=True` and a network is there.
+
+Where TFDS (or grain) is not installed (an accelerator image with JAX but no TensorFlow stack), cifar10 is
+read straight from the manual directory's binary layout: the same arrays, in the same order (the
+TFDS builder keys the records `train_00000`, ... in file order, and `load_split` sorts by them).
 """
 
 from __future__ import annotations
@@ -22,9 +26,7 @@ import os
 import socket
 import urllib.parse
 
-import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
 MANUAL_DIR_ENV = "ADAPTIVE_JAX_MANUAL_DIR"
 SUPPORTED = ("cifar10", "cifar100", "fashion_mnist")
@@ -82,6 +84,8 @@ def data_source(name: str, data_dir: str | None = None, manual_dir: str | None =
     """TFDS random-access sources for `name`, a dict split -> source; builds or downloads if needed."""
     if name not in SUPPORTED:
         raise ValueError(f"unknown dataset {name!r}; supported: {SUPPORTED}")
+    import tensorflow_datasets as tfds  # here, not at import: the binary fallback needs none
+
     data_dir = default_data_dir(data_dir)
     manual_dir = default_manual_dir(manual_dir)
     builder = tfds.builder(name, data_dir=data_dir)
@@ -127,6 +131,10 @@ def load_split(name: str, split: str, data_dir: str | None = None,
                manual_dir: str | None = None, download: bool = False,
                num_threads: int = 2) -> Split:
     """Decodes one split of `name` into memory (see module docstring for where data come from)."""
+    if not _tfds_installed():
+        return _load_split_without_tfds(name, split, manual_dir)
+    import grain
+
     sources = data_source(name, data_dir, manual_dir, download)
     if split not in sources:
         raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(sources)}")
@@ -143,3 +151,26 @@ def load_split(name: str, split: str, data_dir: str | None = None,
         images, labels = images[order], labels[order]
     num_classes = source.dataset_info.features["label"].num_classes
     return Split(np.ascontiguousarray(images), labels, num_classes)
+
+
+def _tfds_installed() -> bool:
+    """TFDS and grain (its records are decoded by a grain pipeline) are both importable."""
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow_datasets", "grain"))
+
+
+def _load_split_without_tfds(name: str, split: str, manual_dir: str | None) -> Split:
+    """cifar10 from the binary layout in the manual dir, for an environment without TFDS."""
+    from adaptive_jax.data import cifar_binary
+
+    manual_dir = default_manual_dir(manual_dir)
+    source = (cifar_binary.find_binary_source(manual_dir)
+              if name == "cifar10" and manual_dir else None)
+    if source is None:
+        raise DataNotFoundError(
+            f"dataset {name!r}: tensorflow_datasets or grain is not installed, and without it only cifar10 "
+            f"is read, from the official binary layout in --manual_dir or ${MANUAL_DIR_ENV} (now "
+            f"{manual_dir!r}). Install it (`pip install tensorflow-datasets grain`), or for "
+            "cifar10 run `../shared/data/cifar10/prepare DIR` and pass DIR as the manual dir.")
+    images, labels = cifar_binary.read_split(source, split)
+    return Split(images, labels.astype(np.int32), len(cifar_binary.LABEL_NAMES))
