@@ -11,7 +11,7 @@
 # Everything a later session needs comes back under $OUT: one weights file per model (npz), and
 # results.tar.gz (zoo manifests, metrics, logs, benchmark records).
 set -u
-budget=${1:-400}
+budget=${1:-440}
 depths=${2:-"20 32 38 56 74 110"}
 out=${OUT:?set OUT to the folder that comes back}
 start=$(date +%s)
@@ -55,6 +55,9 @@ echo "[$(elapsed) s] data ready"
 # Side by side: each run takes a share of the GPU's memory, not the default 75 %.
 count=$(echo $depths | wc -w)
 export XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $count, 3))")
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 20 \
+  >"$out/logs/gpu_utilization.csv" 2>&1 &
+monitor=$!
 pids=()
 for depth in $depths; do
   # resnet20 and resnet32 are the CPU recipe's entries, which the OFAS entries were fine-tuned
@@ -68,6 +71,7 @@ for depth in $depths; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
+kill "$monitor" 2>/dev/null
 echo "[$(elapsed) s] training done"
 for depth in $depths; do
   echo "== resnet$depth"; grep -E "time budget|epoch .*: test|Error|error" "$out/logs/resnet$depth.log" | tail -n 4
@@ -77,6 +81,7 @@ unset XLA_PYTHON_CLIENT_MEM_FRACTION
 # The executors on the GPU, in what time is left before END_S (the benchmark appends to
 # benchmarks/).
 left=$(( ${END_S:-575} - $(elapsed) ))
+lines_md=$(wc -l <benchmarks/RESULTS.md) lines_jsonl=$(wc -l <benchmarks/results.jsonl)
 if [ "$left" -gt 20 ]; then
   timeout "$left" python3 -m benchmarks.skip_speedup --quick --torch=False \
     >"$out/logs/skip_speedup.log" 2>&1
@@ -91,7 +96,8 @@ for depth in $depths; do
   cp "$work/zoo$depth/manifest.json" "$out/logs/zoo$depth/" 2>/dev/null
   cp "$work/resnet$depth"/metrics.jsonl "$work/resnet$depth"/command.txt "$out/logs/run$depth/" 2>/dev/null
 done
-git diff -- benchmarks/RESULTS.md benchmarks/results.jsonl >"$out/logs/benchmarks.diff"
+tail -n +$((lines_md + 1)) benchmarks/RESULTS.md >"$out/logs/RESULTS.md.new"
+tail -n +$((lines_jsonl + 1)) benchmarks/results.jsonl >"$out/logs/results.jsonl.new"
 tar -czf "$out/results.tar.gz" -C "$out" logs && rm -rf "$out/logs"
 ls -la "$out"
 echo "[$(elapsed) s] done"
