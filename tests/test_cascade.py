@@ -71,3 +71,44 @@ def test_the_predictor_answers_as_the_rule_at_any_batch():
     got, escalated = cascade.predictor(small, large, 0.0)(small_state, large_state, images)
     np.testing.assert_array_equal(got, small_logits)
     assert not escalated.any()
+
+
+def _logits_with_confidence(p: np.ndarray, answer: np.ndarray, classes: int = 10) -> np.ndarray:
+    """Logits whose softmax puts `p` on class `answer` and the rest evenly elsewhere."""
+    probs = np.tile(((1 - p) / (classes - 1))[:, None], (1, classes))
+    probs[np.arange(len(p)), answer] = p
+    return np.log(probs)
+
+
+def test_two_fold_sets_each_half_s_threshold_on_the_other_half():
+    n, seed = 400, 3
+    labels = np.arange(n) % 10
+    order = np.random.default_rng(seed).permutation(n)
+    first, second = order[: n // 2], order[n // 2:]
+    p = np.empty(n)
+    p[first], p[second] = 0.2, 0.99  # the first half unsure, the second sure
+    small = _logits_with_confidence(p, (labels + 1) % 10)  # the small network is always wrong
+    large = _logits_with_confidence(np.full(n, 0.9), labels)  # the large one always right
+    stats = cascade.two_fold_statistics(small, large, labels, 0.25, 1.0, 4.0, seed=seed)
+    # Pooled, a quarter would escalate; cross-fitted, the first half is measured against the
+    # second's threshold (0.99: all of it escalates) and the second against the first's (none).
+    np.testing.assert_array_equal(np.flatnonzero(stats["escalated"]), np.sort(first))
+    assert stats["escalated_share"] == 0.5 and stats["test_accuracy"] == 0.5
+    assert stats["macs_mean"] == 1.0 + 0.5 * 4.0
+
+
+def test_two_fold_limits_and_share_on_exchangeable_images():
+    rng = np.random.default_rng(0)
+    n = 4000
+    labels = rng.integers(0, 10, n)
+    small = _logits_with_confidence(rng.uniform(0.15, 1.0, n), labels)
+    large = _logits_with_confidence(np.full(n, 0.5), (labels + 1) % 10)
+    none = cascade.two_fold_statistics(small, large, labels, 0.0, 1.0, 4.0)
+    every = cascade.two_fold_statistics(small, large, labels, 1.0, 1.0, 4.0)
+    assert none["escalated_share"] == 0.0 and none["test_accuracy"] == 1.0
+    assert every["escalated_share"] == 1.0 and every["test_accuracy"] == 0.0
+    assert every["macs_mean"] == 5.0 and every["macs_cv"] == 0.0
+    half = cascade.two_fold_statistics(small, large, labels, 0.3, 1.0, 4.0)
+    assert abs(half["escalated_share"] - 0.3) < 0.02
+    with pytest.raises(ValueError, match="at least two images"):
+        cascade.two_fold_statistics(small[:1], large[:1], labels[:1], 0.3, 1.0, 4.0)

@@ -74,6 +74,37 @@ def statistics(small_logits, large_logits, labels, threshold: float, small_macs:
             "macs_cv": float(macs.std() / macs.mean()), "threshold": float(threshold)}
 
 
+def two_fold_statistics(small_logits, large_logits, labels, share: float, small_macs: float,
+                        large_macs: float, seed: int = 0) -> dict:
+    """`statistics` where no held-out images are left (networks that trained on every training
+    image): the set is split in two halves at random; the threshold for `share` is set on one
+    half's small-network confidences (no labels) and applied to the other, then the halves swap,
+    so every image is answered under a threshold set without it. Accuracy, escalated share and
+    MACs are over the whole set; `threshold` is the two halves' mean."""
+    small_logits, large_logits = np.asarray(small_logits), np.asarray(large_logits)
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    if n < 2:
+        raise ValueError(f"two folds need at least two images, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    folds = (order[: n // 2], order[n // 2:])
+    sure = np.asarray(confidence(small_logits))
+    answered, macs, escalated, thresholds = np.zeros(n, bool), np.zeros(n), np.zeros(n, bool), []
+    for fit, score in (folds, folds[::-1]):
+        # share 0 is the small network alone: the other half's minimum would still let its
+        # least sure images through
+        threshold = 0.0 if share == 0 else threshold_for_share(sure[fit], share)
+        thresholds.append(threshold)
+        up = sure[score] < threshold
+        answer = np.where(up, large_logits[score].argmax(-1), small_logits[score].argmax(-1))
+        answered[score] = answer == labels[score]
+        escalated[score] = up
+        macs[score] = small_macs + up * float(large_macs)
+    return {"test_accuracy": float(answered.mean()), "escalated_share": float(escalated.mean()),
+            "macs_mean": float(macs.mean()), "macs_cv": float(macs.std() / macs.mean()),
+            "threshold": float(np.mean(thresholds)), "escalated": escalated}
+
+
 def predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8) -> Callable:
     """(small_state, large_state, images) -> (logits, escalated) for a batch of any size: the
     cheap network's compiled call (logits and confidence), then, only if a row escalates, the
