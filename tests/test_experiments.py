@@ -385,3 +385,28 @@ def test_difficulty_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
     assert all(0.0 <= r["value"] <= 1.0 and r["test_examples"] == len(test.labels) for r in per_depth)
     reference = next(r for r in recorded if r["metric"] == "ofas_difficulty_auc_backbone_confidence")
     assert 0.0 <= reference["value"] <= 1.0
+
+
+def test_zoo_cascade_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
+    """The shipped GPU entries cascaded on the tiny test split: each row's figures add up."""
+    manual_dir, _, test = tiny_cifar_manual_dir
+    results = tmp_path / "results"
+    proc = run_experiment("benchmarks.zoo_cascade", "--latency_images=1",
+                          "--static=resnet32_gpu,resnet110",  # resnet110: above the pair, no row
+                          env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results),
+                                     "ADAPTIVE_JAX_MANUAL_DIR": manual_dir,
+                                     "TFDS_DATA_DIR": str(tmp_path / "tfds")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resnet32_gpu (69.1 M)" in proc.stdout and "resnet110 (" not in proc.stdout
+    recorded = {r["metric"]: r for r in map(json.loads, (results / "results.jsonl").read_text().splitlines())}
+    cascade_accuracy = recorded["zoo_cascade_accuracy"]
+    assert cascade_accuracy["test_examples"] == len(test.labels)
+    assert cascade_accuracy["static"] == "resnet32_gpu"
+    share = cascade_accuracy["escalated_share"]
+    assert cascade_accuracy["macs_mean"] == pytest.approx(40813184 + share * 125747840)
+    for metric, reference in (("zoo_cascade_minus_static_accuracy", "static_accuracy"),
+                              ("zoo_cascade_minus_random_mixture_accuracy", "random_mixture_accuracy")):
+        figure = recorded[metric]
+        assert figure["value"] == pytest.approx(cascade_accuracy["value"] - figure[reference])
+    assert recorded["zoo_cascade_speedup_b1_vs_static"]["value"] > 0
+    assert recorded["zoo_cascade_speedup_b64_vs_static"]["value"] > 0

@@ -18,8 +18,9 @@ start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 mkdir -p "$out/logs"
-work=/tmp/zoo_session
-mkdir -p "$work"
+# A fresh folder per call: a machine kept warm between calls still holds the last call's runs,
+# and a budgeted run refuses a workdir that holds one.
+work=$(mktemp -d /tmp/zoo_session.XXXXXX)
 
 site=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
