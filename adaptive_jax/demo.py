@@ -1,4 +1,4 @@
-"""The demo: the zoo's trained OFAS model against the zoo's static ResNets, all measured here.
+"""The demo: the zoo's adaptive models against the zoo's static ResNets, all measured here.
 
     from adaptive_jax import demo
     summary = demo.run("runs/demo")      # what `make demo` and notebooks/demo.ipynb show
@@ -9,8 +9,12 @@ On the whole CIFAR-10 test set: top-1, mean MACs per image and their spread, dis
 on this machine batch-1 latency (full network vs the cond executor running each image's own plan)
 and batch-64 throughput (full network vs the bucketed executor), for the OFAS model and every
 static zoo ResNet. The OFAS model's decision threshold is swept to draw its accuracy / MACs curve
-(one trained policy, several operating points). Writes `demo.json`, `accuracy_vs_macs.png` and
-`least_most_compute.png` (the test images the policy spends least and most on) into --out.
+(one trained policy, several operating points). Beside it, a cascade of two static zoo
+backbones (`methods.cascade`: the shallow one answers, its least sure images go on to the deep
+one; docs/zoo.md), at the MACs of a static entry and at a few other shares, its threshold set
+two-fold on the test images' confidences (`cascade.two_fold_statistics`). Writes `demo.json`,
+`accuracy_vs_macs.png` and `least_most_compute.png` (the test images the policy spends least and
+most on) into --out.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from flax import nnx
 from adaptive_jax import latency, report, zoo
 from adaptive_jax.data import datasets, normalize, pipeline
 from adaptive_jax import execution
+from adaptive_jax.execution.predict import pure_predict
+from adaptive_jax.methods import cascade
 from adaptive_jax.methods.ofas import make_predictors
 from adaptive_jax.train import ofas
 
@@ -97,20 +103,47 @@ def ofas_predictors(model) -> tuple[dict, dict]:
             {"planned": _bound(in_buckets, *args), "full": _bound(full, *args)})
 
 
-def static_row(name: str, split, dataset: str) -> tuple[dict, object]:
-    """A static zoo model's row (accuracy on `split`, its MACs) and its batch predictor."""
+def static_row(name: str, split, dataset: str) -> tuple[dict, object, np.ndarray]:
+    """A static zoo model's row (accuracy on `split`, its MACs), its batch predictor and its
+    logits on `split`."""
     model, rec = zoo.load(name)
-    got = zoo.evaluate(model, split.images, split.labels, dataset)
+    logits = zoo.logits(model, split.images, dataset)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     predict = _bound(execution.make_predict_fn(graphdef), params, batch_stats)
-    return ({"model": name, "threshold": "-", "test_accuracy": got["accuracy"],
+    return ({"model": name, "kind": "static", "threshold": "-",
+             "test_accuracy": float(np.mean(logits.argmax(-1) == split.labels)),
              "recorded_accuracy": rec.test_accuracy, "macs_mean": float(rec.macs), "macs_std": 0.0,
-             "macs_cv": 0.0, "distinct_plans": 1}, predict)
+             "macs_cv": 0.0, "distinct_plans": 1, "_state": (graphdef, params, batch_stats)},
+            predict, logits)
+
+
+def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, macs: dict,
+                 labels) -> list[dict]:
+    """The cascade `small` -> `large` at `at`'s MACs (first row) and at `shares` escalated."""
+    matched = [cascade.share_for_macs(macs[at], macs[small], macs[large])] if at else []
+    rows = []
+    for share in [*matched, *sorted(set(shares) - set(matched))]:
+        stats = cascade.two_fold_statistics(logits[small], logits[large], labels, share,
+                                            macs[small], macs[large])
+        escalated = stats.pop("escalated")
+        per_image = macs[small] + escalated * float(macs[large])
+        rows.append({"model": f"{small} -> {large} (cascade)", "kind": "cascade",
+                     "threshold": f"{stats['threshold']:.3f}", "test_accuracy": stats["test_accuracy"],
+                     "macs_mean": stats["macs_mean"], "macs_std": float(per_image.std()),
+                     "macs_cv": stats["macs_cv"], "distinct_plans": 2,
+                     "escalated_share": stats["escalated_share"],
+                     "escalation_threshold": stats["threshold"],  # the two halves' mean
+                     **({"matches": at} if share in matched else {})})
+    return rows
 
 
 def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = None,
-        static_names=("resnet20", "resnet32"), thresholds=(0.35, 0.5, 0.65), num_examples: int = 0,
-        latency_images: int = 24, throughput_batches: int = 6) -> dict:
+        static_names=("resnet20", "resnet32_gpu"), thresholds=(0.35, 0.5, 0.65),
+        num_examples: int = 0, latency_images: int = 16, throughput_batches: int = 4,
+        cascade_pair=("resnet20_gpu", "resnet56"), cascade_at: str | None = "resnet32_gpu",
+        cascade_shares=(0.1, 0.4)) -> dict:
+    """`cascade_pair` (small, large) zoo names, or () for no cascade; `cascade_at`: the static
+    entry whose MACs the cascade's main point matches (it joins the static rows)."""
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     model, rec = zoo.load(ofas_name, ofas_zoo_dir)
@@ -123,28 +156,47 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     rows, plans_at = [], {}
     for t, (plans, correct) in evaluate_ofas(model, split, dataset, thresholds).items():
         plans_at[t] = plans
-        rows.append({"model": ofas_name, "threshold": f"{t:g}", "test_accuracy": float(correct.mean()),
+        rows.append({"model": ofas_name, "kind": "ofas", "threshold": f"{t:g}",
+                     "test_accuracy": float(correct.mean()),
                      **ofas.plan_statistics(plans, costs)})
     main = next((r for r in rows if r["threshold"] == "0.5"), None)
-    full_row = {"model": f"{ofas_name} (all blocks)", "threshold": "-",
+    full_row = {"model": f"{ofas_name} (all blocks)", "kind": "full", "threshold": "-",
                 "macs_mean": float(costs.full_macs), "macs_std": 0.0, "macs_cv": 0.0,
                 "distinct_plans": 1}
-    statics = [static_row(name, split, dataset) for name in static_names]
-    # Every row's latency in one interleaved pass: the OFAS model's own plans, its full network
-    # and the static ResNets take turns image by image (batch 1) and batch by batch (64).
+    names = list(dict.fromkeys([*static_names, *cascade_pair, *([cascade_at] if cascade_pair and cascade_at else [])]))
+    statics = [static_row(name, split, dataset) for name in names]
+    logits = {row["model"]: got for row, _, got in statics}
+    cascades = []
+    if cascade_pair:
+        macs = {row["model"]: row["macs_mean"] for row, _, _ in statics}
+        cascades = cascade_rows(*cascade_pair, cascade_at, cascade_shares, logits, macs, split.labels)
+    # Every row's latency in one interleaved pass: the OFAS model's own plans, its full network,
+    # the static ResNets and the cascade's main point take turns image by image (batch 1) and
+    # batch by batch (64).
     batch1, batch64 = ofas_predictors(model)
-    for row, predict in statics:
+    for row, predict, _ in statics:
         batch1[row["model"]] = batch64[row["model"]] = predict
+    if cascades:
+        states = {row["model"]: row["_state"] for row, _, _ in statics}
+        small, large = (states[name] for name in cascade_pair)
+        cascaded = cascade.predictor(pure_predict(small[0]), pure_predict(large[0]),
+                                     cascades[0]["escalation_threshold"])
+        batch1["cascade"] = batch64["cascade"] = lambda images: cascaded(small[1:], large[1:], images)
     timed = measure_side_by_side(batch1, batch64,
                                  _test_images(split, dataset, max(latency_images, 64 * throughput_batches)),
                                  latency_images, throughput_batches)
-    timed_rows = {"full": full_row, **{row["model"]: row for row, _ in statics}}
+    timed_rows = {"full": full_row, **{row["model"]: row for row, _, _ in statics}}
     if main is not None:
         timed_rows["planned"] = main
+    if cascades:
+        timed_rows["cascade"] = cascades[0]
     for name, row in timed_rows.items():
         row["latency_b1_ms"], row["throughput_b64"] = timed[name]
     rows.append(full_row)
-    rows += [row for row, _ in statics]
+    for row, _, _ in statics:
+        del row["_state"]
+        rows.append(row)
+    rows += cascades
 
     print(f"{ofas_name} ({zoo.describe(rec.architecture)}, from {rec.recipe.get('init_from') or 'scratch'})"
           f" on {len(split)} {dataset} test images; latency measured on this machine "
@@ -168,13 +220,17 @@ def plot_accuracy_vs_macs(rows, rec, path: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    curve = sorted((r for r in rows if r["threshold"] != "-"), key=lambda r: r["macs_mean"])
+    curve = sorted((r for r in rows if r.get("kind") == "ofas"), key=lambda r: r["macs_mean"])
     ax.plot([r["macs_mean"] / 1e6 for r in curve], [r["test_accuracy"] for r in curve], "o-",
             label=f"{rec.name} (thresholds)")
     for r in curve:
         ax.annotate(f"t={r['threshold']}", (r["macs_mean"] / 1e6, r["test_accuracy"]), fontsize=7)
+    chain = sorted((r for r in rows if r.get("kind") == "cascade"), key=lambda r: r["macs_mean"])
+    if chain:
+        ax.plot([r["macs_mean"] / 1e6 for r in chain], [r["test_accuracy"] for r in chain], "^-",
+                label=chain[0]["model"])
     for r in rows:
-        if r["threshold"] == "-" and "test_accuracy" in r:
+        if r.get("kind") == "static":
             ax.plot(r["macs_mean"] / 1e6, r["test_accuracy"], "s", label=f"{r['model']} (static)")
     static_sub = rec.metrics.get("static_subnet")
     if static_sub:
@@ -186,7 +242,7 @@ def plot_accuracy_vs_macs(rows, rec, path: str) -> str:
                 label="static sub-nets mixed at equal MACs")
     ax.set_xlabel("MACs per image (millions)")
     ax.set_ylabel("test top-1")
-    ax.set_title("Adaptive (OFAS) vs static ResNets, CIFAR-10")
+    ax.set_title("Adaptive (OFAS, cascade) vs static ResNets, CIFAR-10")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -18,8 +18,6 @@ at the first target, that target's static entry, and the large network; and in b
 
 from __future__ import annotations
 
-import types
-
 import jax
 import numpy as np
 from absl import app, flags
@@ -30,7 +28,6 @@ from adaptive_jax.data import datasets
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.execution.predict import pure_predict
 from adaptive_jax.methods import cascade
-from adaptive_jax.train import loop
 from benchmarks.common import append_results
 
 FLAGS = flags.FLAGS
@@ -47,16 +44,6 @@ COLUMNS = [("target", "MACs target", "s"), ("static_accuracy", "static", ".4f"),
            ("escalated_share", "escalated", ".3f"), ("random_mixture", "random mix", ".4f"),
            ("cascade_minus_static", "- static", "+.4f"),
            ("cascade_minus_random", "- random", "+.4f")]
-
-
-def split_state(model):
-    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return graphdef, types.SimpleNamespace(params=params, batch_stats=batch_stats)
-
-
-def test_logits(model, split) -> np.ndarray:
-    graphdef, state = split_state(model)
-    return loop.test_outputs(graphdef, state, split, DATASET, lambda m, x: m(x))
 
 
 def accuracy(logits, labels) -> float:
@@ -89,9 +76,10 @@ def cascade_rows(small, large, statics, logits, labels) -> list[dict]:
 def timings(models, row, split, num_images: int) -> dict:
     """Batch 1 and batches of 64: the cascade at `row`'s threshold, its static entry, and the
     large network alone, interleaved."""
-    nets = {k: split_state(m) for k, m in models.items()}
-    calls = {k: pure_predict(graphdef) for k, (graphdef, _) in nets.items()}
-    states = {k: (s.params, s.batch_stats) for k, (_, s) in nets.items()}
+    calls, states = {}, {}
+    for key, model in models.items():
+        graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        calls[key], states[key] = pure_predict(graphdef), (params, batch_stats)
     cascaded = cascade.predictor(calls["small"], calls["large"], row["threshold"])
     static_jit, large_jit = jax.jit(calls["static"]), jax.jit(calls["large"])
     runs = {"cascade": lambda st, x: cascaded(st["small"], st["large"], x),
@@ -117,7 +105,7 @@ def main(argv):
     models, records = {}, {}
     for name in dict.fromkeys(names):
         models[name], records[name] = zoo.load(name)
-    logits = {name: test_logits(models[name], split) for name in models}
+    logits = {name: zoo.logits(models[name], split.images, DATASET) for name in models}
     small, large = records[FLAGS.small], records[FLAGS.large]
     rows = cascade_rows(small, large, [records[n] for n in FLAGS.static], logits, split.labels)
     if not rows:

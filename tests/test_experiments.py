@@ -265,7 +265,7 @@ def test_zoo_recipe_then_ofas_from_the_zoo_end_to_end(tiny_cifar_manual_dir, tmp
 
     # make demo's script on this zoo: the table, both plots, and the figures it reproduces.
     proc = run_experiment("experiments.ofas.demo", f"--out={tmp_path / 'demo'}",
-                          "--ofas=ofas_resnet8", "--static=resnet8", "--latency_images=2",
+                          "--ofas=ofas_resnet8", "--static=resnet8", "--cascade=", "--latency_images=2",
                           "--throughput_batches=1",
                           env_extra={**env, "ADAPTIVE_JAX_MANUAL_DIR": manual_dir,
                                      "TFDS_DATA_DIR": str(tmp_path / "tfds")})

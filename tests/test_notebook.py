@@ -4,6 +4,7 @@ size: 300 test images). Cells run as plain Python in one namespace, as a kernel 
 import json
 import os
 
+import pytest
 
 from tests.test_real_data import requires_cifar
 
@@ -23,6 +24,10 @@ def test_demo_notebook_runs(tmp_path, monkeypatch):
     summary = namespace["summary"]
     ofas_row = next(r for r in summary["rows"] if r["threshold"] == "0.5")
     assert ofas_row["test_accuracy"] > 0.5 and ofas_row["latency_b1_ms"] > 0
-    assert {r["model"] for r in summary["rows"]} >= {"resnet20", "resnet32"}
+    assert {r["model"] for r in summary["rows"]} >= {"resnet20", "resnet32_gpu", "resnet20_gpu", "resnet56"}
+    chain = [r for r in summary["rows"] if r["kind"] == "cascade"]
+    assert len(chain) == 3 and chain[0]["matches"] == "resnet32_gpu"
+    assert chain[0]["macs_mean"] == pytest.approx(69124736, rel=0.1)  # ResNet-32's, two-fold
+    assert chain[0]["latency_b1_ms"] > 0 and chain[0]["throughput_b64"] > 0
     for plot in ("accuracy_vs_macs.png", "least_most_compute.png"):
         assert (tmp_path / plot).stat().st_size > 1000

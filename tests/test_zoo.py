@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from adaptive_jax import zoo
+from adaptive_jax.data import datasets, normalize
 from adaptive_jax.methods.ofas import OFASNet
 from adaptive_jax.models.resnet import CifarResNet, ResNetSpec
 from adaptive_jax.train import loop, ofas
@@ -227,3 +228,16 @@ def test_a_time_budget_over_an_existing_run_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds a run already.*fixed-epoch command"):
         budget.check_fresh_workdir(str(tmp_path / "run"))
+
+
+def test_logits_are_the_models_own_and_agree_with_evaluate():
+    model = _resnet(8)
+    split = random_split(7, seed=4)
+    got = zoo.logits(model, split.images, batch_size=4)  # two batches, the second padded
+    assert got.shape == (7, 10)
+    model.eval()
+    mean, std = datasets.CHANNEL_MEAN["cifar10"], datasets.CHANNEL_STD["cifar10"]
+    expected = model(normalize(jnp.asarray(split.images), mean, std))
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-4, atol=1e-4)
+    accuracy = zoo.evaluate(model, split.images, split.labels, batch_size=4)["accuracy"]
+    assert accuracy == np.mean(got.argmax(-1) == split.labels)

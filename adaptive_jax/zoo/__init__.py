@@ -439,6 +439,23 @@ def evaluate(model: nnx.Module, images_u8: np.ndarray, labels: np.ndarray, datas
     return {"accuracy": correct / len(split), "correct": correct, "count": len(split)}
 
 
+def logits(model: nnx.Module, images_u8: np.ndarray, dataset: str = "cifar10",
+           batch_size: int = 500) -> np.ndarray:
+    """(N, classes) logits of `model` (eval mode) on uint8 images, batch by batch."""
+    from adaptive_jax.data import pipeline
+    from adaptive_jax.data.augment import normalize
+    from adaptive_jax.data.datasets import CHANNEL_MEAN, CHANNEL_STD, Split
+    from adaptive_jax.execution import jit_predict
+
+    mean, std = CHANNEL_MEAN[dataset], CHANNEL_STD[dataset]
+    model.eval()
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    logits_of = jit_predict(graphdef, lambda m, images: m(normalize(images, mean, std)))
+    split = Split(np.asarray(images_u8), np.zeros(len(images_u8), np.int32), 0)
+    return np.concatenate([np.asarray(logits_of(params, batch_stats, images))[mask > 0]
+                           for images, _, mask in pipeline.eval_batches(split, batch_size)])
+
+
 def format_records(records: builtins.list[ZooRecord]) -> str:
     from adaptive_jax.report import format_table
 
