@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -103,18 +105,28 @@ def ofas_predictors(model) -> tuple[dict, dict]:
             {"planned": _bound(in_buckets, *args), "full": _bound(full, *args)})
 
 
-def static_row(name: str, split, dataset: str) -> tuple[dict, object, np.ndarray]:
-    """A static zoo model's row (accuracy on `split`, its MACs), its batch predictor and its
-    logits on `split`."""
+class Static(NamedTuple):
+    """A static zoo model in the demo: its table row, batch predictor `predict(images)`, logits on
+    the test split, and its pure network `net(params, batch_stats, images)` with `state`."""
+
+    row: dict
+    predict: Callable
+    logits: np.ndarray
+    net: Callable
+    state: tuple
+
+
+def static_row(name: str, split, dataset: str) -> Static:
+    """A static zoo model's row (accuracy on `split`, its MACs), predictors and logits."""
     model, rec = zoo.load(name)
     logits = zoo.logits(model, split.images, dataset)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     predict = _bound(execution.make_predict_fn(graphdef), params, batch_stats)
-    return ({"model": name, "kind": "static", "threshold": "-",
-             "test_accuracy": float(np.mean(logits.argmax(-1) == split.labels)),
-             "recorded_accuracy": rec.test_accuracy, "macs_mean": float(rec.macs), "macs_std": 0.0,
-             "macs_cv": 0.0, "distinct_plans": 1, "_state": (graphdef, params, batch_stats)},
-            predict, logits)
+    row = {"model": name, "kind": "static", "threshold": "-",
+           "test_accuracy": float(np.mean(logits.argmax(-1) == split.labels)),
+           "recorded_accuracy": rec.test_accuracy, "macs_mean": float(rec.macs), "macs_std": 0.0,
+           "macs_cv": 0.0, "distinct_plans": 1}
+    return Static(row, predict, logits, pure_predict(graphdef), (params, batch_stats))
 
 
 def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, macs: dict,
@@ -128,7 +140,8 @@ def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, m
         escalated = stats.pop("escalated")
         per_image = macs[small] + escalated * float(macs[large])
         rows.append({"model": f"{small} -> {large} (cascade)", "kind": "cascade",
-                     "threshold": f"{stats['threshold']:.3f}", "test_accuracy": stats["test_accuracy"],
+                     "threshold": f"{stats['threshold']:.3f}",
+                     "test_accuracy": stats["test_accuracy"],
                      "macs_mean": stats["macs_mean"], "macs_std": float(per_image.std()),
                      "macs_cv": stats["macs_cv"], "distinct_plans": 2,
                      "escalated_share": stats["escalated_share"],
@@ -163,29 +176,30 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     full_row = {"model": f"{ofas_name} (all blocks)", "kind": "full", "threshold": "-",
                 "macs_mean": float(costs.full_macs), "macs_std": 0.0, "macs_cv": 0.0,
                 "distinct_plans": 1}
-    names = list(dict.fromkeys([*static_names, *cascade_pair, *([cascade_at] if cascade_pair and cascade_at else [])]))
-    statics = [static_row(name, split, dataset) for name in names]
-    logits = {row["model"]: got for row, _, got in statics}
+    cascade_names = [*cascade_pair, *([cascade_at] if cascade_pair and cascade_at else [])]
+    statics = {name: static_row(name, split, dataset)
+               for name in dict.fromkeys([*static_names, *cascade_names])}
     cascades = []
     if cascade_pair:
-        macs = {row["model"]: row["macs_mean"] for row, _, _ in statics}
-        cascades = cascade_rows(*cascade_pair, cascade_at, cascade_shares, logits, macs, split.labels)
+        cascades = cascade_rows(*cascade_pair, cascade_at, cascade_shares,
+                                {name: s.logits for name, s in statics.items()},
+                                {name: s.row["macs_mean"] for name, s in statics.items()},
+                                split.labels)
     # Every row's latency in one interleaved pass: the OFAS model's own plans, its full network,
     # the static ResNets and the cascade's main point take turns image by image (batch 1) and
     # batch by batch (64).
     batch1, batch64 = ofas_predictors(model)
-    for row, predict, _ in statics:
-        batch1[row["model"]] = batch64[row["model"]] = predict
+    for name, static in statics.items():
+        batch1[name] = batch64[name] = static.predict
     if cascades:
-        states = {row["model"]: row["_state"] for row, _, _ in statics}
-        small, large = (states[name] for name in cascade_pair)
-        cascaded = cascade.predictor(pure_predict(small[0]), pure_predict(large[0]),
-                                     cascades[0]["escalation_threshold"])
-        batch1["cascade"] = batch64["cascade"] = lambda images: cascaded(small[1:], large[1:], images)
+        small, large = (statics[name] for name in cascade_pair)
+        cascaded = cascade.predictor(small.net, large.net, cascades[0]["escalation_threshold"])
+        batch1["cascade"] = batch64["cascade"] = lambda images: cascaded(small.state, large.state,
+                                                                         images)
     timed = measure_side_by_side(batch1, batch64,
                                  _test_images(split, dataset, max(latency_images, 64 * throughput_batches)),
                                  latency_images, throughput_batches)
-    timed_rows = {"full": full_row, **{row["model"]: row for row, _, _ in statics}}
+    timed_rows = {"full": full_row, **{name: static.row for name, static in statics.items()}}
     if main is not None:
         timed_rows["planned"] = main
     if cascades:
@@ -193,10 +207,7 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     for name, row in timed_rows.items():
         row["latency_b1_ms"], row["throughput_b64"] = timed[name]
     rows.append(full_row)
-    for row, _, _ in statics:
-        del row["_state"]
-        rows.append(row)
-    rows += cascades
+    rows += [static.row for static in statics.values()] + cascades
 
     print(f"{ofas_name} ({zoo.describe(rec.architecture)}, from {rec.recipe.get('init_from') or 'scratch'})"
           f" on {len(split)} {dataset} test images; latency measured on this machine "

@@ -14,9 +14,10 @@ Where the data come from, in order:
      dataset is built from them offline (offline.py);
   3. a normal TFDS download, when `download=True` and a network is there.
 
-Where TFDS (or grain) is not installed (an accelerator image with JAX but no TensorFlow stack), cifar10 is
-read straight from the manual directory's binary layout: the same arrays, in the same order (the
-TFDS builder keys the records `train_00000`, ... in file order, and `load_split` sorts by them).
+Where TFDS (or grain) is not installed (an accelerator image with JAX but no TensorFlow stack),
+cifar10 is read straight from the manual directory's binary layout: the same arrays, in the same
+order (the TFDS builder keys the records `train_00000`, ... in file order, and `load_split` sorts
+by them).
 """
 
 from __future__ import annotations
@@ -168,9 +169,10 @@ def _load_split_without_tfds(name: str, split: str, manual_dir: str | None) -> S
               if name == "cifar10" and manual_dir else None)
     if source is None:
         raise DataNotFoundError(
-            f"dataset {name!r}: tensorflow_datasets or grain is not installed, and without it only cifar10 "
-            f"is read, from the official binary layout in --manual_dir or ${MANUAL_DIR_ENV} (now "
-            f"{manual_dir!r}). Install it (`pip install tensorflow-datasets grain`), or for "
+            f"dataset {name!r}: tensorflow_datasets or grain is not installed, and without it "
+            f"only cifar10 is read, from the official binary layout in --manual_dir or "
+            f"${MANUAL_DIR_ENV} (now {manual_dir!r}). Install them "
+            "(`pip install tensorflow-datasets grain`), or for "
             "cifar10 run `../shared/data/cifar10/prepare DIR` and pass DIR as the manual dir.")
     images, labels = cifar_binary.read_split(source, split)
     return Split(images, labels.astype(np.int32), len(cifar_binary.LABEL_NAMES))

@@ -9,16 +9,14 @@ At the end the weights and BN statistics go to the zoo (`--zoo_dir`, default the
 `adaptive_jax/zoo/`) as `resnet<depth>`, with the test accuracy, MACs, the recipe, this exact
 command, the device, the software versions and the file's sha256 (docs/zoo.md).
 
-With --time_budget_s the run fits its epoch count to a wall-clock budget (experiments/zoo/budget.py);
-the manifest keeps the fixed-epoch command that reproduces the entry.
+With --time_budget_s the run fits its epoch count to a wall-clock budget
+(experiments/zoo/budget.py); the manifest keeps the fixed-epoch command that reproduces the entry.
 """
 
 import os
 import shlex
 import sys
 import time
-
-START = time.time()  # the budget counts from here: data loading and compiling included
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,6 +25,7 @@ from adaptive_jax.config import check_override_flags
 from adaptive_jax.train import default_config, loop, read_metrics, train_and_evaluate
 from experiments.zoo import budget
 
+START = time.time()  # the budget counts from here: data loading and compiling included
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
     try:
@@ -45,6 +44,7 @@ flags.DEFINE_string("sync_dir", None, "With --time_budget_s and several runs sid
                     "directory shared by them; each times its step only once all have compiled.")
 flags.DEFINE_integer("sync_count", 1, "How many runs share --sync_dir.")
 flags.mark_flags_as_required(["workdir"])
+
 
 def run(config, workdir: str, name: str | None = None, zoo_dir: str | None = None,
         command: str = "", time_budget_s: float = 0.0, sync=None, argv=()) -> dict:
