@@ -441,19 +441,18 @@ def evaluate(model: nnx.Module, images_u8: np.ndarray, labels: np.ndarray, datas
 
 def logits(model: nnx.Module, images_u8: np.ndarray, dataset: str = "cifar10",
            batch_size: int = 500) -> np.ndarray:
-    """(N, classes) logits of `model` (eval mode) on uint8 images, batch by batch."""
-    from adaptive_jax.data import pipeline
-    from adaptive_jax.data.augment import normalize
-    from adaptive_jax.data.datasets import CHANNEL_MEAN, CHANNEL_STD, Split
-    from adaptive_jax.execution import jit_predict
+    """(N, classes) logits of `model` (eval mode) on uint8 images, batch by batch
+    (`train.loop.test_outputs`)."""
+    import types
 
-    mean, std = CHANNEL_MEAN[dataset], CHANNEL_STD[dataset]
+    from adaptive_jax.data.datasets import Split
+    from adaptive_jax.train import loop
+
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    logits_of = jit_predict(graphdef, lambda m, images: m(normalize(images, mean, std)))
+    state = types.SimpleNamespace(params=params, batch_stats=batch_stats)
     split = Split(np.asarray(images_u8), np.zeros(len(images_u8), np.int32), 0)
-    return np.concatenate([np.asarray(logits_of(params, batch_stats, images))[mask > 0]
-                           for images, _, mask in pipeline.eval_batches(split, batch_size)])
+    return loop.test_outputs(graphdef, state, split, dataset, lambda m, x: m(x), batch_size)
 
 
 def format_records(records: builtins.list[ZooRecord]) -> str:
