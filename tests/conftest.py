@@ -29,6 +29,20 @@ def random_split(n: int, seed: int = 0, num_classes: int = 10) -> Split:
                  rng.integers(0, num_classes, n).astype(np.int32), num_classes)
 
 
+def running_statistics(stats, seed: int = 1):
+    """Non-trivial BN running statistics of `stats`' shapes, so inference-mode BN is exercised:
+    means near 0, variances in [0.5, 1.5]. (A mean of ~1 subtracted in every BN left an
+    identity-shortcut ResNet with all-zero logits, which made every comparison of it vacuous.)"""
+    rng = np.random.default_rng(seed)
+
+    def statistic(path, v):
+        is_mean = "mean" in jax.tree_util.keystr(path)
+        values = rng.normal(0.0, 0.1, v.shape) if is_mean else rng.uniform(0.5, 1.5, v.shape)
+        return jax.numpy.asarray(values, v.dtype)
+
+    return jax.tree_util.tree_map_with_path(statistic, stats)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar_manual_dir(tmp_path_factory):
     """A manual dir in the official binary layout: 100 train + 40 test random images."""

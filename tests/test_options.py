@@ -14,6 +14,7 @@ from adaptive_jax import cost, execution
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.models.options import RUN_OR_SKIP, InnerWidths
 from adaptive_jax.plans import OptionLayout, StaticOptionPlan
+from tests.conftest import running_statistics
 
 pytestmark = pytest.mark.usefixtures("strict_dtype_promotion")
 
@@ -27,8 +28,9 @@ def net(request):
     model = CifarResNet(ResNetSpec(DEPTH, shortcut=request.param),
                         rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    rng = np.random.default_rng(1)  # non-trivial running statistics
-    stats = jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype), stats)
+    stats = running_statistics(stats)
+    logits = execution.make_predict_fn(graphdef)(params, stats, _images(4))
+    assert float(jnp.abs(logits).max()) > 0.1 and float(jnp.std(logits)) > 0.01
     return graphdef, params, stats
 
 
