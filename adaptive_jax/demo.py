@@ -7,7 +7,8 @@
 
 On the whole CIFAR-10 test set: top-1, mean MACs per image and their spread, distinct plans, and
 on this machine batch-1 latency (full network vs the cond executor running each image's own plan)
-and batch-64 throughput (full network vs the bucketed executor), for the OFAS model and every
+and batch-64 throughput (full network vs the model's plans through the fastest exact executor
+measured here: bucketed or masked, `latency.fastest_exact`), for the OFAS model and every
 static zoo ResNet. The OFAS model's decision threshold is swept to draw its accuracy / MACs curve
 (one trained policy, several operating points). Beside it, a cascade of two static zoo
 backbones (`methods.cascade`: the shallow one answers, its least sure images go on to the deep
@@ -40,7 +41,8 @@ from adaptive_jax.train import ofas
 COLUMNS = [("model", "model", "s"), ("threshold", "thr", "s"), ("test_accuracy", "top-1", ".4f"),
            ("macs_mean", "MACs/img", ".3e"), ("macs_std", "MACs std", ".2e"),
            ("macs_cv", "MACs CV", ".3f"), ("distinct_plans", "plans", "d"),
-           ("latency_b1_ms", "b1 ms", ".2f"), ("throughput_b64", "b64 img/s", ".0f")]
+           ("latency_b1_ms", "b1 ms", ".2f"), ("throughput_b64", "b64 img/s", ".0f"),
+           ("batch_executor", "b64 via", "s")]
 
 
 def evaluate_ofas(model, split, dataset: str, thresholds, batch_size: int = 500) -> dict:
@@ -75,16 +77,13 @@ def _test_images(split, dataset: str, count: int) -> np.ndarray:
     return np.asarray(normalize(split.images[:count], mean, std), np.float32)
 
 
-def measure_side_by_side(batch1: dict, batch64: dict, images, latency_images: int,
-                         throughput_batches: int) -> dict:
+def measure_side_by_side(batch1: dict, batch64: dict, images, batches) -> dict:
     """{name: (batch-1 ms, batch-64 img/s)} of named `fn(images)` predictors, all measured in one
     interleaved pass each (image by image at batch 1, batch by batch at 64), so every row of the
     table saw the same machine. Timed one after another on a shared machine, one architecture
     once read 6.94 ms as the OFAS model's full backbone and 4.34 ms as the zoo ResNet-32
     (docs/ofas.md)."""
-    b1 = dict(zip(batch1, latency.interleaved_batch1_ms(tuple(batch1.values()), (),
-                                                        images[:latency_images])))
-    batches = [images[i * 64:(i + 1) * 64] for i in range(throughput_batches)]
+    b1 = dict(zip(batch1, latency.interleaved_batch1_ms(tuple(batch1.values()), (), images)))
     b64 = latency.interleaved_batch_ms(batch64, (), batches)
     return {name: (b1[name], 64e3 / b64[name]) for name in batch1}
 
@@ -94,15 +93,22 @@ def _bound(fn, *args):
     return lambda images: fn(*args, images)
 
 
-def ofas_predictors(model) -> tuple[dict, dict]:
-    """The OFAS model's own plans (cond executor at batch 1, bucketed at 64) and its full
-    backbone, as named predictors for `measure_side_by_side`."""
+BATCH_EXECUTORS = ("bucketed", "masked")  # the exact ways to run per-image plans in a batch
+
+
+def ofas_predictors(model, batches) -> tuple[dict, dict, dict]:
+    """The OFAS model's own plans (cond executor at batch 1; in batches, the fastest of
+    `BATCH_EXECUTORS` measured here on `batches`, `latency.fastest_exact`) and its full
+    backbone, as named predictors for `measure_side_by_side`; and the batch choice
+    {"executor": name, "ms": {name: ms per batch}}."""
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     planned, full = make_predictors(graphdef, "cond")
-    in_buckets, _ = make_predictors(graphdef, "bucketed")
     args = (params, batch_stats)
+    in_batches = {name: make_predictors(graphdef, name)[0] for name in BATCH_EXECUTORS}
+    chosen, ms = latency.fastest_exact(in_batches, args, batches)
     return ({"planned": _bound(planned, *args), "full": _bound(full, *args)},
-            {"planned": _bound(in_buckets, *args), "full": _bound(full, *args)})
+            {"planned": _bound(in_batches[chosen], *args), "full": _bound(full, *args)},
+            {"executor": chosen, "ms": ms})
 
 
 class Static(NamedTuple):
@@ -188,7 +194,9 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     # Every row's latency in one interleaved pass: the OFAS model's own plans, its full network,
     # the static ResNets and the cascade's main point take turns image by image (batch 1) and
     # batch by batch (64).
-    batch1, batch64 = ofas_predictors(model)
+    images = _test_images(split, dataset, max(latency_images, 64 * throughput_batches))
+    batches = [images[i * 64:(i + 1) * 64] for i in range(throughput_batches)]
+    batch1, batch64, batch_choice = ofas_predictors(model, batches)
     for name, static in statics.items():
         batch1[name] = batch64[name] = static.predict
     if cascades:
@@ -196,12 +204,11 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
         cascaded = cascade.predictor(small.net, large.net, cascades[0]["escalation_threshold"])
         batch1["cascade"] = batch64["cascade"] = lambda images: cascaded(small.state, large.state,
                                                                          images)
-    timed = measure_side_by_side(batch1, batch64,
-                                 _test_images(split, dataset, max(latency_images, 64 * throughput_batches)),
-                                 latency_images, throughput_batches)
+    timed = measure_side_by_side(batch1, batch64, images[:latency_images], batches)
     timed_rows = {"full": full_row, **{name: static.row for name, static in statics.items()}}
     if main is not None:
         timed_rows["planned"] = main
+        main["batch_executor"] = batch_choice["executor"]
     if cascades:
         timed_rows["cascade"] = cascades[0]
     for name, row in timed_rows.items():
@@ -214,6 +221,7 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
           f"({jax.devices()[0].device_kind})")
     print(report.format_table(rows, COLUMNS), flush=True)
     summary = {"ofas": ofas_name, "record_metrics": rec.metrics, "rows": rows,
+               "batch_executor": batch_choice,
                "seconds": time.perf_counter() - start}
     plots = [plot_accuracy_vs_macs(rows, rec, os.path.join(out, "accuracy_vs_macs.png")),
              plot_least_most(split, plans_at.get(0.5, next(iter(plans_at.values()))), costs,

@@ -71,6 +71,33 @@ def interleaved_batch_ms(fns: dict[str, Callable], args: tuple, batches, rounds:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def fastest_exact(fns: dict[str, Callable], args: tuple, batches, rounds: int = 3,
+                  rtol: float = 1e-4, atol: float = 1e-4) -> tuple[str, dict]:
+    """Of `fns(*args, batch)` that compute the same thing in different ways (e.g. one model's
+    plans through the masked and the bucketed executor), the one that runs fastest *here*.
+
+    Which is fastest depends on the device: on 2 CPU cores the bucketed executor runs a batch of
+    per-image plans in proportion to the blocks it keeps, on an H200 at CIFAR sizes it is slower
+    than running every block masked (docs/design.md). So it is measured, not assumed: the outputs
+    are first checked equal on `batches[0]` (a function that computes something else is an
+    error naming both), then timed taking turns (`interleaved_batch_ms`). Returns (the fastest's
+    name, {name: median ms per batch})."""
+    if not fns:
+        raise ValueError("fastest_exact needs at least one function to measure")
+    reference_name, *others = fns
+    reference = np.asarray(fns[reference_name](*args, batches[0]))
+    for name in others:
+        out = np.asarray(fns[name](*args, batches[0]))
+        if out.shape != reference.shape or not np.allclose(out, reference, rtol=rtol, atol=atol):
+            worst = (float(np.max(np.abs(out - reference))) if out.shape == reference.shape
+                     else f"shape {out.shape} vs {reference.shape}")
+            raise ValueError(f"{name!r} and {reference_name!r} give different outputs on the "
+                             f"first batch (max difference {worst}); only exact alternatives can "
+                             f"be chosen by speed: compare ways of running the same model and plans")
+    ms = interleaved_batch_ms(fns, args, batches, rounds)
+    return min(ms, key=ms.get), ms
+
+
 class LatencyTableWarning(UserWarning):
     """A latency table measured on another device or software stack than this one."""
 

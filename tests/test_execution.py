@@ -1,14 +1,18 @@
 """Executors: every one returns what the masked executor returns for the same plan."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from adaptive_jax import latency
 from adaptive_jax.execution import cond, make_predict_fn, masked
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.plans import BlockLayout, StaticBlockPlan
+from tests.conftest import running_statistics
 
 pytestmark = pytest.mark.usefixtures("strict_dtype_promotion")
 
@@ -21,9 +25,9 @@ def net(request):
     model = CifarResNet(ResNetSpec(DEPTH, shortcut=request.param),
                         rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    # non-trivial running statistics, so inference-mode BN is exercised
-    rng = np.random.default_rng(1)
-    stats = jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), v.dtype), stats)
+    stats = running_statistics(stats)
+    logits = make_predict_fn(graphdef)(params, stats, _images(4))
+    assert float(jnp.abs(logits).max()) > 0.1 and float(jnp.std(logits)) > 0.01
     return graphdef, params, stats
 
 
@@ -89,6 +93,31 @@ def test_bucketed_equals_masked_for_per_sample_plans(net, batch):
     np.testing.assert_allclose(run_bucketed(params, stats, images, shared),
                                run_masked(params, stats, images, np.broadcast_to(shared, (batch, 6))),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_fastest_exact_measures_exact_alternatives_and_refuses_another_computation(net):
+    """latency.fastest_exact picks by measured time among ways of computing the same outputs: a
+    deliberately slow but exact way is never the choice; a way that computes something else (one
+    plan's decisions flipped) is an error naming it."""
+    graphdef, params, stats = net
+    images = _images(8, seed=2)
+    plans = _plans(8, seed=5)["random"]
+    run_masked = make_predict_fn(graphdef, "masked")
+    run_bucketed = make_predict_fn(graphdef, "bucketed", buckets=4)
+
+    def slow(params, stats, batch):
+        time.sleep(0.05)
+        return run_masked(params, stats, batch, plans)
+
+    ways = {"masked": lambda p, s, x: run_masked(p, s, x, plans),
+            "bucketed": lambda p, s, x: run_bucketed(p, s, x, plans), "slow masked": slow}
+    chosen, ms = latency.fastest_exact(ways, (params, stats), [images, images[::-1]], rounds=2)
+    assert chosen in ("masked", "bucketed") and set(ms) == set(ways)
+    assert ms[chosen] == min(ms.values()) and ms["slow masked"] >= 50
+    flipped = ~plans
+    other = {"masked": ways["masked"], "other plans": lambda p, s, x: run_masked(p, s, x, flipped)}
+    with pytest.raises(ValueError, match="'other plans' and 'masked' give different outputs"):
+        latency.fastest_exact(other, (params, stats), [images])
 
 
 def test_masked_float_gates_are_differentiable(net):
