@@ -3,6 +3,8 @@ a fresh persistent compilation cache per session, and strict dtype promotion for
 tests (`strict_dtype_promotion`: no silent float64 / int-float mixing in compiled paths)."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -27,6 +29,17 @@ def random_split(n: int, seed: int = 0, num_classes: int = 10) -> Split:
     rng = np.random.default_rng(seed)
     return Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
                  rng.integers(0, num_classes, n).astype(np.int32), num_classes)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_experiment(module, *flags, env_extra=None, timeout=600):
+    """`python -m module flags...` from the repository root, as a user runs it (one device)."""
+    env = dict(os.environ, **(env_extra or {}))
+    env.pop("XLA_FLAGS", None)  # one device, as a user has it
+    return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def running_statistics(stats, seed: int = 1):

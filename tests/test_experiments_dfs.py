@@ -1,0 +1,69 @@
+"""End-to-end: the DFS experiment in smoke mode on tiny data."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_experiment
+
+
+def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
+    """experiments.dfs: warm-up and a joint step for DFS and for skip-only, the greedy static
+    allocation at the DFS point's BitOPs fine-tuned for as many steps, the table, report and
+    curve; the joint steps' gates start at the static allocation for their target
+    (dfs.gate_start=static_plan, kept in the run's directory)."""
+    manual_dir, _, _ = tiny_cifar_manual_dir
+    workdir = tmp_path / "work"
+    proc = run_experiment(
+        "experiments.dfs.main", f"--workdir={workdir}",
+        "--config=experiments/dfs/configs/default.py:smoke",
+        f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
+        "--config.num_eval_examples=0", "--config.dfs.widths=8,32", "--config.dfs.targets=30",
+        "--config.dfs.gate_start=static_plan", "--config.dfs.static_mixture=True",
+        "--latency_images=0")  # batch-1 predict is tested in tests/test_dfs.py
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "comp %" in proc.stdout and "BitOPs/img" in proc.stdout
+    report = json.loads((workdir / "report.json").read_text())
+    points = {p["point"]: p for p in report["points"]}
+    assert sorted(points) == ["dfs @30%", "skip_only @30%", "static @30%", "static above @30%",
+                              "static mix @30%"]
+    dfs, skip, static = points["dfs @30%"], points["skip_only @30%"], points["static @30%"]
+    # the greedy step before the static allocation costs more than the DFS point; the two mixed
+    # cost exactly its BitOPs
+    above, mix = points["static above @30%"], points["static mix @30%"]
+    assert above["static_plan"] == static["greedy_path"][-2]["plan"]
+    assert above["test_bitops"] > dfs["test_bitops"] and above["train_time_s"] > 0
+    w = mix["share_above"]
+    assert mix["test_bitops"] == pytest.approx(dfs["test_bitops"])
+    assert (1 - w) * static["test_bitops"] + w * above["test_bitops"] == pytest.approx(dfs["test_bitops"])
+    assert mix["test_accuracy"] == pytest.approx((1 - w) * static["test_accuracy"] + w * above["test_accuracy"])
+    assert mix["dfs_minus_static_mixture_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - mix["test_accuracy"])
+    for p in (dfs, skip, static):
+        # (a mean of 100s computed in float32 may land an ulp or two above 100)
+        assert 0.0 <= p["test_accuracy"] <= 1.0 and 0.0 <= p["test_computation_pct"] <= 100.001
+        assert p["test_bitops"] > 0 and p["test_macs"] > 0
+    assert dfs["dfs_minus_skip_only_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - skip["test_accuracy"])
+    assert skip["bits8_frac"] == 0.0  # skip-only's menu has no 8-bit option
+    assert dfs["distinct_plans"] >= 1 and dfs["bitops_cv"] >= 0.0
+    assert len(dfs["skip_share_per_block"]) == 3  # ResNet-8: 3 blocks
+    # the static allocation spends no more BitOPs than the DFS point, and was fine-tuned
+    plan = static["static_plan"]
+    assert static["skip_frac"] == pytest.approx(sum(v == 0 for v in plan) / len(plan))
+    assert static["test_bitops"] <= dfs["test_bitops"] + 1
+    assert 0.0 <= static["untuned_test_accuracy"] <= 1.0
+    assert (workdir / "static" / "target_30" / "checkpoints").is_dir()
+    for row, run_dir in ((static, "static"), (above, "static_above")):  # each tied to its plan
+        key = json.loads((workdir / run_dir / "target_30" / "run_key.json").read_text())
+        assert key["plan"] == row["static_plan"] and key["recipe"]["dfs"]["widths"] == [8, 32]
+        assert "targets" not in key["recipe"]["dfs"]  # another target list keeps these runs
+    assert static["dfs_minus_static_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - static["test_accuracy"])
+    assert (workdir / "curve.png").stat().st_size > 1000
+    assert (workdir / "dfs" / "warmup" / "checkpoints").is_dir()
+    for menu, point, options in (("dfs", dfs, 3), ("skip_only", skip, 2)):
+        start = json.loads((workdir / menu / "target_30" / "gate_start_plan.json").read_text())
+        assert point["gate_start_plan"] == start["plan"] and len(start["plan"]) == 3
+        assert all(0 <= v < options for v in start["plan"])
+        assert start["greedy_path"][-1]["price"] <= 30.0
