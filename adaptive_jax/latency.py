@@ -76,9 +76,9 @@ def fastest_exact(fns: dict[str, Callable], args: tuple, batches, rounds: int = 
     """Of `fns(*args, batch)` that compute the same thing in different ways (e.g. one model's
     plans through the masked and the bucketed executor), the one that runs fastest *here*.
 
-    Which is fastest depends on the device: on 2 CPU cores the bucketed executor runs a batch of
-    per-image plans in proportion to the blocks it keeps, on an H200 at CIFAR sizes it is slower
-    than running every block masked (docs/design.md). So it is measured, not assumed: the outputs
+    Which is fastest depends on the device: on 2 CPU cores the bucketed executor saves most of
+    the time of the blocks a batch's plans skip, on an H200 at CIFAR sizes it is slower than
+    running every block masked (docs/design.md). So it is measured, not assumed: the outputs
     are first checked equal on `batches[0]` (a function that computes something else is an
     error naming both), then timed taking turns (`interleaved_batch_ms`). Returns (the fastest's
     name, {name: median ms per batch})."""
