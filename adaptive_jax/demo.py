@@ -138,7 +138,7 @@ def static_row(name: str, split, dataset: str) -> Static:
 def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, macs: dict,
                  labels) -> list[dict]:
     """The cascade `small` -> `large` at `at`'s MACs (first row) and at `shares` escalated."""
-    matched = [cascade.share_for_macs(macs[at], macs[small], macs[large])] if at else []
+    matched = [cascade.share_for_cost(macs[at], macs[small], macs[large])] if at else []
     rows = []
     for share in [*matched, *sorted(set(shares) - set(matched))]:
         stats = cascade.two_fold_statistics(logits[small], logits[large], labels, share,
@@ -148,8 +148,8 @@ def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, m
         rows.append({"model": f"{small} -> {large} (cascade)", "kind": "cascade",
                      "threshold": f"{stats['threshold']:.3f}",
                      "test_accuracy": stats["test_accuracy"],
-                     "macs_mean": stats["macs_mean"], "macs_std": float(per_image.std()),
-                     "macs_cv": stats["macs_cv"], "distinct_plans": 2,
+                     "macs_mean": stats["cost_mean"], "macs_std": float(per_image.std()),
+                     "macs_cv": stats["cost_cv"], "distinct_plans": 2,
                      "escalated_share": stats["escalated_share"],
                      "escalation_threshold": stats["threshold"],  # the two halves' mean
                      **({"matches": at} if share in matched else {})})

@@ -8,7 +8,11 @@ against the baselines at that target `dfs_minus_skip_only_accuracy` (skip-only t
 the same target) and `dfs_minus_static_accuracy` (the greedy static allocation at the point's
 BitOPs, fine-tuned alike unless the run set dfs.static_finetune=False: `static_finetuned`), and
 with dfs.static_mixture `dfs_minus_static_mixture_accuracy` (that allocation and the greedy step
-above it, mixed at exactly the point's BitOPs); the table goes to RESULTS.md.
+above it, mixed at exactly the point's BitOPs); with dfs.static_cascade, per target, the cascade
+of that allocation into the search's uniform start plan (`dfs_static_cascade_test_accuracy`,
+`dfs_static_cascade_bitops`, `dfs_minus_static_cascade_accuracy`, and, where the static mixture
+brackets its measured BitOPs, `dfs_static_cascade_minus_static_mixture_accuracy`); the table goes
+to RESULTS.md.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
            ("dfs_minus_skip_only_accuracy", "- skip-only", "+.4f"),
            ("dfs_minus_static_accuracy", "- static", "+.4f"),
            ("dfs_minus_static_mixture_accuracy", "- static mix", "+.4f"),
+           ("dfs_minus_static_cascade_accuracy", "- cascade", "+.4f"),
+           ("cascade_minus_static_mixture_accuracy", "cascade - static mix", "+.4f"),
            ("untuned_test_accuracy", "static before fine-tuning", ".4f")]
 
 
@@ -45,6 +51,7 @@ def main(argv):
     model = run["model"]
     static = {p["target"]: p for p in run["points"] if p["menu"] == "static"}
     mixture = {p["target"]: p for p in run["points"] if p["menu"] == "static_mix"}
+    cascades = {p["target"]: p for p in run["points"] if p["menu"] == "static_cascade"}
     figures, rows = [], []
     for point in run["points"]:
         row = dict(point)
@@ -53,6 +60,9 @@ def main(argv):
         if point["menu"] == "dfs" and point["target"] in mixture:
             row["dfs_minus_static_mixture_accuracy"] = \
                 mixture[point["target"]]["dfs_minus_static_mixture_accuracy"]
+        if point["menu"] == "dfs" and point["target"] in cascades:
+            row["dfs_minus_static_cascade_accuracy"] = \
+                cascades[point["target"]]["dfs_minus_static_cascade_accuracy"]
         rows.append(row)
         if point["menu"] != "dfs":
             continue
@@ -75,10 +85,22 @@ def main(argv):
             figures.append({**common_keys, "metric": "dfs_bitops_cv", "unit": "ratio",
                             "value": round(point["bitops_cv"], 4)})
         for key in ("dfs_minus_skip_only_accuracy", "dfs_minus_static_accuracy",
-                    "dfs_minus_static_mixture_accuracy"):
+                    "dfs_minus_static_mixture_accuracy", "dfs_minus_static_cascade_accuracy"):
             if row.get(key) is not None:
                 figures.append({**common_keys, "metric": key, "unit": "fraction",
                                 "value": round(row[key], 4)})
+        chain = cascades.get(point["target"])
+        if chain is not None:  # the static allocation escalating its least sure images
+            cascade_keys = {**common_keys, "static_plans": chain["static_plans"],
+                            "escalated_share": round(chain["escalated_share"], 4)}
+            figures.append({**cascade_keys, "metric": "dfs_static_cascade_test_accuracy",
+                            "unit": "fraction", "value": round(chain["test_accuracy"], 4)})
+            figures.append({**cascade_keys, "metric": "dfs_static_cascade_bitops",
+                            "unit": "BitOPs/image", "value": round(chain["test_bitops"])})
+            if "cascade_minus_static_mixture_accuracy" in chain:
+                figures.append({**cascade_keys, "unit": "fraction",
+                                "metric": "dfs_static_cascade_minus_static_mixture_accuracy",
+                                "value": round(chain["cascade_minus_static_mixture_accuracy"], 4)})
     table = report.format_table(rows, COLUMNS)
     print(table)
     common.append_results("dfs_curve", figures, table, notes=FLAGS.note)

@@ -58,10 +58,11 @@ def cascade_rows(small, large, statics, logits, labels) -> list[dict]:
     for rec in statics:
         if not small.macs < rec.macs < small.macs + large.macs:
             continue
-        share = cascade.share_for_macs(rec.macs, small.macs, large.macs)
+        share = cascade.share_for_cost(rec.macs, small.macs, large.macs)
         stats = cascade.two_fold_statistics(logits[small.name], logits[large.name], labels,
                                             share, small.macs, large.macs)
         stats.pop("escalated")
+        stats["macs_mean"], stats["macs_cv"] = stats.pop("cost_mean"), stats.pop("cost_cv")
         static_accuracy = accuracy(logits[rec.name], labels)
         mixed = ((1 - stats["escalated_share"]) * small_accuracy
                  + stats["escalated_share"] * large_accuracy)

@@ -17,10 +17,10 @@ def test_threshold_escalates_the_asked_share():
         cascade.threshold_for_share([], 0.5)
 
 
-def test_share_for_macs_and_its_limits():
-    assert cascade.share_for_macs(30.0, 20.0, 50.0) == pytest.approx(0.2)
+def test_share_for_cost_and_its_limits():
+    assert cascade.share_for_cost(30.0, 20.0, 50.0) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="must lie between 20 and 70"):
-        cascade.share_for_macs(80.0, 20.0, 50.0)
+        cascade.share_for_cost(80.0, 20.0, 50.0)
 
 
 def test_statistics_hand_counted():
@@ -28,11 +28,11 @@ def test_statistics_hand_counted():
     small = np.array([[5.0, 0.0], [0.0, 0.0], [0.0, 5.0], [0.0, 0.0]])
     large = np.array([[0.0, 5.0], [0.0, 5.0], [5.0, 0.0], [5.0, 0.0]])
     labels = np.array([0, 1, 1, 1])
-    got = cascade.statistics(small, large, labels, threshold=0.6, small_macs=10.0, large_macs=30.0)
+    got = cascade.statistics(small, large, labels, threshold=0.6, small_cost=10.0, large_cost=30.0)
     # answers: small 0, large 1, small 1, large 0 -> right on images 0, 1, 2
     assert got["test_accuracy"] == 0.75 and got["escalated_share"] == 0.5
     macs = np.array([10.0, 40.0, 10.0, 40.0])
-    assert got["macs_mean"] == 25.0 and got["macs_cv"] == pytest.approx(macs.std() / macs.mean())
+    assert got["cost_mean"] == 25.0 and got["cost_cv"] == pytest.approx(macs.std() / macs.mean())
     with pytest.raises(ValueError, match="one row per image"):
         cascade.statistics(small, large[:3], labels, 0.6, 10.0, 30.0)
 
@@ -94,7 +94,7 @@ def test_two_fold_sets_each_half_s_threshold_on_the_other_half():
     # second's threshold (0.99: all of it escalates) and the second against the first's (none).
     np.testing.assert_array_equal(np.flatnonzero(stats["escalated"]), np.sort(first))
     assert stats["escalated_share"] == 0.5 and stats["test_accuracy"] == 0.5
-    assert stats["macs_mean"] == 1.0 + 0.5 * 4.0
+    assert stats["cost_mean"] == 1.0 + 0.5 * 4.0
 
 
 def test_two_fold_limits_and_share_on_exchangeable_images():
@@ -107,7 +107,7 @@ def test_two_fold_limits_and_share_on_exchangeable_images():
     every = cascade.two_fold_statistics(small, large, labels, 1.0, 1.0, 4.0)
     assert none["escalated_share"] == 0.0 and none["test_accuracy"] == 1.0
     assert every["escalated_share"] == 1.0 and every["test_accuracy"] == 0.0
-    assert every["macs_mean"] == 5.0 and every["macs_cv"] == 0.0
+    assert every["cost_mean"] == 5.0 and every["cost_cv"] == 0.0
     half = cascade.two_fold_statistics(small, large, labels, 0.3, 1.0, 4.0)
     assert abs(half["escalated_share"] - 0.3) < 0.02
     with pytest.raises(ValueError, match="at least two images"):

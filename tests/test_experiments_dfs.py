@@ -9,9 +9,9 @@ from tests.conftest import run_experiment
 
 def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     """experiments.dfs: warm-up and a joint step for DFS and for skip-only, the greedy static
-    allocation at the DFS point's BitOPs fine-tuned for as many steps, the table, report and
-    curve; the joint steps' gates start at the static allocation for their target
-    (dfs.gate_start=static_plan, kept in the run's directory)."""
+    allocation at the DFS point's BitOPs fine-tuned for as many steps, its cascade into the
+    search's start plan, the table, report and curve; the joint steps' gates start at the static
+    allocation for their target (dfs.gate_start=static_plan, kept in the run's directory)."""
     manual_dir, _, _ = tiny_cifar_manual_dir
     workdir = tmp_path / "work"
     proc = run_experiment(
@@ -20,13 +20,14 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         f"--config.data_dir={tmp_path / 'tfds'}", f"--config.manual_dir={manual_dir}",
         "--config.num_eval_examples=0", "--config.dfs.widths=8,32", "--config.dfs.targets=30",
         "--config.dfs.gate_start=static_plan", "--config.dfs.static_mixture=True",
+        "--config.dfs.static_cascade=True",
         "--latency_images=0")  # batch-1 predict is tested in tests/test_dfs.py
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "comp %" in proc.stdout and "BitOPs/img" in proc.stdout
     report = json.loads((workdir / "report.json").read_text())
     points = {p["point"]: p for p in report["points"]}
-    assert sorted(points) == ["dfs @30%", "skip_only @30%", "static @30%", "static above @30%",
-                              "static mix @30%"]
+    assert sorted(points) == ["cascade @30%", "dfs @30%", "skip_only @30%", "static @30%",
+                              "static above @30%", "static mix @30%"]
     dfs, skip, static = points["dfs @30%"], points["skip_only @30%"], points["static @30%"]
     # the greedy step before the static allocation costs more than the DFS point; the two mixed
     # cost exactly its BitOPs
@@ -60,6 +61,22 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         assert "targets" not in key["recipe"]["dfs"]  # another target list keeps these runs
     assert static["dfs_minus_static_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - static["test_accuracy"])
+    # the cascade: the static allocation below the point, its least sure test images escalated
+    # to the search's start plan (the warm-up's model), as many as the point's BitOPs allow
+    chain = points["cascade @30%"]
+    start = static["greedy_path"][0]["plan"]
+    assert chain["static_plans"] == [static["static_plan"], start]
+    share = (dfs["test_bitops"] - static["test_bitops"]) / static["greedy_path"][0]["price"]
+    assert chain["escalation_target_share"] == pytest.approx(share)
+    escalated = chain["escalated_share"]
+    assert chain["test_bitops"] == pytest.approx(
+        static["test_bitops"] + escalated * static["greedy_path"][0]["price"], rel=1e-6)
+    assert abs(escalated - share) <= 2 / 40 + 1e-9  # two-fold on 40 test images: per half, k/20
+    assert chain["dfs_minus_static_cascade_accuracy"] == pytest.approx(
+        dfs["test_accuracy"] - chain["test_accuracy"])
+    random = (1 - escalated) * static["test_accuracy"] + escalated * chain["large_plan_accuracy"]
+    assert chain["cascade_minus_random_mixture_accuracy"] == pytest.approx(
+        chain["test_accuracy"] - random)
     assert (workdir / "curve.png").stat().st_size > 1000
     assert (workdir / "dfs" / "warmup" / "checkpoints").is_dir()
     for menu, point, options in (("dfs", dfs, 3), ("skip_only", skip, 2)):

@@ -46,21 +46,23 @@ def threshold_for_share(confidences, share: float) -> float:
     return float(np.inf) if k >= confidences.size else float(confidences[k])
 
 
-def share_for_macs(target_macs: float, small_macs: float, large_macs: float) -> float:
-    """The share of images to escalate for a mean of `target_macs` per image, when every image
-    costs `small_macs` and an escalated one `large_macs` more."""
-    share = (target_macs - small_macs) / large_macs
+def share_for_cost(target_cost: float, small_cost: float, large_cost: float) -> float:
+    """The share of images to escalate for a mean of `target_cost` per image, when every image
+    costs `small_cost` and an escalated one `large_cost` more (MACs, BitOPs: any cost that adds
+    up over the two networks)."""
+    share = (target_cost - small_cost) / large_cost
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"a cascade of {small_macs:.4g} + {large_macs:.4g} MACs per escalated "
-                         f"image cannot average {target_macs:.4g}: the target must lie between "
-                         f"{small_macs:.4g} and {small_macs + large_macs:.4g}")
+        raise ValueError(f"a cascade of {small_cost:.4g} + {large_cost:.4g} per escalated "
+                         f"image cannot average {target_cost:.4g}: the target must lie between "
+                         f"{small_cost:.4g} and {small_cost + large_cost:.4g}")
     return share
 
 
-def statistics(small_logits, large_logits, labels, threshold: float, small_macs: float,
-               large_macs: float) -> dict:
+def statistics(small_logits, large_logits, labels, threshold: float, small_cost: float,
+               large_cost: float) -> dict:
     """The cascade over a labelled set, from both networks' logits on every image: its accuracy,
-    the share escalated, and the measured MACs per image (mean, coefficient of variation)."""
+    the share escalated, and the measured cost per image (`cost_mean`, `cost_cv`: in the unit of
+    `small_cost` and `large_cost`, MACs or BitOPs)."""
     small_logits, large_logits = np.asarray(small_logits), np.asarray(large_logits)
     labels = np.asarray(labels)
     if small_logits.shape != large_logits.shape or small_logits.shape[0] != labels.shape[0]:
@@ -68,19 +70,19 @@ def statistics(small_logits, large_logits, labels, threshold: float, small_macs:
                          f"{labels.shape[0]} labels: one row per image from each network")
     escalated = np.asarray(confidence(small_logits)) < threshold
     answer = np.where(escalated, large_logits.argmax(-1), small_logits.argmax(-1))
-    macs = small_macs + escalated * float(large_macs)
+    cost = small_cost + escalated * float(large_cost)
     return {"test_accuracy": float(np.mean(answer == labels)),
-            "escalated_share": float(escalated.mean()), "macs_mean": float(macs.mean()),
-            "macs_cv": float(macs.std() / macs.mean()), "threshold": float(threshold)}
+            "escalated_share": float(escalated.mean()), "cost_mean": float(cost.mean()),
+            "cost_cv": float(cost.std() / cost.mean()), "threshold": float(threshold)}
 
 
-def two_fold_statistics(small_logits, large_logits, labels, share: float, small_macs: float,
-                        large_macs: float, seed: int = 0) -> dict:
+def two_fold_statistics(small_logits, large_logits, labels, share: float, small_cost: float,
+                        large_cost: float, seed: int = 0) -> dict:
     """`statistics` where no held-out images are left (networks that trained on every training
     image): the set is split in two halves at random; the threshold for `share` is set on one
     half's small-network confidences (no labels) and applied to the other, then the halves swap,
     so every image is answered under a threshold set without it. Accuracy, escalated share and
-    MACs are over the whole set; `threshold` is the two halves' mean."""
+    cost are over the whole set; `threshold` is the two halves' mean."""
     small_logits, large_logits = np.asarray(small_logits), np.asarray(large_logits)
     labels = np.asarray(labels)
     n = labels.shape[0]
@@ -89,7 +91,7 @@ def two_fold_statistics(small_logits, large_logits, labels, share: float, small_
     order = np.random.default_rng(seed).permutation(n)
     folds = (order[: n // 2], order[n // 2:])
     sure = np.asarray(confidence(small_logits))
-    answered, macs, escalated, thresholds = np.zeros(n, bool), np.zeros(n), np.zeros(n, bool), []
+    answered, cost, escalated, thresholds = np.zeros(n, bool), np.zeros(n), np.zeros(n, bool), []
     for fit, score in (folds, folds[::-1]):
         # share 0 is the small network alone: the other half's minimum would still let its
         # least sure images through
@@ -99,9 +101,9 @@ def two_fold_statistics(small_logits, large_logits, labels, share: float, small_
         answer = np.where(up, large_logits[score].argmax(-1), small_logits[score].argmax(-1))
         answered[score] = answer == labels[score]
         escalated[score] = up
-        macs[score] = small_macs + up * float(large_macs)
+        cost[score] = small_cost + up * float(large_cost)
     return {"test_accuracy": float(answered.mean()), "escalated_share": float(escalated.mean()),
-            "macs_mean": float(macs.mean()), "macs_cv": float(macs.std() / macs.mean()),
+            "cost_mean": float(cost.mean()), "cost_cv": float(cost.std() / cost.mean()),
             "threshold": float(np.mean(thresholds)), "escalated": escalated}
 
 

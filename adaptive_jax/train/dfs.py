@@ -69,6 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.dfs.static_finetune = True            # fine-tune each static plan for the joint step's steps
     c.dfs.static_mixture = False            # ... and the greedy step above it, the two mixed at
                                             # the DFS point's BitOPs (equal cost, docs/dfs.md)
+    c.dfs.static_cascade = False            # ... and the allocation below the point escalating
+                                            # its least sure images to the search's uniform start
+                                            # plan, at the point's BitOPs (methods.cascade)
     c.dfs.gate_start = "warmup"             # "static_plan": each joint step's gate starts at the
                                             # greedy static allocation for its target (a per-block
                                             # prior), learning per-image deviations from there
@@ -86,12 +89,16 @@ def check_config(config) -> None:
         "dfs.joint_epochs": c.integer(0), "dfs.budget_weight": c.number(0),
         "dfs.skip_only_baseline": c.boolean(), "dfs.static_baseline": c.boolean(),
         "dfs.static_heldout_examples": c.integer(1), "dfs.static_finetune": c.boolean(),
-        "dfs.static_mixture": c.boolean(),
+        "dfs.static_mixture": c.boolean(), "dfs.static_cascade": c.boolean(),
         "dfs.gate_start": c.one_of(*GATE_STARTS), "dfs.gate_start_margin": c.number(above=0),
     })
     if config.dfs.static_mixture and not config.dfs.static_baseline:
         raise ValueError("dfs.static_mixture mixes the static allocations of dfs.static_baseline; "
                          "pass --config.dfs.static_baseline=True too, or leave the mixture out")
+    if config.dfs.static_cascade and not config.dfs.static_baseline:
+        raise ValueError("dfs.static_cascade starts from the static allocations of "
+                         "dfs.static_baseline; pass --config.dfs.static_baseline=True too, or "
+                         "leave the cascade out")
     check_target(config.dfs.target)
     for target in config.dfs.targets:
         check_target(target)

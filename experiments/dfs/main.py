@@ -17,6 +17,8 @@ import os
 import shlex
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from flax import nnx
@@ -150,11 +152,13 @@ def measure_latency(result: dict, images) -> dict:
             "speedup_b1": full_ms / planned_ms, "int8_kernels": [list(k) + [v] for k, v in kernels]}
 
 
-def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
+def static_rows(config, workdir, data, dfs_rows, start_result, latency_images=()) -> list[dict]:
     """The greedy static allocation at each DFS point's BitOPs, searched on the backbone the
     joint steps started from (the warm-up's weights, statistics and calibrated ranges), then,
     with dfs.static_finetune, fine-tuned for the joint step's steps (`dfs.static_plan_task`),
-    evaluated on the test set (before fine-tuning too: `untuned_test_accuracy`)."""
+    evaluated on the test set (before fine-tuning too: `untuned_test_accuracy`); with
+    dfs.static_mixture the greedy step above it too, the two mixed at the point's BitOPs; with
+    dfs.static_cascade the allocation below escalating its least sure images (`static_cascade`)."""
     train_split, test_split = data
     n = config.dfs.static_heldout_examples
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
@@ -182,15 +186,16 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
     test_top1 = dfs.plan_accuracy(graphdef, state, config.dataset, options, config.eval_batch_size)
 
     def static_row(target, plan, menu, run_dir):
+        """The plan's row and the model it runs on (fine-tuned, or the warm-up's)."""
         accuracy = untuned = test_top1(test_split, plan)
-        tuned = {}
+        tuned, model = {}, start_result
         if config.dfs.static_finetune:
             step_config = dfs.step_config(config, "joint", target)
             # the directory is named by target; the key ties it to the plan the search gave
             run_dir = claim_run_dir(run_dir, dfs.static_run_key(step_config, start_result["state"], plan))
             tuned = train_and_evaluate(step_config, run_dir, data,
                                        dfs.static_plan_task(plan, start_result["state"]))
-            accuracy = tuned["test_accuracy"]
+            accuracy, model = tuned["test_accuracy"], tuned
             tuned = {"untuned_test_accuracy": untuned, "train_time_s": recorded_train_time(run_dir)}
         relative = np.asarray(options.computation())[plan]
         name = {"static": "static", "static_above": "static above"}[menu]
@@ -201,30 +206,133 @@ def static_rows(config, workdir, data, dfs_rows, start_result) -> list[dict]:
             "test_macs": float(static_costs.plan_macs(plan)), "static_plan": plan.tolist(),
             "skip_frac": float((plan == 0).mean()), "bits8_frac": float((plan == 1).mean()),
             "float_frac": float((plan == options.num_options - 1).mean()),
-            "distinct_plans": 1, "bitops_cv": 0.0}
+            "distinct_plans": 1, "bitops_cv": 0.0}, model
 
     rows = []
     for dfs_row, (plan, path) in zip(dfs_rows, found):
         target = dfs_row["target"]
-        below = static_row(target, plan, "static", os.path.join(workdir, "static", f"target_{target:g}"))
+        below, small = static_row(target, plan, "static",
+                                  os.path.join(workdir, "static", f"target_{target:g}"))
         below.update(greedy_path=path,
                      dfs_minus_static_accuracy=dfs_row["test_accuracy"] - below["test_accuracy"])
         rows.append(below)
-        if not config.dfs.static_mixture or len(path) < 2:  # (nothing above the search's start)
-            continue
-        # The greedy step before this plan costs more than the DFS point: the two mixed at the
-        # point's BitOPs are the static allocation at exactly equal cost (search.mixture_at).
-        above = static_row(target, np.asarray(path[-2]["plan"]), "static_above",
-                           os.path.join(workdir, "static_above", f"target_{target:g}"))
-        mixed = search.mixture_at(below, above, dfs_row["test_bitops"], "test_bitops",
-                                  ("test_accuracy", "test_computation_pct", "test_macs"))
-        bitops_cv = mixed.pop("cost_cv")
-        rows += [above, {
-            **mixed, "point": f"static mix @{target:g}%", "menu": "static_mix", "target": target,
+        above = None
+        if config.dfs.static_mixture and len(path) >= 2:  # (nothing above the search's start)
+            above = static_row(target, np.asarray(path[-2]["plan"]), "static_above",
+                               os.path.join(workdir, "static_above", f"target_{target:g}"))[0]
+            rows += [above, mixture_row(dfs_row, below, above)]
+        if config.dfs.static_cascade:
+            rows.append(static_cascade(config, data, dfs_row, below, small, start_result,
+                                       np.asarray(path[0]["plan"]), static_costs, above,
+                                       latency_images))
+    return rows
+
+
+def mixture_row(dfs_row, below, above) -> dict:
+    """The static allocation `below` the DFS point and the greedy step `above` it mixed at the
+    point's BitOPs: the static allocation at exactly equal cost (search.mixture_at)."""
+    target = dfs_row["target"]
+    mixed = search.mixture_at(below, above, dfs_row["test_bitops"], "test_bitops",
+                              ("test_accuracy", "test_computation_pct", "test_macs"))
+    bitops_cv = mixed.pop("cost_cv")
+    return {**mixed, "point": f"static mix @{target:g}%", "menu": "static_mix", "target": target,
             "bitops_cv": bitops_cv, "distinct_plans": 2,
             "static_plans": [below["static_plan"], above["static_plan"]],
-            "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}]
-    return rows
+            "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}
+
+
+def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs, above,
+                   latency_images) -> dict:
+    """The static allocation `below` the DFS point (`small`: the model it runs on, fine-tuned
+    for it) escalating the test images it is least sure of to `large_plan` (the greedy search's
+    start: the cheapest uniform plan at or above every budget, on the warm-up's model, not
+    fine-tuned), as many as the point's BitOPs allow (`methods.cascade`, docs/dfs.md): a
+    per-image bitwidth choice by the network's own confidence, after the cheap plan has run.
+    The zoo backbones trained on every training image, so no image is unseen by both networks:
+    the threshold is set two-fold on the test images' confidences (no labels;
+    `cascade.two_fold_statistics`), as `make demo` sets its cascades'. Compared at its measured
+    BitOPs with the static mixture of `below` and `above` (when they bracket them) and with the
+    two networks mixed at random at its escalated share; batch-1 latency (`latency_images`) of
+    the cascade (the large plan only for an image that escalates), the float backbone and the
+    small plan alone, interleaved."""
+    from adaptive_jax.methods import cascade
+
+    target, test_split = dfs_row["target"], data[1]
+    options = dfs.menu(config)
+    large_plan = np.asarray(large_plan, np.int32)
+    small_plan = np.asarray(below["static_plan"], np.int32)
+    large_bitops = float(costs.plan_bitops(large_plan))
+
+    def plan_logits(result, plan):
+        return loop.test_outputs(result["graphdef"], result["state"], test_split, config.dataset,
+                                 lambda model, x: model.forward(x, plan=plan)[0],
+                                 config.eval_batch_size)
+
+    small_logits, large_logits = plan_logits(small, small_plan), plan_logits(warm, large_plan)
+    labels = np.asarray(test_split.labels)
+    share = cascade.share_for_cost(dfs_row["test_bitops"], below["test_bitops"], large_bitops)
+    stats = cascade.two_fold_statistics(small_logits, large_logits, labels, share,
+                                        below["test_bitops"], large_bitops)
+    escalated = stats.pop("escalated")
+    bitops, bitops_cv = stats.pop("cost_mean"), stats.pop("cost_cv")
+    large_accuracy = float(np.mean(large_logits.argmax(-1) == labels))
+    random_mixture = ((1 - stats["escalated_share"]) * below["test_accuracy"]
+                      + stats["escalated_share"] * large_accuracy)
+    relative = np.asarray(options.computation())
+    computation = 100 * (relative[small_plan].mean() + escalated * relative[large_plan].mean())
+    row = {**stats, "point": f"cascade @{target:g}%", "menu": "static_cascade", "target": target,
+           "test_bitops": bitops, "bitops_cv": bitops_cv, "distinct_plans": 2,
+           "test_computation_pct": float(computation.mean()),
+           "test_macs": float(costs.plan_macs(small_plan)
+                              + escalated.mean() * costs.plan_macs(large_plan)),
+           "static_plans": [small_plan.tolist(), large_plan.tolist()],
+           "escalation_target_share": share, "large_plan_accuracy": large_accuracy,
+           "cascade_minus_random_mixture_accuracy": stats["test_accuracy"] - random_mixture,
+           "dfs_minus_static_cascade_accuracy": dfs_row["test_accuracy"] - stats["test_accuracy"]}
+    if above is not None and below["test_bitops"] <= bitops <= above["test_bitops"]:
+        mixed = search.mixture_at(below, above, bitops, "test_bitops", ("test_accuracy",))
+        row["cascade_minus_static_mixture_accuracy"] = stats["test_accuracy"] - mixed["test_accuracy"]
+    if len(latency_images):
+        row.update(cascade_latency(small, small_plan, warm, large_plan, options,
+                                   stats["threshold"], latency_images))
+    return row
+
+
+def cascade_latency(small, small_plan, large, large_plan, options, threshold, images) -> dict:
+    """Batch-1 ms of the cascade (`methods.cascade.predictor`: the small plan, then the large
+    one only if the image escalates), the float backbone and the small plan alone: each plan
+    through the cond executor (only its options run), kernels quantised once and the 8-bit
+    option on the integer kernel of each conv shape where one measured faster here (as
+    `measure_latency` runs DFS), interleaved."""
+    from adaptive_jax.execution.predict import pure_predict
+    from adaptive_jax.methods import cascade
+
+    backbone = nnx.merge(large["graphdef"], large["state"].params, large["state"].batch_stats).backbone
+    kernels, _ = latency.fastest_int8_kernels(backbone, 1)
+    options = dataclasses.replace(options, kernels=kernels)
+    executor = execution.cond(options)
+
+    def plan_net(result, plan):
+        """(params, (batch_stats, prepared weights), images) -> logits of `plan`, and its state."""
+        state = result["state"]
+        model = nnx.merge(result["graphdef"], state.params, state.batch_stats)
+        model.options = options
+        weights = model.prepare_weights()
+        run = pure_predict(nnx.graphdef(model), lambda model, x, weights: executor.forward(
+            model.quantized(weights), x, jnp.asarray(plan)))
+        return (lambda params, stats_weights, x: run(params, stats_weights[0], x, stats_weights[1]),
+                (state.params, (state.batch_stats, weights)))
+
+    (small_net, small_state), (large_net, large_state) = plan_net(small, small_plan), plan_net(large, large_plan)
+    cascaded = cascade.predictor(small_net, large_net, threshold)
+    full = execution.jit_predict(large["graphdef"], lambda model, x: model.backbone(x))
+    small_jit = jax.jit(small_net)
+    full_state = (large["state"].params, large["state"].batch_stats)
+    cascade_ms, full_ms, small_ms = latency.interleaved_batch1_ms(
+        (lambda s, l, x: cascaded(s, l, x)[0], lambda s, l, x: full(*full_state, x),
+         lambda s, l, x: small_jit(*s, x)), (small_state, large_state), images)
+    return {"latency_b1_ms": cascade_ms, "full_latency_b1_ms": full_ms,
+            "speedup_b1": full_ms / cascade_ms, "small_plan_latency_b1_ms": small_ms}
 
 
 def run(config, workdir: str, latency_images: int = 8) -> list[dict]:
@@ -246,7 +354,7 @@ def run(config, workdir: str, latency_images: int = 8) -> list[dict]:
             raise ValueError("the static baseline starts from the warm-up's backbone and "
                              "calibrated ranges: set dfs.warmup_epochs >= 1 or "
                              "dfs.static_baseline=False")
-        rows += static_rows(config, workdir, data, dfs_rows, warm)
+        rows += static_rows(config, workdir, data, dfs_rows, warm, images)
 
     print(f"DFS ResNet-{config.model.depth} on {config.dataset} ({config.dfs.gate} gate, "
           f"{config.dfs.estimator} estimator, gate from {config.dfs.gate_start}, menu "
@@ -272,7 +380,8 @@ def plot_curve(rows, out_path: str, title: str) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for menu, style in (("dfs", "o-"), ("skip_only", "s--"), ("static", "^:"), ("static_mix", "x")):
+    for menu, style in (("dfs", "o-"), ("skip_only", "s--"), ("static", "^:"), ("static_mix", "x"),
+                        ("static_cascade", "v")):
         points = sorted((r["test_computation_pct"], r["test_accuracy"]) for r in rows
                         if r["menu"] == menu)
         if points:

@@ -294,12 +294,13 @@ def static_cascade(b_config, stage_a, ofas_row, data, costs, below, small, small
                                  sub_net_call, b_config.eval_batch_size)
 
     unseen = loop.unseen_training_images(b_config)
-    share = cascade.share_for_macs(ofas_row["macs_mean"], below["test_macs"], costs.full_macs)
+    share = cascade.share_for_cost(ofas_row["macs_mean"], below["test_macs"], costs.full_macs)
     threshold = cascade.threshold_for_share(cascade.confidence(sub_net_logits(unseen)), share)
     large_logits = loop.test_outputs(stage_a["graphdef"], stage_a["state"], test_split,
                                      b_config.dataset, backbone_call, b_config.eval_batch_size)
     stats = cascade.statistics(small_logits, large_logits, test_split.labels, threshold,
                                below["test_macs"], costs.full_macs)
+    stats["macs_mean"], stats["macs_cv"] = stats.pop("cost_mean"), stats.pop("cost_cv")
     large_accuracy = float(np.mean(large_logits.argmax(-1) == np.asarray(test_split.labels)))
     random_mixture = ((1 - stats["escalated_share"]) * below["test_accuracy"]
                       + stats["escalated_share"] * large_accuracy)
