@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from adaptive_jax.train import search
 from tests.conftest import run_experiment
 
 
@@ -74,6 +75,14 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert abs(escalated - share) <= 2 / 40 + 1e-9  # two-fold on 40 test images: per half, k/20
     assert chain["dfs_minus_static_cascade_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - chain["test_accuracy"])
+    # against the fine-tuned static plans mixed at its measured BitOPs, where two bracket them
+    bracketed = static["test_bitops"] <= chain["test_bitops"] <= above["test_bitops"]
+    assert ("cascade_minus_static_mixture_accuracy" in chain) == bracketed
+    if bracketed:
+        mixed = search.mixture_at(static, above, chain["test_bitops"], "test_bitops",
+                                  ("test_accuracy",))
+        assert chain["cascade_minus_static_mixture_accuracy"] == pytest.approx(
+            chain["test_accuracy"] - mixed["test_accuracy"])
     random = (1 - escalated) * static["test_accuracy"] + escalated * chain["large_plan_accuracy"]
     assert chain["cascade_minus_random_mixture_accuracy"] == pytest.approx(
         chain["test_accuracy"] - random)

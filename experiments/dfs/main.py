@@ -208,7 +208,7 @@ def static_rows(config, workdir, data, dfs_rows, start_result, latency_images=()
             "float_frac": float((plan == options.num_options - 1).mean()),
             "distinct_plans": 1, "bitops_cv": 0.0}, model
 
-    rows = []
+    rows, fine_tuned = [], []  # fine_tuned: (row, model) of every static plan
     for dfs_row, (plan, path) in zip(dfs_rows, found):
         target = dfs_row["target"]
         below, small = static_row(target, plan, "static",
@@ -216,15 +216,21 @@ def static_rows(config, workdir, data, dfs_rows, start_result, latency_images=()
         below.update(greedy_path=path,
                      dfs_minus_static_accuracy=dfs_row["test_accuracy"] - below["test_accuracy"])
         rows.append(below)
-        above = None
+        fine_tuned.append((below, small))
         if config.dfs.static_mixture and len(path) >= 2:  # (nothing above the search's start)
             above = static_row(target, np.asarray(path[-2]["plan"]), "static_above",
-                               os.path.join(workdir, "static_above", f"target_{target:g}"))[0]
-            rows += [above, mixture_row(dfs_row, below, above)]
-        if config.dfs.static_cascade:
-            rows.append(static_cascade(config, data, dfs_row, below, small, start_result,
-                                       np.asarray(path[0]["plan"]), static_costs, above,
-                                       latency_images))
+                               os.path.join(workdir, "static_above", f"target_{target:g}"))
+            rows += [above[0], mixture_row(dfs_row, below, above[0])]
+            fine_tuned.append(above)
+    if config.dfs.static_cascade:
+        # One cheap network for every point: the cheapest static plan fine-tuned (fixed before
+        # any test accuracy is seen); the more BitOPs a point leaves above it, the more images
+        # can escalate.
+        cheapest = min(fine_tuned, key=lambda pair: pair[0]["test_bitops"])
+        start_plan = np.asarray(found[0][1][0]["plan"])  # every budget's search starts there
+        for dfs_row in dfs_rows:
+            rows.append(static_cascade(config, data, dfs_row, *cheapest, start_result, start_plan,
+                                       static_costs, [r for r, _ in fine_tuned], latency_images))
     return rows
 
 
@@ -241,9 +247,9 @@ def mixture_row(dfs_row, below, above) -> dict:
             "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}
 
 
-def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs, above,
+def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs, statics,
                    latency_images) -> dict:
-    """The static allocation `below` the DFS point (`small`: the model it runs on, fine-tuned
+    """A static allocation `below` the DFS point (`small`: the model it runs on, fine-tuned
     for it) escalating the test images it is least sure of to `large_plan` (the greedy search's
     start: the cheapest uniform plan at or above every budget, on the warm-up's model, not
     fine-tuned), as many as the point's BitOPs allow (`methods.cascade`, docs/dfs.md): a
@@ -251,8 +257,9 @@ def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs,
     The zoo backbones trained on every training image, so no image is unseen by both networks:
     the threshold is set two-fold on the test images' confidences (no labels;
     `cascade.two_fold_statistics`), as `make demo` sets its cascades'. Compared at its measured
-    BitOPs with the static mixture of `below` and `above` (when they bracket them) and with the
-    two networks mixed at random at its escalated share; batch-1 latency (`latency_images`) of
+    BitOPs with the mixture of the two fine-tuned static plans of `statics` (rows) nearest
+    below and above them (when two bracket them) and with the two networks mixed at random at
+    its escalated share; batch-1 latency (`latency_images`) of
     the cascade (the large plan only for an image that escalates), the float backbone and the
     small plan alone, interleaved."""
     from adaptive_jax.methods import cascade
@@ -289,9 +296,15 @@ def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs,
            "escalation_target_share": share, "large_plan_accuracy": large_accuracy,
            "cascade_minus_random_mixture_accuracy": stats["test_accuracy"] - random_mixture,
            "dfs_minus_static_cascade_accuracy": dfs_row["test_accuracy"] - stats["test_accuracy"]}
-    if above is not None and below["test_bitops"] <= bitops <= above["test_bitops"]:
-        mixed = search.mixture_at(below, above, bitops, "test_bitops", ("test_accuracy",))
-        row["cascade_minus_static_mixture_accuracy"] = stats["test_accuracy"] - mixed["test_accuracy"]
+    lower = [r for r in statics if r["test_bitops"] <= bitops]
+    upper = [r for r in statics if r["test_bitops"] > bitops]
+    if lower and upper:
+        low = max(lower, key=lambda r: r["test_bitops"])
+        high = min(upper, key=lambda r: r["test_bitops"])
+        mixed = search.mixture_at(low, high, bitops, "test_bitops", ("test_accuracy",))
+        row.update(static_mixture_accuracy=mixed["test_accuracy"],
+                   static_mixture_plans=[low["static_plan"], high["static_plan"]],
+                   cascade_minus_static_mixture_accuracy=stats["test_accuracy"] - mixed["test_accuracy"])
     if len(latency_images):
         row.update(cascade_latency(small, small_plan, warm, large_plan, options,
                                    stats["threshold"], latency_images))
