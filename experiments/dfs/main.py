@@ -226,12 +226,23 @@ def static_rows(config, workdir, data, dfs_rows, start_result, latency_images=()
         # One cheap network for every point: the cheapest static plan fine-tuned (fixed before
         # any test accuracy is seen); the more BitOPs a point leaves above it, the more images
         # can escalate.
-        cheapest = min(fine_tuned, key=lambda pair: pair[0]["test_bitops"])
+        cheap, small = min(fine_tuned, key=lambda pair: pair[0]["test_bitops"])
         start_plan = np.asarray(found[0][1][0]["plan"])  # every budget's search starts there
+        logits = (plan_test_logits(config, test_split, small, cheap["static_plan"]),
+                  plan_test_logits(config, test_split, start_result, start_plan))
         for dfs_row in dfs_rows:
-            rows.append(static_cascade(config, data, dfs_row, *cheapest, start_result, start_plan,
-                                       static_costs, [r for r, _ in fine_tuned], latency_images))
+            rows.append(static_cascade(config, data, dfs_row, cheap, small, start_result,
+                                       start_plan, logits, static_costs,
+                                       [r for r, _ in fine_tuned], latency_images))
     return rows
+
+
+def plan_test_logits(config, split, result, plan) -> np.ndarray:
+    """(N, classes) logits of `result`'s model running the option `plan` on every image."""
+    plan = np.asarray(plan, np.int32)
+    return loop.test_outputs(result["graphdef"], result["state"], split, config.dataset,
+                             lambda model, x: model.forward(x, plan=plan)[0],
+                             config.eval_batch_size)
 
 
 def mixture_row(dfs_row, below, above) -> dict:
@@ -247,12 +258,12 @@ def mixture_row(dfs_row, below, above) -> dict:
             "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}
 
 
-def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs, statics,
-                   latency_images) -> dict:
+def static_cascade(config, data, dfs_row, below, small, warm, large_plan, logits, costs,
+                   statics, latency_images) -> dict:
     """A static allocation `below` the DFS point (`small`: the model it runs on, fine-tuned
     for it) escalating the test images it is least sure of to `large_plan` (the greedy search's
     start: the cheapest uniform plan at or above every budget, on the warm-up's model, not
-    fine-tuned), as many as the point's BitOPs allow (`methods.cascade`, docs/dfs.md): a
+    fine-tuned; `logits`: both networks' on the test set), as many as the point's BitOPs allow (`methods.cascade`, docs/dfs.md): a
     per-image bitwidth choice by the network's own confidence, after the cheap plan has run.
     The zoo backbones trained on every training image, so no image is unseen by both networks:
     the threshold is set two-fold on the test images' confidences (no labels;
@@ -269,13 +280,7 @@ def static_cascade(config, data, dfs_row, below, small, warm, large_plan, costs,
     large_plan = np.asarray(large_plan, np.int32)
     small_plan = np.asarray(below["static_plan"], np.int32)
     large_bitops = float(costs.plan_bitops(large_plan))
-
-    def plan_logits(result, plan):
-        return loop.test_outputs(result["graphdef"], result["state"], test_split, config.dataset,
-                                 lambda model, x: model.forward(x, plan=plan)[0],
-                                 config.eval_batch_size)
-
-    small_logits, large_logits = plan_logits(small, small_plan), plan_logits(warm, large_plan)
+    small_logits, large_logits = logits
     labels = np.asarray(test_split.labels)
     share = cascade.share_for_cost(dfs_row["test_bitops"], below["test_bitops"], large_bitops)
     stats = cascade.two_fold_statistics(small_logits, large_logits, labels, share,
