@@ -258,37 +258,37 @@ def mixture_row(dfs_row, below, above) -> dict:
             "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}
 
 
-def static_cascade(config, data, dfs_row, below, small, warm, large_plan, logits, costs,
+def static_cascade(config, data, dfs_row, cheap, small, warm, large_plan, logits, costs,
                    statics, latency_images) -> dict:
-    """A static allocation `below` the DFS point (`small`: the model it runs on, fine-tuned
-    for it) escalating the test images it is least sure of to `large_plan` (the greedy search's
-    start: the cheapest uniform plan at or above every budget, on the warm-up's model, not
-    fine-tuned; `logits`: both networks' on the test set), as many as the point's BitOPs allow (`methods.cascade`, docs/dfs.md): a
-    per-image bitwidth choice by the network's own confidence, after the cheap plan has run.
-    The zoo backbones trained on every training image, so no image is unseen by both networks:
-    the threshold is set two-fold on the test images' confidences (no labels;
-    `cascade.two_fold_statistics`), as `make demo` sets its cascades'. Compared at its measured
-    BitOPs with the mixture of the two fine-tuned static plans of `statics` (rows) nearest
-    below and above them (when two bracket them) and with the two networks mixed at random at
-    its escalated share; batch-1 latency (`latency_images`) of
-    the cascade (the large plan only for an image that escalates), the float backbone and the
-    small plan alone, interleaved."""
+    """A static allocation under the DFS point (`cheap`: its row; `small`: the model it runs
+    on, fine-tuned for it) escalating the test images it is least sure of to `large_plan` (the
+    greedy search's start: the cheapest uniform plan at or above every budget, on the warm-up's
+    model `warm`, not fine-tuned), as many as the point's BitOPs allow (`methods.cascade`,
+    docs/dfs.md): a per-image bitwidth choice by the network's own confidence, after the cheap
+    plan has run. `logits`: both networks' on the test set. The zoo backbones trained on every
+    training image, so no image is unseen by both networks: the threshold is set two-fold on
+    the test images' confidences (no labels; `cascade.two_fold_statistics`), as `make demo`
+    sets its cascades'. Compared at its measured BitOPs with the mixture of the two fine-tuned
+    static plans of `statics` (rows) nearest below and above them (when two bracket them) and
+    with the two networks mixed at random at its escalated share; batch-1 latency
+    (`latency_images`) of the cascade (the large plan only for an image that escalates), the
+    float backbone and the small plan alone, interleaved."""
     from adaptive_jax.methods import cascade
 
     target, test_split = dfs_row["target"], data[1]
     options = dfs.menu(config)
     large_plan = np.asarray(large_plan, np.int32)
-    small_plan = np.asarray(below["static_plan"], np.int32)
+    small_plan = np.asarray(cheap["static_plan"], np.int32)
     large_bitops = float(costs.plan_bitops(large_plan))
     small_logits, large_logits = logits
     labels = np.asarray(test_split.labels)
-    share = cascade.share_for_cost(dfs_row["test_bitops"], below["test_bitops"], large_bitops)
+    share = cascade.share_for_cost(dfs_row["test_bitops"], cheap["test_bitops"], large_bitops)
     stats = cascade.two_fold_statistics(small_logits, large_logits, labels, share,
-                                        below["test_bitops"], large_bitops)
+                                        cheap["test_bitops"], large_bitops)
     escalated = stats.pop("escalated")
     bitops, bitops_cv = stats.pop("cost_mean"), stats.pop("cost_cv")
     large_accuracy = float(np.mean(large_logits.argmax(-1) == labels))
-    random_mixture = ((1 - stats["escalated_share"]) * below["test_accuracy"]
+    random_mixture = ((1 - stats["escalated_share"]) * cheap["test_accuracy"]
                       + stats["escalated_share"] * large_accuracy)
     relative = np.asarray(options.computation())
     computation = 100 * (relative[small_plan].mean() + escalated * relative[large_plan].mean())
@@ -309,7 +309,8 @@ def static_cascade(config, data, dfs_row, below, small, warm, large_plan, logits
         mixed = search.mixture_at(low, high, bitops, "test_bitops", ("test_accuracy",))
         row.update(static_mixture_accuracy=mixed["test_accuracy"],
                    static_mixture_plans=[low["static_plan"], high["static_plan"]],
-                   cascade_minus_static_mixture_accuracy=stats["test_accuracy"] - mixed["test_accuracy"])
+                   cascade_minus_static_mixture_accuracy=(stats["test_accuracy"]
+                                                          - mixed["test_accuracy"]))
     if len(latency_images):
         row.update(cascade_latency(small, small_plan, warm, large_plan, options,
                                    stats["threshold"], latency_images))
@@ -325,7 +326,8 @@ def cascade_latency(small, small_plan, large, large_plan, options, threshold, im
     from adaptive_jax.execution.predict import pure_predict
     from adaptive_jax.methods import cascade
 
-    backbone = nnx.merge(large["graphdef"], large["state"].params, large["state"].batch_stats).backbone
+    state = large["state"]
+    backbone = nnx.merge(large["graphdef"], state.params, state.batch_stats).backbone
     kernels, _ = latency.fastest_int8_kernels(backbone, 1)
     options = dataclasses.replace(options, kernels=kernels)
     executor = execution.cond(options)
@@ -341,7 +343,8 @@ def cascade_latency(small, small_plan, large, large_plan, options, threshold, im
         return (lambda params, stats_weights, x: run(params, stats_weights[0], x, stats_weights[1]),
                 (state.params, (state.batch_stats, weights)))
 
-    (small_net, small_state), (large_net, large_state) = plan_net(small, small_plan), plan_net(large, large_plan)
+    (small_net, small_state), (large_net, large_state) = (plan_net(small, small_plan),
+                                                          plan_net(large, large_plan))
     cascaded = cascade.predictor(small_net, large_net, threshold)
     full = execution.jit_predict(large["graphdef"], lambda model, x: model.backbone(x))
     small_jit = jax.jit(small_net)
