@@ -93,3 +93,21 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         assert point["gate_start_plan"] == start["plan"] and len(start["plan"]) == 3
         assert all(0 <= v < options for v in start["plan"])
         assert start["greedy_path"][-1]["price"] <= 30.0
+
+    # benchmarks.record_dfs records every comparison the run made, each under its own metric
+    results = tmp_path / "results"
+    proc = run_experiment("benchmarks.record_dfs", f"--workdir={workdir}", "--run_command=test",
+                          env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (results / "results.jsonl").read_text().splitlines()
+    recorded = {r["metric"]: r for r in map(json.loads, lines)}
+    expected = {"dfs_test_accuracy": dfs["test_accuracy"],
+                "dfs_minus_skip_only_accuracy": dfs["dfs_minus_skip_only_accuracy"],
+                "dfs_minus_static_mixture_accuracy": mix["dfs_minus_static_mixture_accuracy"],
+                "dfs_static_cascade_test_accuracy": chain["test_accuracy"],
+                "dfs_minus_static_cascade_accuracy": chain["dfs_minus_static_cascade_accuracy"]}
+    for metric, value in expected.items():
+        assert recorded[metric]["value"] == pytest.approx(value, abs=1e-4), metric
+    assert recorded["dfs_static_cascade_test_accuracy"]["static_plans"] == chain["static_plans"]
+    assert ("dfs_static_cascade_minus_static_mixture_accuracy" in recorded) == bracketed
+    assert "cascade @30%" in (results / "RESULTS.md").read_text()
