@@ -9,10 +9,10 @@ the same target) and `dfs_minus_static_accuracy` (the greedy static allocation a
 BitOPs, fine-tuned alike unless the run set dfs.static_finetune=False: `static_finetuned`), and
 with dfs.static_mixture `dfs_minus_static_mixture_accuracy` (that allocation and the greedy step
 above it, mixed at exactly the point's BitOPs); with dfs.static_cascade, per target, the cascade
-of that allocation into the search's uniform start plan (`dfs_static_cascade_test_accuracy`,
-`dfs_static_cascade_bitops`, `dfs_minus_static_cascade_accuracy`, and, where the static mixture
-brackets its measured BitOPs, `dfs_static_cascade_minus_static_mixture_accuracy`); the table goes
-to RESULTS.md.
+of the cheapest fine-tuned static allocation into the search's uniform start plan
+(`dfs_static_cascade_test_accuracy`, `dfs_static_cascade_bitops`,
+`dfs_minus_static_cascade_accuracy`, and, where two fine-tuned static plans bracket its measured
+BitOPs, `dfs_static_cascade_minus_static_mixture_accuracy`); the table goes to RESULTS.md.
 """
 
 from __future__ import annotations

@@ -354,6 +354,10 @@ def test_every_config_variant_is_valid_and_unknown_ones_are_refused():
     config.dfs.static_baseline, config.dfs.static_mixture = False, True
     with pytest.raises(ValueError, match="pass --config.dfs.static_baseline=True too"):
         dfs.check_config(config)
+    config = default.get_config("smoke")
+    config.dfs.static_baseline, config.dfs.static_cascade = False, True
+    with pytest.raises(ValueError, match="dfs.static_cascade starts from the static allocations"):
+        dfs.check_config(config)
 
 
 def test_greedy_per_saving_takes_the_big_free_step_first():

@@ -69,9 +69,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.dfs.static_finetune = True            # fine-tune each static plan for the joint step's steps
     c.dfs.static_mixture = False            # ... and the greedy step above it, the two mixed at
                                             # the DFS point's BitOPs (equal cost, docs/dfs.md)
-    c.dfs.static_cascade = False            # ... and the allocation below the point escalating
-                                            # its least sure images to the search's uniform start
-                                            # plan, at the point's BitOPs (methods.cascade)
+    c.dfs.static_cascade = False            # ... and the cheapest one fine-tuned escalating its
+                                            # least sure images to the search's uniform start
+                                            # plan, at each point's BitOPs (methods.cascade)
     c.dfs.gate_start = "warmup"             # "static_plan": each joint step's gate starts at the
                                             # greedy static allocation for its target (a per-block
                                             # prior), learning per-image deviations from there
