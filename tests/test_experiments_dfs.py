@@ -62,8 +62,9 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
         assert "targets" not in key["recipe"]["dfs"]  # another target list keeps these runs
     assert static["dfs_minus_static_accuracy"] == pytest.approx(
         dfs["test_accuracy"] - static["test_accuracy"])
-    # the cascade: the static allocation below the point, its least sure test images escalated
-    # to the search's start plan (the warm-up's model), as many as the point's BitOPs allow
+    # the cascade: the cheapest fine-tuned static allocation (here the one below the point), its
+    # least sure test images escalated to the search's start plan (the warm-up's model), as
+    # many as the point's BitOPs allow
     chain = points["cascade @30%"]
     start = static["greedy_path"][0]["plan"]
     assert chain["static_plans"] == [static["static_plan"], start]

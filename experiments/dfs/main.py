@@ -230,10 +230,11 @@ def static_rows(config, workdir, data, dfs_rows, start_result, latency_images=()
         start_plan = np.asarray(found[0][1][0]["plan"])  # every budget's search starts there
         logits = (plan_test_logits(config, test_split, small, cheap["static_plan"]),
                   plan_test_logits(config, test_split, start_result, start_plan))
+        timer = (cascade_timer(small, cheap["static_plan"], start_result, start_plan, options,
+                               latency_images) if len(latency_images) else None)
         for dfs_row in dfs_rows:
-            rows.append(static_cascade(config, data, dfs_row, cheap, small, start_result,
-                                       start_plan, logits, static_costs,
-                                       [r for r, _ in fine_tuned], latency_images))
+            rows.append(static_cascade(config, data, dfs_row, cheap, start_plan, logits,
+                                       static_costs, [r for r, _ in fine_tuned], timer))
     return rows
 
 
@@ -258,21 +259,20 @@ def mixture_row(dfs_row, below, above) -> dict:
             "dfs_minus_static_mixture_accuracy": dfs_row["test_accuracy"] - mixed["test_accuracy"]}
 
 
-def static_cascade(config, data, dfs_row, cheap, small, warm, large_plan, logits, costs,
-                   statics, latency_images) -> dict:
-    """A static allocation under the DFS point (`cheap`: its row; `small`: the model it runs
-    on, fine-tuned for it) escalating the test images it is least sure of to `large_plan` (the
-    greedy search's start: the cheapest uniform plan at or above every budget, on the warm-up's
-    model `warm`, not fine-tuned), as many as the point's BitOPs allow (`methods.cascade`,
+def static_cascade(config, data, dfs_row, cheap, large_plan, logits, costs, statics,
+                   timer=None) -> dict:
+    """A static allocation under the DFS point (`cheap`: its row; its model fine-tuned for it)
+    escalating the test images it is least sure of to `large_plan` (the greedy search's start:
+    the cheapest uniform plan at or above every budget, on the warm-up's model, not
+    fine-tuned), as many as the point's BitOPs allow (`methods.cascade`,
     docs/dfs.md): a per-image bitwidth choice by the network's own confidence, after the cheap
     plan has run. `logits`: both networks' on the test set. The zoo backbones trained on every
     training image, so no image is unseen by both networks: the threshold is set two-fold on
     the test images' confidences (no labels; `cascade.two_fold_statistics`), as `make demo`
     sets its cascades'. Compared at its measured BitOPs with the mixture of the two fine-tuned
     static plans of `statics` (rows) nearest below and above them (when two bracket them) and
-    with the two networks mixed at random at its escalated share; batch-1 latency
-    (`latency_images`) of the cascade (the large plan only for an image that escalates), the
-    float backbone and the small plan alone, interleaved."""
+    with the two networks mixed at random at its escalated share; with `timer`
+    (`cascade_timer`), its batch-1 latency at its threshold."""
     from adaptive_jax.methods import cascade
 
     target, test_split = dfs_row["target"], data[1]
@@ -311,18 +311,18 @@ def static_cascade(config, data, dfs_row, cheap, small, warm, large_plan, logits
                    static_mixture_plans=[low["static_plan"], high["static_plan"]],
                    cascade_minus_static_mixture_accuracy=(stats["test_accuracy"]
                                                           - mixed["test_accuracy"]))
-    if len(latency_images):
-        row.update(cascade_latency(small, small_plan, warm, large_plan, options,
-                                   stats["threshold"], latency_images))
+    if timer is not None:
+        row.update(timer(stats["threshold"]))
     return row
 
 
-def cascade_latency(small, small_plan, large, large_plan, options, threshold, images) -> dict:
-    """Batch-1 ms of the cascade (`methods.cascade.predictor`: the small plan, then the large
-    one only if the image escalates), the float backbone and the small plan alone: each plan
-    through the cond executor (only its options run), kernels quantised once and the 8-bit
-    option on the integer kernel of each conv shape where one measured faster here (as
-    `measure_latency` runs DFS), interleaved."""
+def cascade_timer(small, small_plan, large, large_plan, options, images):
+    """threshold -> batch-1 ms on `images` of the cascade (`methods.cascade.predictor`: the
+    small plan, then the large one only if the image escalates), the float backbone and the
+    small plan alone, interleaved: each plan through the cond executor (only its options run),
+    kernels quantised once and the 8-bit option on the integer kernel of each conv shape where
+    one measured faster here (as `measure_latency` runs DFS). The kernels are measured, the
+    weights prepared and the plans compiled once, for every threshold."""
     from adaptive_jax.execution.predict import pure_predict
     from adaptive_jax.methods import cascade
 
@@ -339,21 +339,25 @@ def cascade_latency(small, small_plan, large, large_plan, options, threshold, im
         model.options = options
         weights = model.prepare_weights()
         run = pure_predict(nnx.graphdef(model), lambda model, x, weights: executor.forward(
-            model.quantized(weights), x, jnp.asarray(plan)))
+            model.quantized(weights), x, jnp.asarray(plan, jnp.int32)))
         return (lambda params, stats_weights, x: run(params, stats_weights[0], x, stats_weights[1]),
                 (state.params, (state.batch_stats, weights)))
 
     (small_net, small_state), (large_net, large_state) = (plan_net(small, small_plan),
                                                           plan_net(large, large_plan))
-    cascaded = cascade.predictor(small_net, large_net, threshold)
     full = execution.jit_predict(large["graphdef"], lambda model, x: model.backbone(x))
     small_jit = jax.jit(small_net)
     full_state = (large["state"].params, large["state"].batch_stats)
-    cascade_ms, full_ms, small_ms = latency.interleaved_batch1_ms(
-        (lambda s, l, x: cascaded(s, l, x)[0], lambda s, l, x: full(*full_state, x),
-         lambda s, l, x: small_jit(*s, x)), (small_state, large_state), images)
-    return {"latency_b1_ms": cascade_ms, "full_latency_b1_ms": full_ms,
-            "speedup_b1": full_ms / cascade_ms, "small_plan_latency_b1_ms": small_ms}
+
+    def time_at(threshold: float) -> dict:
+        cascaded = cascade.predictor(small_net, large_net, threshold)
+        cascade_ms, full_ms, small_ms = latency.interleaved_batch1_ms(
+            (lambda s, l, x: cascaded(s, l, x)[0], lambda s, l, x: full(*full_state, x),
+             lambda s, l, x: small_jit(*s, x)), (small_state, large_state), images)
+        return {"latency_b1_ms": cascade_ms, "full_latency_b1_ms": full_ms,
+                "speedup_b1": full_ms / cascade_ms, "small_plan_latency_b1_ms": small_ms}
+
+    return time_at
 
 
 def run(config, workdir: str, latency_images: int = 8) -> list[dict]:
