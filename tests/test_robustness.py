@@ -206,13 +206,36 @@ def test_a_second_process_is_refused_too(tmp_path):
     assert out.returncode != 0 and f"pid {os.getpid()}" in out.stderr
 
 
-def test_a_fresh_run_refuses_a_workdir_that_holds_another_runs_metrics(tmp_path, tiny_data):
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(tiny_config(stop_after_steps=2), workdir, data=tiny_data)
+def killed_before_its_first_checkpoint(workdir, tiny_data, **config):
+    """A run that logged 2 steps and lost its checkpoint (as if killed before the first save)."""
+    train_and_evaluate(tiny_config(stop_after_steps=2, **config), workdir, data=tiny_data)
     import shutil
     shutil.rmtree(os.path.join(workdir, "checkpoints"))
-    with pytest.raises(WorkdirError, match="metrics.jsonl holds 2 metric records .* no checkpoint"):
+
+
+def test_a_fresh_run_refuses_a_workdir_that_holds_another_runs_metrics(tmp_path, tiny_data):
+    workdir = str(tmp_path / "run")
+    killed_before_its_first_checkpoint(workdir, tiny_data, seed=1)
+    with pytest.raises(WorkdirError, match="metrics.jsonl holds 2 metric records .* no checkpoint"
+                       ".* another recipe \\(seed: held 1, wanted 0\\)"):
         train_and_evaluate(tiny_config(), workdir, data=tiny_data)
+    os.remove(os.path.join(workdir, "recipe.json"))  # a history with no recipe: refused too
+    with pytest.raises(WorkdirError, match="no recipe recorded beside it"):
+        train_and_evaluate(tiny_config(), workdir, data=tiny_data)
+
+
+def test_the_same_run_killed_before_its_first_checkpoint_starts_over(tmp_path, tiny_data,
+                                                                      straight_run, capsys):
+    workdir = str(tmp_path / "run")
+    killed_before_its_first_checkpoint(workdir, tiny_data)
+    result = train_and_evaluate(tiny_config(), workdir, data=tiny_data)  # only bookkeeping differs
+    assert "moved 2 metric records" in capsys.readouterr().out
+    straight, straight_metrics = straight_run
+    assert leaves_equal(result["state"].params, straight["state"].params)
+    again = train_metrics(workdir)
+    assert sorted(again) == list(range(1, 9))
+    assert again[2]["train_loss"] == straight_metrics[2]["train_loss"]
+    assert len(read_metrics(os.path.join(workdir, "metrics.dropped.jsonl"))) == 2
 
 
 # -- refused at the door ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from adaptive_jax.data import datasets, pipeline
 from adaptive_jax.models.resnet import SHORTCUT_KINDS, CifarResNet, ResNetSpec
 from adaptive_jax.nn.conv import LOWERINGS
 from adaptive_jax.train import checkpoint, metrics as metrics_lib, optim, sharding, steps
-from adaptive_jax.train.workdir import WorkdirLock, reconcile_metrics
+from adaptive_jax.train.workdir import WorkdirLock, reconcile_metrics, record_recipe
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -312,7 +312,8 @@ def _train_and_evaluate(config, workdir, data, task) -> dict:
         elif task.init_state is not None:
             state = task.init_state(state)
         metrics_path = os.path.join(workdir, "metrics.jsonl")
-        reconcile_metrics(metrics_path, restored_step)
+        reconcile_metrics(metrics_path, restored_step, recipe_of(config))
+        record_recipe(workdir, recipe_of(config))
         if trained_s is None:  # a checkpoint written before it kept its time: the last record's
             trained_s = metrics_lib.recorded_train_time(workdir) or 0.0
         state = sharding.replicate(state, mesh)

@@ -6,8 +6,10 @@ The kernel drops the lock when its holder dies, so a killed run never leaves a s
 
 `reconcile_metrics`: a resumed run restarts at its checkpoint's step, so metric records written
 after that step by the interrupted run would be written twice. They are moved (not deleted) to
-`metrics.dropped.jsonl`, and the move is reported. A run with no checkpoint to resume from refuses
-a workdir that already holds metrics: that history belongs to another run.
+`metrics.dropped.jsonl`, and the move is reported. A run with no checkpoint to resume from finds
+metrics either from itself, killed before its first checkpoint (the workdir's `recipe.json`, written
+at every start, holds the same recipe: the records are moved aside and it starts over), or from
+another run (another recipe, or none recorded): refused, naming what differs.
 
 `claim_run_dir`: a run whose identity is not in its config (a baseline trained for a plan that a
 search chose) ties its directory to what defines it, in `run_key.json`, so that a later run with
@@ -75,7 +77,7 @@ def claim_run_dir(run_dir: str, key: dict) -> str:
     directory with files but no key, is refused (WorkdirError naming the differing entries).
     """
     path = os.path.join(run_dir, RUN_KEY_FILE)
-    key = json.loads(json.dumps(key))  # the form it is stored in (tuples as lists)
+    key = _as_stored(key)
     if os.path.exists(path):
         with open(path) as f:
             held = json.load(f)
@@ -125,11 +127,24 @@ def _holder(path: str) -> str:
         return "holder unknown"
 
 
-def reconcile_metrics(path: str, restored_step: int | None) -> int:
+RECIPE_FILE = "recipe.json"
+
+
+def record_recipe(workdir: str, recipe: dict) -> None:
+    """Writes `recipe` (what the run's weights depend on) to `<workdir>/recipe.json`, atomically."""
+    path = os.path.join(workdir, RECIPE_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(_as_stored(recipe), f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def reconcile_metrics(path: str, restored_step: int | None, recipe: dict | None = None) -> int:
     """Makes `path` (metrics.jsonl) the history of a run at `restored_step` (None: a fresh run).
 
-    Returns how many records were moved to `metrics.dropped.jsonl`. A fresh run refuses an
-    existing non-empty history (WorkdirError naming the file and the two ways out).
+    Returns how many records were moved to `metrics.dropped.jsonl`. A fresh run (no checkpoint)
+    with an existing non-empty history starts over if `recipe` equals the recipe recorded beside it
+    (the same run, killed before its first checkpoint), and is refused otherwise (WorkdirError
+    naming the file, what differs, and the ways out).
     """
     if not os.path.exists(path):
         return 0
@@ -138,15 +153,20 @@ def reconcile_metrics(path: str, restored_step: int | None) -> int:
     if not lines:
         return 0
     if restored_step is None:
-        last = json.loads(lines[-1]).get("step")
-        raise WorkdirError(
-            f"{path} holds {len(lines)} metric records (up to step {last}) but there is no checkpoint "
-            "to resume from: it is another run's history, or a run killed before its first "
-            "checkpoint. Delete that file (or the whole workdir) to start over here, or pass a new "
-            "--workdir")
+        held = _held_recipe(os.path.dirname(path))
+        if held is None or recipe is None or held != _as_stored(recipe):
+            last = json.loads(lines[-1]).get("step")
+            why = ("no recipe recorded beside it, so it is another run's history" if held is None
+                   or recipe is None else "a run of another recipe (" + "; ".join(
+                       _differing_entries(held, _as_stored(recipe))) + ")")
+            raise WorkdirError(
+                f"{path} holds {len(lines)} metric records (up to step {last}) but there is no "
+                f"checkpoint to resume from: {why}. Delete that file (or the whole workdir) to "
+                "start over here, or pass a new --workdir")
+    start_over = restored_step is None  # the same run, killed before its first checkpoint
     keep, drop = [], []
     for line in lines:
-        (keep if json.loads(line)["step"] <= restored_step else drop).append(line)
+        (keep if not start_over and json.loads(line)["step"] <= restored_step else drop).append(line)
     if drop:
         dropped_path = os.path.join(os.path.dirname(path), "metrics.dropped.jsonl")
         with open(dropped_path, "a") as f:
@@ -155,6 +175,21 @@ def reconcile_metrics(path: str, restored_step: int | None) -> int:
         with open(tmp, "w") as f:
             f.writelines(keep)
         os.replace(tmp, path)
-        print(f"resuming at step {restored_step}: moved {len(drop)} metric records written after "
+        print(f"starting over (this recipe's run was stopped before its first checkpoint): moved "
+              f"{len(drop)} metric records to {dropped_path}" if start_over else
+              f"resuming at step {restored_step}: moved {len(drop)} metric records written after "
               f"it by the interrupted run to {dropped_path}", flush=True)
     return len(drop)
+
+
+def _as_stored(value):
+    """`value` as JSON gives it back (tuples as lists), for comparison with a stored copy."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _held_recipe(workdir: str) -> dict | None:
+    try:
+        with open(os.path.join(workdir, RECIPE_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
