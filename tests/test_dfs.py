@@ -547,6 +547,19 @@ def test_static_allocation_priced_in_computation_percent_meets_the_target():
         dfs.static_allocation(graphdef, state, split, "cifar10", SMALL, costs, [40.0], price="macs")
 
 
+def test_the_gate_starts_at_the_searched_plan_or_at_the_step_above_the_target():
+    path = [{"plan": [3, 3, 3], "price": 50.0}, {"plan": [2, 3, 3], "price": 44.0},
+            {"plan": [2, 2, 3], "price": 38.0}]
+    found = np.array([2, 2, 3])
+    assert dfs.gate_start_of_search(found, path, "static_plan").tolist() == [2, 2, 3]
+    above = dfs.gate_start_of_search(found, path, "static_plan_above")
+    assert above.tolist() == [2, 3, 3] and above.dtype == np.int32
+    # a search that started under the target priced nothing above it: its plan
+    assert dfs.gate_start_of_search(found, path[-1:], "static_plan_above").tolist() == [2, 2, 3]
+    with pytest.raises(ValueError, match="no plan to start the gate at"):
+        dfs.gate_start_of_search(found, path, "warmup")
+
+
 def test_a_static_allocation_run_is_keyed_by_plan_start_and_training_not_by_the_experiment():
     """The experiment may add targets or baselines and keep its static runs; a change to the
     plan, the starting state or what the fine-tuning reads makes another run."""

@@ -32,7 +32,7 @@ from adaptive_jax.methods.dfs import GATES, DFSNet
 from adaptive_jax.models.options import ESTIMATORS, Bitwidths
 from adaptive_jax.train import checkpoint, loop, optim, search, steps
 
-GATE_STARTS = ("warmup", "static_plan")  # where each joint step's gate starts
+GATE_STARTS = ("warmup", "static_plan", "static_plan_above")  # where each joint step's gate starts
 RECIPES = {  # (learning rate, schedule) of each step
     "readme": {"warmup": (0.01, "constant"), "joint": (0.01, "step")},
     "paper": {"warmup": (0.1, "step"), "joint": (0.1, "step")},
@@ -74,7 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
                                             # plan, at each point's BitOPs (methods.cascade)
     c.dfs.gate_start = "warmup"             # "static_plan": each joint step's gate starts at the
                                             # greedy static allocation for its target (a per-block
-                                            # prior), learning per-image deviations from there
+                                            # prior), learning per-image deviations from there;
+                                            # "static_plan_above": at the greedy search's step
+                                            # just above the target, so that the budget term
+                                            # pulls computation down from the start (docs/dfs.md)
     c.dfs.gate_start_margin = 2.0           # ... the static option's logit above the others
     return c
 
@@ -338,6 +341,18 @@ def static_allocation(graphdef, state, split, dataset: str, options: Bitwidths,
         path = path + (more if not path else more[1:])
         results[budget] = (plan, list(path))
     return [results[b] for b in budgets]
+
+
+def gate_start_of_search(plan, search_path: list[dict], gate_start: str) -> np.ndarray:
+    """The plan a joint step's gate starts at, from the greedy search at its target: `plan` (the
+    search's result, at or under the target) for "static_plan"; for "static_plan_above" the
+    search's step before it, the cheapest plan it priced above the target (`plan` itself when the
+    search started at or under the target: nothing above it was priced)."""
+    if gate_start not in GATE_STARTS[1:]:
+        raise ValueError(f"no plan to start the gate at for dfs.gate_start={gate_start!r}")
+    if gate_start == "static_plan_above" and len(search_path) >= 2:
+        return np.asarray(search_path[-2]["plan"], np.int32)
+    return np.asarray(plan, np.int32)
 
 
 def start_at_plan(graphdef, state: steps.TrainState, plan, margin: float) -> steps.TrainState:

@@ -75,9 +75,9 @@ def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[lis
         warm = train_and_evaluate(dfs.step_config(config, "warmup", 100.0),
                                   os.path.join(workdir, name, "warmup"), data, dfs.task("warmup"))
         start = warm["state"]
-    from_plan = config.dfs.gate_start == "static_plan"
+    from_plan = config.dfs.gate_start != "warmup"
     if from_plan and warm is None:
-        raise ValueError("dfs.gate_start='static_plan' searches the plan on the warm-up's "
+        raise ValueError(f"dfs.gate_start={config.dfs.gate_start!r} searches the plan on the warm-up's "
                          "backbone and calibrated ranges: set dfs.warmup_epochs >= 1")
     rows = []
     for target in config.dfs.targets:
@@ -107,8 +107,9 @@ def train_menu(config, workdir: str, data, name: str, latency_args) -> tuple[lis
 def gate_start_plan(config, run_dir: str, train_split, warm: dict, target: float) -> np.ndarray:
     """The greedy static allocation at `target` computation percent, searched on the warm-up's
     model over the last dfs.static_heldout_examples training images: where the joint step's gate
-    starts with dfs.gate_start='static_plan'. Kept in RUN_DIR/gate_start_plan.json, so a resumed
-    run starts from the same plan."""
+    starts with dfs.gate_start='static_plan' (with 'static_plan_above', the search's step just
+    above the target: `dfs.gate_start_of_search`). The search is kept in
+    RUN_DIR/gate_start_plan.json, so a resumed run starts from the same plan."""
     path = os.path.join(run_dir, "gate_start_plan.json")
     n = config.dfs.static_heldout_examples
     key = {"target": float(target), "heldout_examples": n}
@@ -116,7 +117,8 @@ def gate_start_plan(config, run_dir: str, train_split, warm: dict, target: float
         with open(path) as f:
             cached = json.load(f)
         if cached["key"] == key:
-            return np.asarray(cached["plan"], np.int32)
+            return dfs.gate_start_of_search(cached["plan"], cached["greedy_path"],
+                                            config.dfs.gate_start)
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
     costs = dfs.model_costs(config, train_split.num_classes, train_split.images.shape[-1])
     [(plan, search_path)] = dfs.static_allocation(
@@ -127,7 +129,7 @@ def gate_start_plan(config, run_dir: str, train_split, warm: dict, target: float
     with open(path + ".tmp", "w") as f:
         json.dump({"key": key, "plan": plan.tolist(), "greedy_path": search_path}, f)
     os.replace(path + ".tmp", path)
-    return np.asarray(plan, np.int32)
+    return dfs.gate_start_of_search(plan, search_path, config.dfs.gate_start)
 
 
 def measure_latency(result: dict, images) -> dict:
