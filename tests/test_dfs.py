@@ -547,6 +547,24 @@ def test_static_allocation_priced_in_computation_percent_meets_the_target():
         dfs.static_allocation(graphdef, state, split, "cifar10", SMALL, costs, [40.0], price="macs")
 
 
+def test_starting_the_gate_and_calibrating_ranges_leave_the_given_state_as_it_was():
+    """Both return a new state; the warm-up's, which every joint step and static run starts from
+    (and whose digest keys the static runs), stays as it was (an eager nnx.merge shares its
+    variables with the state it merges: found when a run's static runs were refused)."""
+    import optax
+    from adaptive_jax.train import checkpoint, create_train_state
+
+    model = DFSNet(resnet(8), rngs=nnx.Rngs(0))
+    graphdef, state = create_train_state(model, optax.identity(), 0)
+    digest = lambda s: checkpoint.state_digest({"params": s.params, "batch_stats": s.batch_stats})  # noqa: E731
+    before = digest(state)
+    started = dfs.start_at_plan(graphdef, state, np.array([0, 1, 2]), 0.5)
+    assert digest(state) == before and digest(started) != before
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    _, calibrated = dfs.calibrate_ranges(graphdef, state, [images], "cifar10")
+    assert digest(state) == before and digest(calibrated) != before
+
+
 def test_the_gate_starts_at_the_searched_plan_or_at_the_step_above_the_target():
     path = [{"plan": [3, 3, 3], "price": 50.0}, {"plan": [2, 3, 3], "price": 44.0},
             {"plan": [2, 2, 3], "price": 38.0}]

@@ -134,6 +134,21 @@ def test_a_head_started_at_a_plan_gives_every_image_that_plan(logit_norm):
         model.policy.start_at_plan(plan, margin=0.0)
 
 
+def test_starting_the_head_at_a_plan_leaves_the_given_state_as_it_was():
+    """ofas.start_at_plan returns a new state: the one it is given (stage A's, shared by every
+    penalty and digested in the static sub-nets' run keys) is not changed through the merge."""
+    import optax
+    from adaptive_jax.train import checkpoint
+
+    rngs = nnx.Rngs(jax.random.key(0, impl="rbg"))
+    model = OFASNet(CifarResNet(ResNetSpec(DEPTH), rngs=rngs), (32,), rngs=rngs)
+    graphdef, state = create_train_state(model, optax.identity(), 0)
+    digest = lambda s: checkpoint.state_digest({"params": s.params, "batch_stats": s.batch_stats})  # noqa: E731
+    before = digest(state)
+    started = ofas.start_at_plan(graphdef, state, np.array([True, False] * 3), 3.0)
+    assert digest(state) == before and digest(started) != before
+
+
 def test_plan_macs_count_the_head(net):
     costs = net.costs()
     assert costs.policy_macs == 16 * 32 + 32 * 6

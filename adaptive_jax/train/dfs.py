@@ -357,8 +357,9 @@ def gate_start_of_search(plan, search_path: list[dict], gate_start: str) -> np.n
 
 def start_at_plan(graphdef, state: steps.TrainState, plan, margin: float) -> steps.TrainState:
     """`state` with its gate set to run `plan` ((L,) option ints) for every image
-    (`DFSNet.start_gate_at_plan`); backbone, statistics and ranges unchanged."""
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    (`DFSNet.start_gate_at_plan`); backbone, statistics and ranges unchanged. `state` itself is
+    left as it was (merged as a copy: an eager merge shares its variables with the state)."""
+    model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
     model.start_gate_at_plan(plan, margin)
     return state.replace(params=nnx.state(model, nnx.Param))
 
@@ -373,7 +374,7 @@ def calibrate_ranges(graphdef, state, batches, dataset: str, per_bitwidth: bool 
     from adaptive_jax.data import datasets
 
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)  # `state` unchanged
     model.options = dataclasses.replace(model.options, per_bitwidth_ranges=per_bitwidth)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
 

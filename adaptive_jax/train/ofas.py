@@ -412,8 +412,9 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
 
 
 def start_at_plan(graphdef, state: steps.TrainState, plan, margin: float) -> steps.TrainState:
-    """`state` with its head started at `plan` for every image (`OFASHead.start_at_plan`)."""
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    """`state` with its head started at `plan` for every image (`OFASHead.start_at_plan`);
+    `state` itself unchanged (merged as a copy: an eager merge shares its variables)."""
+    model = nnx.merge(graphdef, state.params, state.batch_stats, copy=True)
     model.policy.start_at_plan(np.asarray(plan, bool), margin)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return state.replace(params=params, batch_stats=batch_stats)

@@ -82,7 +82,8 @@ def run(config, workdir: str, calibration_batches: int = 20, data=None) -> list[
         mean=datasets.CHANNEL_MEAN[config.dataset], std=datasets.CHANNEL_STD[config.dataset])
     rows = {}
     for order in ("trained", "sorted"):
-        model = nnx.merge(graphdef, trained["state"].params, trained["state"].batch_stats)
+        model = nnx.merge(graphdef, trained["state"].params, trained["state"].batch_stats,
+                          copy=True)  # each order from the trained weights, which stay as they are
         if order == "sorted":
             sort_channels_by_importance(model)  # also starts narrow BNs from the full prefix
         else:
