@@ -13,6 +13,11 @@ of the cheapest fine-tuned static allocation into the search's uniform start pla
 (`dfs_static_cascade_test_accuracy`, `dfs_static_cascade_bitops`,
 `dfs_minus_static_cascade_accuracy`, and, where two fine-tuned static plans bracket its measured
 BitOPs, `dfs_static_cascade_minus_static_mixture_accuracy`); the table goes to RESULTS.md.
+
+`--static_from=OTHER_WORKDIR`: a run without static baselines of its own, compared with another
+run's fine-tuned static plans (both from the same warm-up: say so in `--note`), mixed at each
+point's BitOPs where two of them bracket it (`dfs_minus_static_mixture_accuracy`, with
+`static_from` in the figure).
 """
 
 from __future__ import annotations
@@ -23,12 +28,15 @@ import os
 from absl import app, flags
 
 from adaptive_jax import report
+from adaptive_jax.train import search
 from benchmarks import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The DFS run's workdir (holding report.json).")
 flags.DEFINE_string("run_command", None, "The command that trained the run.")
 flags.DEFINE_string("note", "", "Anything a reader must know.")
+flags.DEFINE_string("static_from", "", "Another run's workdir whose fine-tuned static plans this "
+                    "run's DFS points are compared with (same warm-up), where its own has none.")
 flags.mark_flags_as_required(["workdir", "run_command"])
 
 COLUMNS = [("point", "point", "s"), ("test_accuracy", "top-1", ".4f"),
@@ -52,6 +60,8 @@ def main(argv):
     static = {p["target"]: p for p in run["points"] if p["menu"] == "static"}
     mixture = {p["target"]: p for p in run["points"] if p["menu"] == "static_mix"}
     cascades = {p["target"]: p for p in run["points"] if p["menu"] == "static_cascade"}
+    if FLAGS.static_from:
+        mixture.update(static_mixtures_from(FLAGS.static_from, run["points"], set(mixture)))
     figures, rows = [], []
     for point in run["points"]:
         row = dict(point)
@@ -69,8 +79,9 @@ def main(argv):
         common_keys = {"unit": "", "model": model, "target_pct": point["target"],
                        "gate": run.get("gate"), "init_from": run.get("init_from"),
                        "estimator": run.get("estimator", "one_path"),
-                       # the gate started at the static plan for its target (dfs.gate_start)
-                       "gate_start": "static_plan" if "gate_start_plan" in point else "warmup",
+                       # dfs.gate_start (reports from before it was written: inferred)
+                       "gate_start": run.get("gate_start") or (
+                           "static_plan" if "gate_start_plan" in point else "warmup"),
                        "static_finetuned": "untuned_test_accuracy" in static.get(point["target"], {}),
                        "run_command": FLAGS.run_command}
         figures.append({**common_keys, "metric": "dfs_test_accuracy", "unit": "fraction",
@@ -87,8 +98,10 @@ def main(argv):
         for key in ("dfs_minus_skip_only_accuracy", "dfs_minus_static_accuracy",
                     "dfs_minus_static_mixture_accuracy", "dfs_minus_static_cascade_accuracy"):
             if row.get(key) is not None:
+                source = mixture.get(point["target"], {}).get("static_from")
+                where = {"static_from": source} if source and key.endswith("mixture_accuracy") else {}
                 figures.append({**common_keys, "metric": key, "unit": "fraction",
-                                "value": round(row[key], 4)})
+                                "value": round(row[key], 4), **where})
         chain = cascades.get(point["target"])
         if chain is not None:  # the static allocation escalating its least sure images
             cascade_keys = {**common_keys, "static_plans": chain["static_plans"],
@@ -104,6 +117,28 @@ def main(argv):
     table = report.format_table(rows, COLUMNS)
     print(table)
     common.append_results("dfs_curve", figures, table, notes=FLAGS.note)
+
+
+def static_mixtures_from(workdir: str, points: list[dict], targets_done: set) -> dict:
+    """{target: mixture row} for this run's DFS points (those not in `targets_done`) against the
+    fine-tuned static plans of the run in `workdir`, where two of them bracket the point's
+    BitOPs (`search.bracketing_mixture`)."""
+    with open(os.path.join(workdir, "report.json")) as f:
+        statics = [p for p in json.load(f)["points"] if p["menu"] in ("static", "static_above")]
+    if not statics:
+        raise ValueError(f"{workdir}/report.json has no static plans to compare with")
+    out = {}
+    for point in points:
+        if point["menu"] != "dfs" or point["target"] in targets_done:
+            continue
+        mixed = search.bracketing_mixture(statics, point["test_bitops"], "test_bitops",
+                                          ("test_accuracy",))
+        if mixed is not None:
+            out[point["target"]] = {
+                "static_from": workdir, "test_accuracy": mixed["test_accuracy"],
+                "static_mixture_plans": [mixed["below"]["static_plan"], mixed["above"]["static_plan"]],
+                "dfs_minus_static_mixture_accuracy": point["test_accuracy"] - mixed["test_accuracy"]}
+    return out
 
 
 if __name__ == "__main__":

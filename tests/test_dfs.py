@@ -565,6 +565,16 @@ def test_starting_the_gate_and_calibrating_ranges_leave_the_given_state_as_it_wa
     assert digest(state) == before and digest(calibrated) != before
 
 
+def test_the_bracketing_mixture_takes_the_nearest_plans_on_either_side():
+    rows = [{"c": 1.0, "a": 0.5}, {"c": 2.0, "a": 0.6}, {"c": 4.0, "a": 0.8}, {"c": 8.0, "a": 0.9}]
+    mixed = search.bracketing_mixture(rows, 3.0, "c", ("a",))
+    assert mixed["below"] is rows[1] and mixed["above"] is rows[2]
+    assert mixed["share_above"] == pytest.approx(0.5) and mixed["a"] == pytest.approx(0.7)
+    assert search.bracketing_mixture(rows, 2.0, "c", ("a",))["a"] == pytest.approx(0.6)  # at a plan
+    assert search.bracketing_mixture(rows, 9.0, "c", ("a",)) is None  # nothing above
+    assert search.bracketing_mixture(rows, 0.5, "c", ("a",)) is None  # nothing at or below
+
+
 def test_the_gate_starts_at_the_searched_plan_or_at_the_step_above_the_target():
     path = [{"plan": [3, 3, 3], "price": 50.0}, {"plan": [2, 3, 3], "price": 44.0},
             {"plan": [2, 2, 3], "price": 38.0}]

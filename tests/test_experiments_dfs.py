@@ -112,3 +112,38 @@ def test_dfs_smoke_end_to_end(tiny_cifar_manual_dir, tmp_path):
     assert recorded["dfs_static_cascade_test_accuracy"]["static_plans"] == chain["static_plans"]
     assert ("dfs_static_cascade_minus_static_mixture_accuracy" in recorded) == bracketed
     assert "cascade @30%" in (results / "RESULTS.md").read_text()
+    assert recorded["dfs_test_accuracy"]["gate_start"] == "static_plan"
+
+
+def test_record_dfs_compares_a_run_with_another_runs_static_plans(tmp_path):
+    """--static_from: DFS points of a run with no static baseline, against another run's
+    fine-tuned static plans mixed at each point's BitOPs where two bracket it; the run's own
+    dfs.gate_start recorded as it was."""
+    def write(workdir, points, **run):
+        workdir.mkdir()
+        (workdir / "report.json").write_text(json.dumps(
+            {"model": "dfs_resnet8", "gate_start": "static_plan_above", **run, "points": points}))
+
+    def dfs_point(target, accuracy, bitops):
+        return {"point": f"dfs @{target}%", "menu": "dfs", "target": target,
+                "test_accuracy": accuracy, "test_bitops": bitops, "test_computation_pct": target}
+
+    def static_point(menu, accuracy, bitops, plan):
+        return {"point": menu, "menu": menu, "target": 4.0, "test_accuracy": accuracy,
+                "test_bitops": bitops, "static_plan": plan}
+
+    write(tmp_path / "run", [dfs_point(4.0, 0.80, 3.5e9), dfs_point(5.0, 0.87, 9.0e9)])
+    write(tmp_path / "other", [static_point("static", 0.85, 3.0e9, [1, 0]),
+                               static_point("static_above", 0.86, 4.0e9, [1, 1]),
+                               static_point("static", 0.87, 5.0e9, [2, 1])], gate_start="warmup")
+    results = tmp_path / "results"
+    proc = run_experiment("benchmarks.record_dfs", f"--workdir={tmp_path / 'run'}",
+                          "--run_command=test", f"--static_from={tmp_path / 'other'}",
+                          env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recorded = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    mixtures = [r for r in recorded if r["metric"] == "dfs_minus_static_mixture_accuracy"]
+    # @4 %: halfway between the plans at 3e9 and 4e9 (0.855); @5 %: above every static plan
+    assert [(r["target_pct"], r["value"]) for r in mixtures] == [(4.0, pytest.approx(-0.055))]
+    assert mixtures[0]["static_from"] == str(tmp_path / "other")
+    assert {r["gate_start"] for r in recorded} == {"static_plan_above"}

@@ -312,8 +312,9 @@ def _train_and_evaluate(config, workdir, data, task) -> dict:
         elif task.init_state is not None:
             state = task.init_state(state)
         metrics_path = os.path.join(workdir, "metrics.jsonl")
-        reconcile_metrics(metrics_path, restored_step, recipe_of(config))
-        record_recipe(workdir, recipe_of(config))
+        recipe = recipe_of(config)
+        reconcile_metrics(metrics_path, restored_step, recipe)
+        record_recipe(workdir, recipe)
         if trained_s is None:  # a checkpoint written before it kept its time: the last record's
             trained_s = metrics_lib.recorded_train_time(workdir) or 0.0
         state = sharding.replicate(state, mesh)

@@ -112,3 +112,17 @@ def mixture_at(below: dict, above: dict, cost: float, cost_key: str, keys: tuple
     mixed = {key: (1 - w) * below[key] + w * above[key] for key in keys}
     return {"share_above": w, "cost_cv": (high - low) * math.sqrt(w * (1 - w)) / cost,
             cost_key: float(cost), **mixed}
+
+
+def bracketing_mixture(rows: list[dict], cost: float, cost_key: str,
+                       keys: tuple[str, ...]) -> dict | None:
+    """`mixture_at` of the two `rows` (static plans' results) nearest `cost`, the dearest at or
+    below it and the cheapest above it, with their rows as "below" and "above"; None when no two
+    rows bracket `cost`."""
+    lower = [r for r in rows if r[cost_key] <= cost]
+    upper = [r for r in rows if r[cost_key] > cost]
+    if not (lower and upper):
+        return None
+    below = max(lower, key=lambda r: r[cost_key])
+    above = min(upper, key=lambda r: r[cost_key])
+    return {**mixture_at(below, above, cost, cost_key, keys), "below": below, "above": above}

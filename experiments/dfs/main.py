@@ -303,14 +303,11 @@ def static_cascade(config, data, dfs_row, cheap, large_plan, logits, costs, stat
            "escalation_target_share": share, "large_plan_accuracy": large_accuracy,
            "cascade_minus_random_mixture_accuracy": stats["test_accuracy"] - random_mixture,
            "dfs_minus_static_cascade_accuracy": dfs_row["test_accuracy"] - stats["test_accuracy"]}
-    lower = [r for r in statics if r["test_bitops"] <= bitops]
-    upper = [r for r in statics if r["test_bitops"] > bitops]
-    if lower and upper:
-        low = max(lower, key=lambda r: r["test_bitops"])
-        high = min(upper, key=lambda r: r["test_bitops"])
-        mixed = search.mixture_at(low, high, bitops, "test_bitops", ("test_accuracy",))
+    mixed = search.bracketing_mixture(statics, bitops, "test_bitops", ("test_accuracy",))
+    if mixed is not None:
         row.update(static_mixture_accuracy=mixed["test_accuracy"],
-                   static_mixture_plans=[low["static_plan"], high["static_plan"]],
+                   static_mixture_plans=[mixed["below"]["static_plan"],
+                                         mixed["above"]["static_plan"]],
                    cascade_minus_static_mixture_accuracy=(stats["test_accuracy"]
                                                           - mixed["test_accuracy"]))
     if timer is not None:
