@@ -28,6 +28,7 @@ import tempfile
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -152,7 +153,9 @@ def assign_arrays(model: nnx.Module, arrays: dict[str, np.ndarray], source: str,
         state = nnx.state(model, kind)
         pure = state.to_pure_dict()
         leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
-        values = [np.asarray(arrays[f"{collection}/{_path_name(path)}"], dtype=leaf.dtype)
+        # jax arrays, as a freshly built model holds: numpy leaves would break an eager call
+        # that indexes them with a traced value (the cond executor's loop over stacked blocks)
+        values = [jnp.asarray(arrays[f"{collection}/{_path_name(path)}"], dtype=leaf.dtype)
                   for path, leaf in leaves]
         state.replace_by_pure_dict(jax.tree_util.tree_unflatten(treedef, values))
         nnx.update(model, state)
