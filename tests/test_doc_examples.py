@@ -1,6 +1,6 @@
-"""The README's Python examples run as written (a user's first contact with the API).
+"""The Python examples of the README and docs/ run as written (a user's first contact with the API).
 
-Each example is executed from the README's own text. Names an example takes as given (a trained
+Each example is executed from the document's own text. Names an example takes as given (a trained
 `model`, `images`, a `backbone`, `plans`) come from the zoo and from random inputs; data come
 from the tiny CIFAR-10 copy; the OFAS training example runs its own calls on the smoke config.
 """
@@ -11,18 +11,20 @@ import re
 import numpy as np
 import pytest
 
-README = os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")
+ROOT = os.path.dirname(os.path.dirname(__file__))
+README = os.path.join(ROOT, "README.md")
 
 
-def readme_examples() -> list[str]:
-    with open(README) as f:
+def examples(path: str = README) -> list[str]:
+    with open(path) as f:
         return re.findall(r"```python\n(.*?)```", f.read(), re.S)
 
 
-def example(*needles: str) -> str:
-    """The one README example that contains every needle (so a reordered README still finds it)."""
-    found = [code for code in readme_examples() if all(n in code for n in needles)]
-    assert len(found) == 1, f"expected one README example with {needles}, found {len(found)}"
+def example(*needles: str, path: str = README) -> str:
+    """The one example of `path` that contains every needle (so a reordered document still finds
+    it)."""
+    found = [code for code in examples(path) if all(n in code for n in needles)]
+    assert len(found) == 1, f"expected one example in {path} with {needles}, found {len(found)}"
     return found[0]
 
 
@@ -35,9 +37,12 @@ def tiny_data_env(tiny_cifar_manual_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def test_every_python_block_is_covered_here():
-    # A new README example must get a test below; this fails until it does.
-    assert len(readme_examples()) == 5
+def test_every_python_example_is_covered_here():
+    # A new example must get a test below; this fails until it does.
+    counts = {name: len(examples(os.path.join(ROOT, name)))
+              for name in ["README.md"] + [f"docs/{d}" for d in sorted(os.listdir(f"{ROOT}/docs"))]}
+    assert {name: n for name, n in counts.items() if n} == {
+        "README.md": 5, "docs/dfs.md": 1, "docs/zoo.md": 1}
 
 
 def test_train_step_example(tiny_data_env):
@@ -90,3 +95,22 @@ def test_inference_examples_on_a_zoo_model():
     exec(example("InnerWidths"), names)
     assert names["logits"].shape == (8, 10)
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(nnx.state(backbone)))
+
+
+def test_zoo_example():
+    names = {}
+    exec(example("zoo.load", path=os.path.join(ROOT, "docs/zoo.md")), names)
+    assert names["record"].name == "resnet32" and "experiments.zoo.main" in names["record"].command
+
+
+def test_dfs_example():
+    import jax.numpy as jnp
+
+    images = jnp.asarray(np.random.default_rng(2).normal(size=(4, 32, 32, 3)), jnp.float32)
+    names = {"images": images, "image": images[:1]}
+    exec(example("DFSNet", path=os.path.join(ROOT, "docs/dfs.md")), names)
+    plan, costs = names["plan"], names["costs"]
+    assert plan.shape == (1, 15) and names["decisions"].shape == (4, 15, 7)
+    # prepared weights run the same plan as the per-call quantisation
+    np.testing.assert_array_equal(np.asarray(plan), np.asarray(names["model"].predict(images[:1])[1]))
+    assert float(costs.plan_bitops(plan)[0]) > 0
