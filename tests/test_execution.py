@@ -68,6 +68,19 @@ def test_cond_equals_masked_for_a_shared_plan(net, batch):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def test_cond_runs_eagerly_on_weights_set_from_numpy(net):
+    # A model whose arrays a user set from numpy (np.load): the cond walk's loop over stacked
+    # blocks indexes them with a traced index, eagerly too.
+    graphdef, params, stats = net
+    images, plan = _images(1), _plans(1, seed=3)["random"][0]
+    want = make_predict_fn(graphdef, "cond")(params, stats, images, plan)
+    model = nnx.merge(graphdef, jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, stats))
+    model.eval()
+    assert isinstance(jax.tree.leaves(nnx.state(model))[0], np.ndarray)
+    got = model.classify(cond().run_units(model, model.stem(images), jnp.asarray(plan)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_masked_per_sample_plans_equal_each_sample_alone(net):
     graphdef, params, stats = net
     run_masked, run_cond = make_predict_fn(graphdef, "masked"), make_predict_fn(graphdef, "cond")

@@ -79,7 +79,9 @@ def loop_over(stack: nnx.Module, indices: jax.Array, count: jax.Array,
 
     def body(i, carry):
         index = indices[i]
-        module = nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[index], state))
+        # jnp.asarray: a leaf may be a numpy array (weights a user set from numpy), which a
+        # traced index cannot index
+        module = nnx.merge(graphdef, jax.tree.map(lambda leaf: jnp.asarray(leaf)[index], state))
         return step(module, carry, index)
 
     return jax.lax.fori_loop(0, count, body, carry)
