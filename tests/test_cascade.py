@@ -73,6 +73,39 @@ def test_the_predictor_answers_as_the_rule_at_any_batch():
     assert not escalated.any()
 
 
+def test_the_pooled_predictor_answers_as_the_rule_and_pools_the_escalated_rows():
+    small, large, small_state, large_state = _nets()
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(37, 2)), jnp.float32)
+    small_logits, large_logits = small(*small_state, images), large(*large_state, images)
+    threshold = float(np.quantile(np.asarray(cascade.confidence(small_logits)), 0.3))
+    escalate = np.asarray(cascade.confidence(small_logits)) < threshold
+    expected = np.where(escalate[:, None], large_logits, small_logits)
+    shapes = []
+
+    def counted(net):
+        def run(params, batch_stats, x):
+            shapes.append((net.__name__, x.shape[0]))  # traced once per compiled shape
+            return net(params, batch_stats, x)
+        return run
+
+    predict = cascade.pooled_predictor(counted(small), counted(large), threshold, batch_size=8,
+                                       buckets=4)
+    got, escalated = predict(small_state, large_state, images)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_array_equal(escalated, escalate)
+    # 37 images: the small network on 4 batches of 8 and the last 5 rows at capacity 6; the
+    # escalated 11 pooled into one batch of 8 and 3 rows at capacity 4
+    assert escalate.sum() == 11
+    assert sorted(shapes) == [("large", 4), ("large", 8), ("small", 6), ("small", 8)]
+    # the same answers as the per-batch predictor, batch by batch
+    per_batch = cascade.predictor(small, large, threshold, buckets=4)
+    for start in range(0, 32, 8):
+        want, _ = per_batch(small_state, large_state, images[start:start + 8])
+        np.testing.assert_allclose(got[start:start + 8], want, rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one image"):
+        predict(small_state, large_state, images[:0])
+
+
 def _logits_with_confidence(p: np.ndarray, answer: np.ndarray, classes: int = 10) -> np.ndarray:
     """Logits whose softmax puts `p` on class `answer` and the rest evenly elsewhere."""
     probs = np.tile(((1 - p) / (classes - 1))[:, None], (1, classes))

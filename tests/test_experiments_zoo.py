@@ -167,3 +167,4 @@ def test_zoo_cascade_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
         assert figure["value"] == pytest.approx(cascade_accuracy["value"] - figure[reference])
     assert recorded["zoo_cascade_speedup_b1_vs_static"]["value"] > 0
     assert recorded["zoo_cascade_speedup_b64_vs_static"]["value"] > 0
+    assert recorded["zoo_cascade_pooled_speedup_b64_vs_static"]["value"] > 0

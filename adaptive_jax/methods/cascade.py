@@ -12,6 +12,9 @@ for an escalated image: the mean follows the share escalated, set by the thresho
 `predictor` runs it so that the expensive network only runs for the images that escalate: the
 cheap network on the batch, then the expensive one on the escalated rows only, gathered into
 the smallest of `execution.capacities` that holds them (a few compiled shapes, not one per count).
+Each batch is answered before the next (serving). `pooled_predictor` answers many images at once
+(offline, throughput): the escalated images of every batch are pooled, so the expensive network
+runs on full batches, not on a small remainder per batch.
 Each network is a pure function `(params, batch_stats, images) -> logits`
 (`execution.predict.pure_predict`); a state is its `(params, batch_stats)`.
 """
@@ -135,5 +138,52 @@ def predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8
         gathered = np.concatenate([rows, np.full(capacity - rows.size, rows[0])])
         answers = large_jit(*large_state, jnp.asarray(images)[gathered])[:rows.size]
         return logits.at[rows].set(answers), escalated
+
+    return predict
+
+
+def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_size: int = 64,
+                     buckets: int = 8) -> Callable:
+    """(small_state, large_state, images) -> (logits, escalated) for any number of images,
+    answered together: the cheap network on batches of `batch_size`, then the expensive one on
+    the escalated images of all of them, pooled into batches of `batch_size` (the last rounded up
+    to the smallest of `execution.capacities` that holds it). The same answers as `predictor`
+    batch by batch; what changes is the expensive network's batch: with a share s escalated,
+    `predictor` runs it on ~s x `batch_size` rows per batch, rounded up, where throughput per row
+    is lower (docs/zoo.md, "Cascades of zoo backbones"). Each network compiles at most `buckets`
+    shapes: a last batch is padded to a capacity by repeating its first image."""
+    sizes = capacities(batch_size, buckets)
+
+    def small_and_confidence(params, batch_stats, images):
+        logits = small(params, batch_stats, images)
+        return logits, confidence(logits)
+
+    small_jit, large_jit = jax.jit(small_and_confidence), jax.jit(large)
+
+    def in_batches(run, images, rows):
+        """run(images[chunk]) over `rows` in chunks of batch_size, the last padded to a capacity
+        by repeating its first row; the answers of `rows`, in order."""
+        out = []
+        for start in range(0, rows.size, batch_size):
+            chunk = rows[start:start + batch_size]
+            capacity = next(c for c in sizes if c >= chunk.size)
+            padded = np.concatenate([chunk, np.full(capacity - chunk.size, chunk[0])])
+            out.append(jax.tree.map(lambda a, n=chunk.size: np.asarray(a)[:n],
+                                    run(jnp.asarray(images[padded]))))
+        return out
+
+    def predict(small_state, large_state, images):
+        images = np.asarray(images)
+        if images.shape[0] == 0:
+            raise ValueError("pooled_predictor needs at least one image")
+        answers = in_batches(lambda x: small_jit(*small_state, x), images,
+                             np.arange(images.shape[0]))
+        logits = np.concatenate([a for a, _ in answers])
+        escalated = np.concatenate([c for _, c in answers]) < threshold
+        rows = np.flatnonzero(escalated)
+        if rows.size:
+            large_answers = in_batches(lambda x: large_jit(*large_state, x), images, rows)
+            logits[rows] = np.concatenate(large_answers)
+        return logits, escalated
 
     return predict
