@@ -13,7 +13,9 @@ static zoo ResNet. The OFAS model's decision threshold is swept to draw its accu
 (one trained policy, several operating points). Beside it, a cascade of two static zoo
 backbones (`methods.cascade`: the shallow one answers, its least sure images go on to the deep
 one; docs/zoo.md), at the MACs of a static entry and at a few other shares, its threshold set
-two-fold on the test images' confidences (`cascade.two_fold_statistics`). Writes `demo.json`,
+two-fold on the test images' confidences (`cascade.two_fold_statistics`); its main point is timed
+in batches of 64 answered one by one, and over 16 batches answered together, the escalated
+images pooled into full batches (`cascade.pooled_predictor`). Writes `demo.json`,
 `accuracy_vs_macs.png` and `least_most_compute.png` (the test images the policy spends least and
 most on) into --out.
 """
@@ -156,13 +158,35 @@ def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, m
     return rows
 
 
+def pooled_cascade_row(row: dict, small: Static, large: Static, at: tuple[str, Static],
+                       images) -> dict:
+    """The cascade's `row` answering `images` (whole batches of 64) together, the escalated
+    images of every batch pooled into full batches for the large network
+    (`cascade.pooled_predictor`), timed side by side with the static entry `at` batch by batch
+    over the same images: the row with its batch-64 img/s, and the static entry's in that pass
+    (`static_throughput_b64`)."""
+    pooled = cascade.pooled_predictor(small.net, large.net, row["escalation_threshold"])
+    at_name, static = at
+    fns = {"pooled": lambda x: pooled(small.state, large.state, x),
+           "static": lambda x: [static.predict(x[i:i + 64]) for i in range(0, len(x), 64)]}
+    ms = latency.interleaved_batch_ms(fns, (), [images])
+    batches = len(images) // 64
+    return {**row, "model": row["model"].replace("(cascade)", "(cascade, pooled)"),
+            "kind": "cascade_pooled", "latency_b1_ms": None,  # batch 1 pools nothing
+            "throughput_b64": len(images) * 1e3 / ms["pooled"],
+            "batch_executor": f"pooled x{batches}", "pooled_batches": batches,
+            "static_at": at_name, "static_throughput_b64": len(images) * 1e3 / ms["static"]}
+
+
 def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = None,
         static_names=("resnet20", "resnet32_gpu"), thresholds=(0.35, 0.5, 0.65),
         num_examples: int = 0, latency_images: int = 16, throughput_batches: int = 4,
         cascade_pair=("resnet20_gpu", "resnet56"), cascade_at: str | None = "resnet32_gpu",
-        cascade_shares=(0.1, 0.4)) -> dict:
+        cascade_shares=(0.1, 0.4), pooled_batches: int = 16) -> dict:
     """`cascade_pair` (small, large) zoo names, or () for no cascade; `cascade_at`: the static
-    entry whose MACs the cascade's main point matches (it joins the static rows)."""
+    entry whose MACs the cascade's main point matches (it joins the static rows);
+    `pooled_batches`: batches of 64 test images the cascade's main point also answers together
+    (`pooled_cascade_row`; 0: not timed)."""
     start = time.perf_counter()
     os.makedirs(out, exist_ok=True)
     model, rec = zoo.load(ofas_name, ofas_zoo_dir)
@@ -211,8 +235,14 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
         main["batch_executor"] = batch_choice["executor"]
     if cascades:
         timed_rows["cascade"] = cascades[0]
+        cascades[0]["batch_executor"] = "per batch"
     for name, row in timed_rows.items():
         row["latency_b1_ms"], row["throughput_b64"] = timed[name]
+    pooled_batches = min(pooled_batches, len(split) // 64)
+    if cascades and cascade_at and pooled_batches:
+        pooled_images = _test_images(split, dataset, 64 * pooled_batches)
+        cascades.insert(1, pooled_cascade_row(cascades[0], *(statics[n] for n in cascade_pair),
+                                              (cascade_at, statics[cascade_at]), pooled_images))
     rows.append(full_row)
     rows += [static.row for static in statics.values()] + cascades
 
@@ -220,6 +250,11 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
           f" on {len(split)} {dataset} test images; latency measured on this machine "
           f"({jax.devices()[0].device_kind})")
     print(report.format_table(rows, COLUMNS), flush=True)
+    for row in rows:
+        if row.get("kind") == "cascade_pooled":
+            print(f"pooled: the cascade over {row['pooled_batches']} batches of 64 "
+                  f"answered together, {row['throughput_b64']:.0f} img/s; {row['static_at']} "
+                  f"batch by batch over the same images, {row['static_throughput_b64']:.0f} img/s")
     summary = {"ofas": ofas_name, "record_metrics": rec.metrics, "rows": rows,
                "batch_executor": batch_choice,
                "seconds": time.perf_counter() - start}

@@ -162,15 +162,16 @@ def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_siz
 
     def in_batches(run, images, rows):
         """run(images[chunk]) over `rows` in chunks of batch_size, the last padded to a capacity
-        by repeating its first row; the answers of `rows`, in order."""
-        out = []
+        by repeating its first row; the answers of `rows`, in order. Every chunk is dispatched
+        before any answer is read, so the host's work overlaps the computation (reading each
+        answer before the next chunk cost ~10 % of a ResNet's batch-64 throughput here)."""
+        pending = []
         for start in range(0, rows.size, batch_size):
             chunk = rows[start:start + batch_size]
             capacity = next(c for c in sizes if c >= chunk.size)
             padded = np.concatenate([chunk, np.full(capacity - chunk.size, chunk[0])])
-            out.append(jax.tree.map(lambda a, n=chunk.size: np.asarray(a)[:n],
-                                    run(jnp.asarray(images[padded]))))
-        return out
+            pending.append((chunk.size, run(jnp.asarray(images[padded]))))
+        return [jax.tree.map(lambda a, n=n: np.asarray(a)[:n], out) for n, out in pending]
 
     def predict(small_state, large_state, images):
         images = np.asarray(images)
