@@ -84,8 +84,7 @@ def test_inference_examples_on_a_zoo_model():
 
     exec(example("fastest_exact"), names)
     assert names["name"] in ("bucketed", "masked")
-    served = names["serve"](names["params"], names["batch_stats"], images)
-    served = served[0] if isinstance(served, tuple) else served
+    served = names["serve"](names["params"], names["batch_stats"], images)  # the plans' logits
     np.testing.assert_allclose(np.asarray(served), np.asarray(model.predict(images, "masked")[0]),
                                rtol=1e-4, atol=1e-4)
 

@@ -24,6 +24,8 @@ flags.DEFINE_list("thresholds", ["0.35", "0.5", "0.65"], "Decision thresholds of
 flags.DEFINE_integer("num_examples", 0, "Test images evaluated (0: all 10,000).")
 flags.DEFINE_integer("latency_images", 16, "Test images timed one by one at batch 1.")
 flags.DEFINE_integer("throughput_batches", 4, "Batches of 64 test images timed for throughput.")
+flags.DEFINE_integer("pooled_batches", 16, "Batches of 64 test images the cascade also answers "
+                     "together, the escalated ones pooled (0: not timed).")
 
 
 def main(argv):
@@ -36,7 +38,7 @@ def main(argv):
     demo.run(FLAGS.out, FLAGS.ofas, FLAGS.ofas_zoo_dir, tuple(FLAGS.static),
              tuple(float(t) for t in FLAGS.thresholds), FLAGS.num_examples, FLAGS.latency_images,
              FLAGS.throughput_batches, cascade_pair=tuple(FLAGS.cascade),
-             cascade_at=FLAGS.cascade_at or None)
+             cascade_at=FLAGS.cascade_at or None, pooled_batches=FLAGS.pooled_batches)
 
 
 if __name__ == "__main__":
