@@ -42,7 +42,7 @@ def test_every_python_example_is_covered_here():
     counts = {name: len(examples(os.path.join(ROOT, name)))
               for name in ["README.md"] + [f"docs/{d}" for d in sorted(os.listdir(f"{ROOT}/docs"))]}
     assert {name: n for name, n in counts.items() if n} == {
-        "README.md": 5, "docs/dfs.md": 1, "docs/zoo.md": 1}
+        "README.md": 6, "docs/dfs.md": 1, "docs/zoo.md": 1}
 
 
 def test_train_step_example(tiny_data_env):
@@ -114,3 +114,24 @@ def test_dfs_example():
     unprepared = names["predict"](names["model"], images[:1])[1]
     np.testing.assert_array_equal(np.asarray(plan), np.asarray(unprepared))
     assert float(costs.plan_bitops(plan)[0]) > 0
+
+
+def test_cascade_example():
+    from adaptive_jax.data import CHANNEL_MEAN, CHANNEL_STD, normalize
+
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 256, (118, 32, 32, 3), dtype=np.uint8)  # held out, as the images served
+    held_out_u8 = u8[:40]
+    pixels = normalize(u8[40:], CHANNEL_MEAN["cifar10"], CHANNEL_STD["cifar10"])
+    images, many = pixels[:8], pixels[8:]  # 70: two batches of 64, the last short
+    names = {"held_out_u8": held_out_u8, "images": images, "many_images": many}
+    exec(example("pooled_predictor"), names)
+    logits, escalated = names["logits"], names["escalated"]
+    assert logits.shape == (70, 10) and escalated.shape == (70,)
+    assert 0 < escalated.sum() < 70  # both networks answer some
+    # the pooled answers are the batch-by-batch ones
+    serve, states = names["serve"], names["states"]
+    for start in (0, 64):
+        want, sent = serve(*states, many[start:start + 64])
+        np.testing.assert_allclose(logits[start:start + 64], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(escalated[start:start + 64], sent)
