@@ -14,7 +14,7 @@ static zoo ResNet. The OFAS model's decision threshold is swept to draw its accu
 backbones (`methods.cascade`: the shallow one answers, its least sure images go on to the deep
 one; docs/zoo.md), at the MACs of a static entry and at a few other shares, its threshold set
 two-fold on the test images' confidences (`cascade.two_fold_statistics`); its main point is timed
-in batches of 64 answered one by one, and over 16 batches answered together, the escalated
+in batches of 64 answered one by one, and over 8 batches answered together, the escalated
 images pooled into full batches (`cascade.pooled_predictor`). Writes `demo.json`,
 `accuracy_vs_macs.png` and `least_most_compute.png` (the test images the policy spends least and
 most on) into --out.
@@ -23,6 +23,7 @@ most on) into --out.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -47,19 +48,21 @@ COLUMNS = [("model", "model", "s"), ("threshold", "thr", "s"), ("test_accuracy",
            ("batch_executor", "b64 via", "s")]
 
 
-def evaluate_ofas(model, split, dataset: str, thresholds, batch_size: int = 500) -> dict:
-    """{threshold: (plans (N, L), correct (N,))} of the OFAS model at each decision threshold
-    (masked executor: the same numbers as cond / bucketed, tested). One compiled step serves
-    every threshold (it is an argument, not a constant)."""
+def evaluate_ofas(model, split, dataset: str, thresholds, batch_size: int = 512) -> dict:
+    """{threshold: (plans (N, L), correct (N,))} of the OFAS model at each decision threshold.
+    One compiled step serves every threshold (it is an argument, not a constant). The bucketed
+    executor (the same numbers as masked or cond, tested) runs only the planned blocks: the three
+    thresholds of `make demo` in 67 s against masked's 81 s, the same plans and accuracies."""
     graphdef, state = nnx.split(model)
     mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
+    executor = execution.bucketed(math.gcd(batch_size, execution.executors.DEFAULT_BUCKETS))
 
     @jax.jit
     def step(state, images_u8, labels, threshold):
         m = nnx.merge(graphdef, state)
         features = m.backbone.stem(normalize(images_u8, mean, std))
         plan = m.execute_probs(features) >= threshold
-        logits = m.backbone.classify(execution.masked().run_units(m.backbone, features, plan))
+        logits = m.backbone.classify(executor.run_units(m.backbone, features, plan))
         return plan, logits.argmax(-1) == labels
 
     results = {}
@@ -182,7 +185,7 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
         static_names=("resnet20", "resnet32_gpu"), thresholds=(0.35, 0.5, 0.65),
         num_examples: int = 0, latency_images: int = 16, throughput_batches: int = 4,
         cascade_pair=("resnet20_gpu", "resnet56"), cascade_at: str | None = "resnet32_gpu",
-        cascade_shares=(0.1, 0.4), pooled_batches: int = 16) -> dict:
+        cascade_shares=(0.1, 0.4), pooled_batches: int = 8) -> dict:
     """`cascade_pair` (small, large) zoo names, or () for no cascade; `cascade_at`: the static
     entry whose MACs the cascade's main point matches (it joins the static rows);
     `pooled_batches`: batches of 64 test images the cascade's main point also answers together

@@ -24,7 +24,7 @@ flags.DEFINE_list("thresholds", ["0.35", "0.5", "0.65"], "Decision thresholds of
 flags.DEFINE_integer("num_examples", 0, "Test images evaluated (0: all 10,000).")
 flags.DEFINE_integer("latency_images", 16, "Test images timed one by one at batch 1.")
 flags.DEFINE_integer("throughput_batches", 4, "Batches of 64 test images timed for throughput.")
-flags.DEFINE_integer("pooled_batches", 16, "Batches of 64 test images the cascade also answers "
+flags.DEFINE_integer("pooled_batches", 8, "Batches of 64 test images the cascade also answers "
                      "together, the escalated ones pooled (0: not timed).")
 
 
