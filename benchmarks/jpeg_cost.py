@@ -11,7 +11,7 @@ checkpoint stores). For each checkpoint in `--weights_dir` this benchmark report
 
   * its top-1 on the copy's test images as trained (how far the copy's pixels are from the
     original ones, as a network that learned the originals sees them), and on the first
-    `--train_eval_examples` training images (which it fitted as originals);
+    `--train_eval_examples` training images (which it was trained on as originals);
   * its top-1 on the copy's test images after `--finetune_epochs` epochs on the copy's training
     images (its own recipe's SGD, weight decay and normalisation, a cosine decay from
     `--finetune_lr`; our augmentation): what a network that learned the originals reaches once

@@ -56,6 +56,7 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, file, path: str):
         super().__init__(file)
         self.path = path
+        self.storage_dtypes: dict[str, np.dtype] = {}
 
     def find_class(self, module: str, name: str):
         if module == "torch._utils" and name in _REBUILDERS:
@@ -72,6 +73,7 @@ class _Unpickler(pickle.Unpickler):
         kind, storage_type, key, _location, _size, view = saved_id
         if kind != "storage" or view is not None:
             raise TorchCheckpointError(f"{self.path}: unsupported storage record {saved_id!r}")
+        self.storage_dtypes[str(key)] = storage_type.dtype
         return _StorageRef(str(key), storage_type.dtype)
 
 
@@ -89,29 +91,20 @@ def read_legacy(path: str) -> Any:
         if magic != LEGACY_MAGIC:
             raise TorchCheckpointError(f"{path}: not a torch.save checkpoint (magic {magic!r})")
         pickle.load(f), pickle.load(f)  # protocol version, system information
-        obj = _Unpickler(f, path).load()
+        unpickler = _Unpickler(f, path)
+        obj = unpickler.load()
         keys = pickle.load(f)
-        dtypes = {ref.storage.key: ref.storage.dtype for ref in _tensor_refs(obj)}
         storages = {}
         for key in keys:
-            (count,) = struct.unpack("<q", f.read(8))
-            dtype = dtypes.get(str(key), np.dtype(np.uint8))
-            raw = f.read(count * dtype.itemsize)
-            if len(raw) != count * dtype.itemsize:
-                raise TorchCheckpointError(f"{path}: truncated (storage {key})")
+            if str(key) not in unpickler.storage_dtypes:
+                raise TorchCheckpointError(f"{path}: storage {key} has no type in the pickle")
+            dtype = unpickler.storage_dtypes[str(key)]
+            header = f.read(8)
+            raw = f.read(struct.unpack("<q", header)[0] * dtype.itemsize) if len(header) == 8 else b""
+            if len(header) != 8 or len(raw) != struct.unpack("<q", header)[0] * dtype.itemsize:
+                raise TorchCheckpointError(f"{path}: truncated (storage {key}); download it again")
             storages[str(key)] = np.frombuffer(raw, dtype)
     return _materialise(obj, storages)
-
-
-def _tensor_refs(obj):
-    if isinstance(obj, dict):
-        for value in obj.values():
-            yield from _tensor_refs(value)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            yield from _tensor_refs(value)
-    elif isinstance(obj, _TensorRef):
-        yield obj
 
 
 def _materialise(obj, storages):

@@ -95,7 +95,15 @@ def test_legacy_checkpoint_read_without_torch(tmp_path, monkeypatch):
     assert all(v.dtype == np.float32 for v in got.values())
 
 
-def test_legacy_reader_refuses_what_it_cannot_read(tmp_path):
+def test_legacy_reader_refuses_what_it_cannot_read(tmp_path, monkeypatch):
+    whole = tmp_path / "whole.th"
+    write_legacy(whole, {"w": _Tensor("0", 0, (4,), (1,))}, {"0": np.ones(4, np.float32)},
+                 monkeypatch)
+    for cut in (3, 20):  # inside the storage's 16 bytes of data, inside its 8-byte element count
+        truncated = tmp_path / f"cut{cut}.th"
+        truncated.write_bytes(whole.read_bytes()[:-cut])
+        with pytest.raises(TorchCheckpointError, match=rf"cut{cut}\.th: truncated \(storage 0\)"):
+            read_legacy(str(truncated))
     evil = tmp_path / "evil.th"
     with open(evil, "wb") as f:
         for header in (torch_checkpoint.LEGACY_MAGIC, 1001, {}):
@@ -225,6 +233,15 @@ def test_jpeg_cost_benchmark_end_to_end(tiny_cifar_manual_dir, tmp_path, monkeyp
         logits, _ = jpeg_cost.forward(params, statistics, images, depth=8)
         assert figure == pytest.approx(np.mean(np.asarray(logits).argmax(-1) == split.labels))
     assert "## jpeg_cost" in (results / "RESULTS.md").read_text()
+
+
+def test_a_checkpoint_of_another_network_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "resnet20-0000.th"
+    write_legacy(path, {"state_dict": {"fc.weight": _Tensor("0", 0, (2, 2), (2, 1))}},
+                 {"0": np.zeros(4, np.float32)}, monkeypatch)
+    with pytest.raises(jpeg_cost.ReferenceCheckpointError,
+                       match=r"resnet20-0000\.th: no reference ResNet state_dict"):
+        jpeg_cost.load_reference(str(path))
 
 
 def test_fine_tune_of_zero_epochs_yields_nothing(tiny_cifar_manual_dir):
