@@ -1,5 +1,6 @@
-"""benchmarks.jpeg_cost and its checkpoint reader: legacy torch.save files read without torch,
-the reference ResNet's option-A path, and the benchmark end to end on tiny data."""
+"""benchmarks.jpeg_cost, its reference ResNet and its checkpoint reader: legacy torch.save files
+read without torch, the option-A path, and the benchmark end to end on tiny data (a subprocess:
+the command's absl flags stay out of the test process)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import types
 import numpy as np
 import pytest
 
-from benchmarks import jpeg_cost, torch_checkpoint
+from benchmarks import reference_resnet, torch_checkpoint
 from benchmarks.torch_checkpoint import TorchCheckpointError, read_legacy
 from tests.conftest import run_experiment
 
@@ -137,7 +138,7 @@ def reference_state(depth: int, seed: int = 0, zero_blocks: bool = False):
         state[f"{name}.weight"] = np.ones(c, np.float32) if zero_blocks else rng.uniform(0.5, 1.5, c).astype(np.float32)
         state[f"{name}.bias"] = np.zeros(c, np.float32) if zero_blocks else rng.normal(0, 0.1, c).astype(np.float32)
         state[f"{name}.running_mean"] = np.zeros(c, np.float32) if zero_blocks else rng.normal(0, 0.1, c).astype(np.float32)
-        state[f"{name}.running_var"] = np.full(c, 1 - jpeg_cost.BN_EPSILON, np.float32)
+        state[f"{name}.running_var"] = np.full(c, 1 - reference_resnet.BN_EPSILON, np.float32)
 
     conv("conv1.weight", 3, 16)
     if zero_blocks:
@@ -159,8 +160,8 @@ def reference_state(depth: int, seed: int = 0, zero_blocks: bool = False):
 
 def split_state(state):
     import jax.numpy as jnp
-    params = {k: jnp.asarray(v) for k, v in state.items() if not k.endswith(jpeg_cost.STATISTICS)}
-    statistics = {k: jnp.asarray(v) for k, v in state.items() if k.endswith(jpeg_cost.STATISTICS)}
+    params = {k: jnp.asarray(v) for k, v in state.items() if not k.endswith(reference_resnet.STATISTICS)}
+    statistics = {k: jnp.asarray(v) for k, v in state.items() if k.endswith(reference_resnet.STATISTICS)}
     return params, statistics
 
 
@@ -171,7 +172,7 @@ def test_reference_forward_follows_option_a_shortcuts():
     state = reference_state(depth=14, zero_blocks=True)
     images = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype(np.float32)
     params, statistics = split_state(state)
-    logits, _ = jpeg_cost.forward(params, statistics, images, depth=14)
+    logits, _ = reference_resnet.forward(params, statistics, images, depth=14)
     features = np.zeros((2, 64), np.float32)
     features[:, 24:27] = np.maximum(images, 0)[:, ::4, ::4, :].mean((1, 2))
     expected = features @ state["linear.weight"].T + state["linear.bias"]
@@ -184,15 +185,15 @@ def test_reference_forward_training_mode_updates_statistics_as_pytorch():
     state = reference_state(depth=8, zero_blocks=True)
     images = np.random.default_rng(4).normal(1.0, 2.0, size=(4, 32, 32, 3)).astype(np.float32)
     params, statistics = split_state(state)
-    _, updated = jpeg_cost.forward(params, statistics, images, depth=8, train=True)
-    _, unchanged = jpeg_cost.forward(params, statistics, images, depth=8)
+    _, updated = reference_resnet.forward(params, statistics, images, depth=8, train=True)
+    _, unchanged = reference_resnet.forward(params, statistics, images, depth=8)
     mean = np.zeros(16, np.float32)
     mean[:3] = images.mean((0, 1, 2))
     var = np.full(16, 0.0, np.float32)
     var[:3] = images.reshape(-1, 3).var(0, ddof=1)
     np.testing.assert_allclose(np.asarray(updated["bn1.running_mean"]), 0.1 * mean, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(updated["bn1.running_var"]),
-                               0.9 * (1 - jpeg_cost.BN_EPSILON) + 0.1 * var, rtol=1e-4)
+                               0.9 * (1 - reference_resnet.BN_EPSILON) + 0.1 * var, rtol=1e-4)
     assert all(np.array_equal(unchanged[k], statistics[k]) for k in statistics)
 
 
@@ -229,8 +230,8 @@ def test_jpeg_cost_benchmark_end_to_end(tiny_cifar_manual_dir, tmp_path, monkeyp
     assert as_trained["train_images"] == 100
     params, statistics = split_state(state)
     for split, figure in ((test, as_trained["value"]), (train, as_trained["train_images_top1"])):
-        images = (split.images.astype(np.float32) / 255 - jpeg_cost.MEAN) / jpeg_cost.STD
-        logits, _ = jpeg_cost.forward(params, statistics, images, depth=8)
+        images = (split.images.astype(np.float32) / 255 - reference_resnet.MEAN) / reference_resnet.STD
+        logits, _ = reference_resnet.forward(params, statistics, images, depth=8)
         assert figure == pytest.approx(np.mean(np.asarray(logits).argmax(-1) == split.labels))
     assert "## jpeg_cost" in (results / "RESULTS.md").read_text()
 
@@ -239,9 +240,9 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "resnet20-0000.th"
     write_legacy(path, {"state_dict": {"fc.weight": _Tensor("0", 0, (2, 2), (2, 1))}},
                  {"0": np.zeros(4, np.float32)}, monkeypatch)
-    with pytest.raises(jpeg_cost.ReferenceCheckpointError,
+    with pytest.raises(reference_resnet.ReferenceCheckpointError,
                        match=r"resnet20-0000\.th: no reference ResNet state_dict"):
-        jpeg_cost.load_reference(str(path))
+        reference_resnet.load_reference(str(path))
 
 
 def test_fine_tune_of_zero_epochs_yields_nothing(tiny_cifar_manual_dir):
@@ -249,20 +250,20 @@ def test_fine_tune_of_zero_epochs_yields_nothing(tiny_cifar_manual_dir):
     schedule of zero steps."""
     _, train, test = tiny_cifar_manual_dir
     params, statistics = split_state(reference_state(depth=8))
-    assert list(jpeg_cost.fine_tune(params, statistics, 8, train, test, epochs=0, peak_lr=0.01,
+    assert list(reference_resnet.fine_tune(params, statistics, 8, train, test, epochs=0, peak_lr=0.01,
                                     batch_size=32)) == []
 
 
 def test_jpeg_cost_finds_checkpoints_by_depth(tmp_path):
     """Shallowest first by depth, not by name; other files ignored; none: where to get them."""
     with pytest.raises(FileNotFoundError, match="akamaster/pytorch_resnet_cifar10"):
-        jpeg_cost.checkpoints(str(tmp_path), [])
+        reference_resnet.checkpoints(str(tmp_path), [])
     for name in ("resnet110-1d1ed7c2.th", "resnet20-12fca82f.th", "resnet56.th", "resnet_notes.th"):
         (tmp_path / name).write_bytes(b"")
     names = lambda paths: [os.path.basename(p) for p in paths]
-    assert names(jpeg_cost.checkpoints(str(tmp_path), [])) == [
+    assert names(reference_resnet.checkpoints(str(tmp_path), [])) == [
         "resnet20-12fca82f.th", "resnet56.th", "resnet110-1d1ed7c2.th"]
-    assert names(jpeg_cost.checkpoints(str(tmp_path), ["110", "20"])) == [
+    assert names(reference_resnet.checkpoints(str(tmp_path), ["110", "20"])) == [
         "resnet20-12fca82f.th", "resnet110-1d1ed7c2.th"]
     with pytest.raises(FileNotFoundError, match="of depth 32"):
-        jpeg_cost.checkpoints(str(tmp_path), ["32"])
+        reference_resnet.checkpoints(str(tmp_path), ["32"])
