@@ -53,16 +53,11 @@ DATASET = "cifar10"
 ZOO_COUNTERPART = {20: "resnet20_gpu", 32: "resnet32_gpu", 56: "resnet56"}
 
 
-def _prefix(split: datasets.Split, n: int) -> datasets.Split:
-    return split if n <= 0 else datasets.Split(split.images[:n], split.labels[:n], split.num_classes)
-
-
 def main(argv):
     del argv
-    train = datasets.load_split(DATASET, "train")
-    test = _prefix(datasets.load_split(DATASET, "test"), FLAGS.num_test_examples)
-    train = _prefix(train, FLAGS.num_train_examples)
-    train_eval = _prefix(train, FLAGS.train_eval_examples)
+    train = datasets.load_split(DATASET, "train").first(FLAGS.num_train_examples)
+    test = datasets.load_split(DATASET, "test").first(FLAGS.num_test_examples)
+    train_eval = train.first(FLAGS.train_eval_examples)
     records = {r.name: r for r in zoo.list()}
     rows, figures = [], []
     for path in checkpoints(FLAGS.weights_dir, FLAGS.depths):

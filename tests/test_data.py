@@ -205,3 +205,12 @@ def test_offline_fashion_mnist_build_yields_exactly_the_idx_records(tmp_path):
             return im.tobytes() + bytes([int(lab)])
         assert sorted(key(i, l) for i, l in zip(got.images[..., 0], got.labels)) == \
             sorted(key(i, l) for i, l in zip(images, labels))
+
+
+def test_split_first_takes_a_prefix_and_zero_means_all():
+    split = random_split(10, seed=3)
+    head = split.first(4)
+    np.testing.assert_array_equal(head.images, split.images[:4])
+    np.testing.assert_array_equal(head.labels, split.labels[:4])
+    assert head.num_classes == split.num_classes
+    assert split.first(0) is split and split.first(10) is split and split.first(99) is split

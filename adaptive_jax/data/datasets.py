@@ -53,6 +53,13 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def first(self, n: int) -> "Split":
+        """The first `n` examples; the whole split when `n` is 0 (a config's "all") or >= its
+        length."""
+        if n <= 0 or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n], self.num_classes)
+
 
 def default_data_dir(data_dir: str | None = None) -> str:
     return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR")

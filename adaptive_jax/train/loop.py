@@ -148,7 +148,7 @@ def load_data(config) -> tuple[datasets.Split, datasets.Split]:
                   download=config.download)
     train = datasets.load_split(config.dataset, "train", **kwargs)
     test = datasets.load_split(config.dataset, "test", **kwargs)
-    return _prefix(train, config.num_train_examples), _prefix(test, config.num_eval_examples)
+    return train.first(config.num_train_examples), test.first(config.num_eval_examples)
 
 
 def unseen_training_images(config) -> datasets.Split:
@@ -162,12 +162,6 @@ def unseen_training_images(config) -> datasets.Split:
                          f"none is left unseen; set it below {len(train)} (e.g. "
                          f"--config.num_train_examples={len(train) - min(2000, len(train) // 10)})")
     return datasets.Split(train.images[n:], train.labels[n:], train.num_classes)
-
-
-def _prefix(split: datasets.Split, n: int) -> datasets.Split:
-    if n <= 0 or n >= len(split):
-        return split
-    return datasets.Split(split.images[:n], split.labels[:n], split.num_classes)
 
 
 def evaluate(eval_step, state, split: datasets.Split, batch_size: int, mesh) -> dict:
