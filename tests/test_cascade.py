@@ -1,5 +1,7 @@
 """methods.cascade: the threshold, the measured statistics, and both compiled paths."""
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -145,3 +147,131 @@ def test_two_fold_limits_and_share_on_exchangeable_images():
     assert abs(half["escalated_share"] - 0.3) < 0.02
     with pytest.raises(ValueError, match="at least two images"):
         cascade.two_fold_statistics(small[:1], large[:1], labels[:1], 0.3, 1.0, 4.0)
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _counted(net, shapes):
+    def run(params, batch_stats, x):
+        shapes.append((net.__name__, x.shape[0]))  # traced once per compiled shape
+        return net(params, batch_stats, x)
+    return run
+
+
+def test_the_streaming_cascade_answers_as_the_rule_and_pools_within_its_wait():
+    small, large, small_state, large_state = _nets()
+    images = np.asarray(np.random.default_rng(2).normal(size=(40, 2)), np.float32)
+    small_logits, large_logits = small(*small_state, images), large(*large_state, images)
+    sure = np.asarray(cascade.confidence(small_logits))
+    threshold = float(np.quantile(sure, 0.5))
+    escalate = sure < threshold
+    expected = np.where(escalate[:, None], large_logits, small_logits)
+    clock, shapes = _Clock(), []
+    server = cascade.StreamingCascade(_counted(small, shapes), _counted(large, shapes),
+                                      small_state, large_state, threshold, batch_size=8,
+                                      max_wait_s=0.5, buckets=4, clock=clock)
+    server.warm_up(images)
+    compiled = sorted(shapes)
+    assert compiled == sorted((net, n) for net in ("small", "large") for n in (2, 4, 6, 8))
+    answered, pooled = {}, 0
+
+    def take(answers):
+        for i, logits, up, arrived in zip(answers.ids, answers.logits, answers.escalated,
+                                          answers.arrived_at):
+            assert i not in answered
+            answered[int(i)] = (logits, up, arrived)
+        return answers
+
+    # requests of 5 images at t = 100.00, 100.05, ..., 100.35: the cheap network answers the sure ones at
+    # once; the escalated ones wait until 8 are there (a full batch) or 0.5 s have passed
+    for request, start in enumerate(range(0, 40, 5)):
+        clock.now = 100.0 + 0.05 * request
+        waiting_before = server.waiting
+        sure_now = take(server.submit(images[start:start + 5], ids=np.arange(start, start + 5) + 1000))
+        assert not sure_now.escalated.any() and len(sure_now) == 5 - escalate[start:start + 5].sum()
+        assert server.waiting == waiting_before + escalate[start:start + 5].sum()
+        polled = take(server.poll())
+        assert len(polled) % 8 == 0  # nothing is 0.5 s old yet: full batches only
+        pooled += len(polled)
+        assert server.waiting < 8
+        assert server.waiting == 0 or clock.now < server.deadline <= clock.now + 0.5
+    assert escalate.sum() == 20 and pooled == 16  # two full batches went while requests came
+    # the oldest waiting image reaches its deadline: everything waiting goes
+    left = server.waiting
+    assert left == 4
+    clock.now = server.deadline - 1e-9
+    assert len(server.poll()) == 0
+    clock.now = server.deadline
+    assert len(take(server.poll())) == left and server.waiting == 0 and server.deadline is None
+    assert sorted(answered) == list(range(1000, 1040))
+    for i in range(40):
+        logits, up, arrived = answered[1000 + i]
+        np.testing.assert_allclose(logits, expected[i], rtol=1e-6)
+        assert up == escalate[i] and arrived == pytest.approx(100.0 + 0.05 * (i // 5))
+    assert sorted(shapes) == compiled  # served on the shapes warm_up compiled: none traced again
+
+
+def test_the_streaming_cascade_without_a_wait_answers_each_request_and_flushes():
+    small, large, small_state, large_state = _nets()
+    images = np.asarray(np.random.default_rng(3).normal(size=(12, 2)), np.float32)
+    sure = np.asarray(cascade.confidence(small(*small_state, images)))
+    threshold = float(np.quantile(sure, 0.6))
+    clock = _Clock()
+    now = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
+                                   batch_size=8, max_wait_s=0.0, buckets=4, clock=clock)
+    first = now.submit(images[:6])
+    escalated_first = int((sure[:6] < threshold).sum())
+    assert now.waiting == escalated_first and len(now.poll()) == escalated_first
+    np.testing.assert_array_equal(first.ids, np.flatnonzero(sure[:6] >= threshold))
+    second = now.submit(images[6:])  # default ids go on counting
+    assert set(second.ids) <= set(range(6, 12))
+    # a backlog: the request arrived 10 s ago, but its escalated images wait from their queueing
+    later = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
+                                     batch_size=8, max_wait_s=0.5, buckets=4, clock=clock)
+    arrived = clock.now - 10.0
+    later.submit(images[:6], arrived_at=arrived)
+    assert later.waiting == escalated_first and later.deadline == clock.now + 0.5
+    assert len(later.poll()) == 0
+    clock.now += 0.5
+    late = later.poll()
+    assert len(late) == escalated_first and (late.arrived_at == arrived).all()
+    never = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
+                                     batch_size=8, max_wait_s=math.inf, buckets=4, clock=clock)
+    never.submit(images)
+    clock.now += 1e6
+    assert len(never.poll()) == 0  # fewer than 8 escalated, and no deadline
+    flushed = never.flush()
+    assert len(flushed) == int((sure < threshold).sum()) and flushed.escalated.all()
+    assert never.waiting == 0 and len(never.flush()) == 0
+
+
+def test_the_streaming_cascade_names_bad_input():
+    small, large, small_state, large_state = _nets()
+    make = lambda **kw: cascade.StreamingCascade(small, large, small_state, large_state,
+                                                 kw.pop("threshold", 0.5), **kw)
+    with pytest.raises(ValueError, match="max_wait_s must be >= 0"):
+        make(max_wait_s=-1.0)
+    with pytest.raises(ValueError, match="max_wait_s must be >= 0"):
+        make(max_wait_s=float("nan"))
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        make(threshold=float("nan"))
+    with pytest.raises(ValueError, match="not a multiple of buckets"):
+        make(batch_size=10, buckets=4)
+    server = make(batch_size=8, buckets=4)
+    with pytest.raises(ValueError, match=r"takes a batch of images \(n, ...\)"):
+        server.submit(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="one id per image"):
+        server.submit(np.zeros((3, 2), np.float32), ids=[1, 2])
+    server.submit(np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="one server serves one input shape"):
+        server.submit(np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="at least one image to compile on"):
+        server.warm_up(np.zeros((0, 2), np.float32))

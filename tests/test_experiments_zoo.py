@@ -168,3 +168,32 @@ def test_zoo_cascade_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
     assert recorded["zoo_cascade_speedup_b1_vs_static"]["value"] > 0
     assert recorded["zoo_cascade_speedup_b64_vs_static"]["value"] > 0
     assert recorded["zoo_cascade_pooled_speedup_b64_vs_static"]["value"] > 0
+
+
+def test_cascade_serving_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
+    """The serving benchmark on the tiny test split (half sets the threshold, half is the stream):
+    every server answers every image, and the cascades, however they pool, answer alike."""
+    manual_dir, _, test = tiny_cifar_manual_dir
+    results = tmp_path / "results"
+    proc = run_experiment("benchmarks.cascade_serving", "--request_size=4", "--batch_size=8",
+                          "--buckets=2", "--loads=0.5,saturated", "--max_wait_ms=5",
+                          env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results),
+                                     "ADAPTIVE_JAX_MANUAL_DIR": manual_dir,
+                                     "TFDS_DATA_DIR": str(tmp_path / "tfds")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "20 images in requests of 4" in proc.stdout
+    recorded = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    servers = ("static", "cascade, per request", "cascade, wait 5 ms")
+    for load in ("0.5", "saturated"):
+        rows = {r["server"]: r for r in recorded if r["load"] == load}
+        assert set(rows) == set(servers)
+    accuracy = {(r["load"], r["server"]): r["value"] for r in recorded
+                if r["metric"] == "serving_accuracy"}
+    cascades = {v for (load, server), v in accuracy.items() if server != "static"}
+    assert len(cascades) == 1  # per request or pooled: the same answers
+    assert len({v for (load, server), v in accuracy.items() if server == "static"}) == 1
+    for r in recorded:
+        if r["metric"] == "serving_throughput_vs_static" and r["server"] == "static":
+            assert r["value"] == 1.0
+        if r["metric"] == "serving_latency_p99_ms":
+            assert r["value"] > 0

@@ -14,13 +14,19 @@ cheap network on the batch, then the expensive one on the escalated rows only, g
 the smallest of `execution.capacities` that holds them (a few compiled shapes, not one per count).
 Each batch is answered before the next (serving). `pooled_predictor` answers many images at once
 (offline, throughput): the escalated images of every batch are pooled, so the expensive network
-runs on full batches, not on a small remainder per batch.
+runs on full batches, not on a small remainder per batch. `StreamingCascade` serves images as
+they arrive: the cheap network answers each request at once, and the escalated images wait, at
+most a set time, to be pooled into full batches for the expensive network.
 Each network is a pure function `(params, batch_stats, images) -> logits`
 (`execution.predict.pure_predict`); a state is its `(params, batch_stats)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import numbers
+import time
 from collections.abc import Callable
 
 import jax
@@ -154,6 +160,20 @@ def predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8
     return predict
 
 
+def _in_batches(run: Callable, images: np.ndarray, rows: np.ndarray, batch_size: int,
+                sizes: tuple[int, ...]) -> list:
+    """run(images[chunk]) over `rows` in chunks of `batch_size`, the last padded to the smallest
+    of `sizes` that holds it; each chunk's outputs (a pytree of arrays) cut to its own rows, in
+    order. Every chunk is dispatched before any answer is read, so the host's work overlaps the
+    computation instead of waiting on each chunk."""
+    pending = []
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start:start + batch_size]
+        padded = _padded_to_capacity(chunk, sizes)
+        pending.append((chunk.size, run(jnp.asarray(images[padded]))))
+    return [jax.tree.map(lambda a, n=n: np.asarray(a)[:n], out) for n, out in pending]
+
+
 def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_size: int = 64,
                      buckets: int = 8) -> Callable:
     """(small_state, large_state, images) -> (logits, escalated) for any number of images,
@@ -163,33 +183,181 @@ def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_siz
     batch by batch; what changes is the expensive network's batch: with a share s escalated,
     `predictor` runs it on ~s x `batch_size` rows per batch, rounded up, where throughput per row
     is lower (docs/zoo.md, "Cascades of zoo backbones"). Each network compiles at most `buckets`
-    shapes: a last batch is padded to a capacity by repeating its first image."""
+    shapes: a last batch is padded to a capacity by repeating its first image. `StreamingCascade`
+    is the same pooling for images that arrive over time, with a bound on how long an escalated
+    image waits for its batch."""
     sizes = capacities(batch_size, buckets)
     small_jit, large_jit = _compiled(small, large)
-
-    def in_batches(run, images, rows):
-        """run(images[chunk]) over `rows` in chunks of batch_size, the last padded to a
-        capacity; the answers of `rows`, in order. Every chunk is dispatched before any answer
-        is read, so the host's work overlaps the computation instead of waiting on each chunk."""
-        pending = []
-        for start in range(0, rows.size, batch_size):
-            chunk = rows[start:start + batch_size]
-            padded = _padded_to_capacity(chunk, sizes)
-            pending.append((chunk.size, run(jnp.asarray(images[padded]))))
-        return [jax.tree.map(lambda a, n=n: np.asarray(a)[:n], out) for n, out in pending]
 
     def predict(small_state, large_state, images):
         images = np.asarray(images)
         if images.shape[0] == 0:
             raise ValueError("pooled_predictor needs at least one image")
-        answers = in_batches(lambda x: small_jit(*small_state, x), images,
-                             np.arange(images.shape[0]))
+        answers = _in_batches(lambda x: small_jit(*small_state, x), images,
+                              np.arange(images.shape[0]), batch_size, sizes)
         logits = np.concatenate([a for a, _ in answers])
         escalated = np.concatenate([c for _, c in answers]) < threshold
         rows = np.flatnonzero(escalated)
         if rows.size:
-            large_answers = in_batches(lambda x: large_jit(*large_state, x), images, rows)
+            large_answers = _in_batches(lambda x: large_jit(*large_state, x), images, rows,
+                                        batch_size, sizes)
             logits[rows] = np.concatenate(large_answers)
         return logits, escalated
 
     return predict
+
+
+@dataclasses.dataclass(frozen=True)
+class Answers:
+    """Images a `StreamingCascade` answered in one call: the ids given to `submit`, their logits,
+    whether the expensive network gave them, and when their request arrived (the server's clock)."""
+
+    ids: np.ndarray
+    logits: np.ndarray
+    escalated: np.ndarray
+    arrived_at: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+
+class StreamingCascade:
+    """A cascade serving images as they arrive: the cheap network answers each request at once,
+    and the images it escalates wait, at most `max_wait_s`, to be pooled into full batches for
+    the expensive network.
+
+    `pooled_predictor` gives the expensive network full batches when every image is at hand;
+    `predictor` answers each batch before the next and runs the expensive network on the few
+    rows each one escalates (~14 of 64 at ResNet-32's MACs), rounded up to a capacity. A server
+    sees images over time; holding the escalated ones for the next requests trades their
+    latency for the expensive network's batch. This is that trade, with the wait bounded.
+
+    The server is synchronous and owns no thread: `submit` runs the cheap network on a request
+    and returns its confident answers; `poll` runs the expensive network on what is due (every
+    full batch waiting, and everything waiting once the oldest escalated image has waited
+    `max_wait_s` since `submit` queued it) and returns those answers. The bound holds when the
+    caller polls by `deadline` (an event loop sleeps until the next request or `deadline`,
+    whichever is first): an escalated image is answered within `max_wait_s` of its request's
+    `submit`, plus the expensive network's time on what is due. The wait runs from the queueing,
+    not from the request's arrival, so a server that falls behind still pools (a wait from
+    arrival would be over for every image of a backlog the moment it is queued).
+    `max_wait_s=0` answers each request's escalated images before the next (as `predictor`),
+    `math.inf` only full batches (`flush` answers the rest). Batches of the cheap network and
+    last batches of the expensive one are padded to the smallest of `execution.capacities(
+    batch_size, buckets)` that holds them: each network compiles at most `buckets` shapes.
+    Each network is a pure function `(params, batch_stats, images) -> logits` and a state its
+    `(params, batch_stats)`, as for `predictor`."""
+
+    def __init__(self, small: PureNet, large: PureNet, small_state, large_state, threshold: float,
+                 *, batch_size: int = 64, max_wait_s: float = 0.05, buckets: int = 8,
+                 clock: Callable[[], float] = time.perf_counter):
+        if not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+            raise ValueError(f"threshold must be a number (confidences under it escalate), got "
+                             f"{threshold!r}")
+        if not isinstance(max_wait_s, numbers.Real) or not max_wait_s >= 0:
+            raise ValueError(f"max_wait_s must be >= 0 seconds (math.inf: wait for full "
+                             f"batches only), got {max_wait_s!r}")
+        self._sizes = capacities(batch_size, buckets)  # names a batch that buckets do not divide
+        self.batch_size, self.max_wait_s, self.threshold = batch_size, float(max_wait_s), threshold
+        self._small_jit, self._large_jit = _compiled(small, large)
+        self._small_state, self._large_state = small_state, large_state
+        self._clock = clock
+        self._image_shape = None
+        self._classes = 0
+        self._next_id = 0
+        # the escalated images, oldest first: images, ids, when their request arrived, when
+        # they were queued
+        self._queue: dict[str, np.ndarray] | None = None
+
+    def warm_up(self, images) -> None:
+        """Compile both networks at every row capacity now, on copies of the first of `images`
+        (a batch, as `submit` takes), so that no request pays a compilation."""
+        images = self._checked(images)
+        if images.shape[0] == 0:
+            raise ValueError("warm_up needs at least one image to compile on")
+        for capacity in self._sizes:
+            batch = jnp.asarray(np.repeat(images[:1], capacity, axis=0))
+            jax.block_until_ready((self._small_jit(*self._small_state, batch),
+                                   self._large_jit(*self._large_state, batch)))
+
+    @property
+    def waiting(self) -> int:
+        """How many escalated images wait for the expensive network."""
+        return 0 if self._queue is None else int(self._queue["ids"].size)
+
+    @property
+    def deadline(self) -> float | None:
+        """The clock time by which `poll` must run for the oldest waiting image to keep its
+        bound (None when nothing waits)."""
+        return None if not self.waiting else float(self._queue["queued"][0]) + self.max_wait_s
+
+    def submit(self, images, ids=None, arrived_at: float | None = None) -> Answers:
+        """Answer a request's confident images; queue the rest. `ids` (one per image; default:
+        consecutive integers over all submitted images) come back with the answers;
+        `arrived_at` (default: now, on the server's `clock`) is when the request arrived, which
+        starts its wait."""
+        images = self._checked(images)
+        count = images.shape[0]
+        if ids is None:
+            ids = np.arange(self._next_id, self._next_id + count)
+        ids = np.asarray(ids)
+        if ids.shape != (count,):
+            raise ValueError(f"ids of shape {ids.shape} for {count} images: one id per image")
+        self._next_id += count
+        arrived = self._clock() if arrived_at is None else float(arrived_at)
+        if count == 0:
+            return self._answers(ids, None, False, arrived)
+        answers = _in_batches(lambda x: self._small_jit(*self._small_state, x), images,
+                              np.arange(count), self.batch_size, self._sizes)
+        logits = np.concatenate([a for a, _ in answers])
+        self._classes = logits.shape[-1]
+        escalated = np.concatenate([c for _, c in answers]) < self.threshold
+        if escalated.any():
+            self._enqueue(images[escalated], ids[escalated], arrived)
+        sure = ~escalated
+        return self._answers(ids[sure], logits[sure], False, arrived)
+
+    def poll(self) -> Answers:
+        """The expensive network on what is due: every full batch waiting, and everything
+        waiting once the oldest image has reached `deadline`. Empty answers when nothing is."""
+        due = self.waiting if self.waiting and self._clock() >= self.deadline else (
+            self.waiting // self.batch_size * self.batch_size)
+        return self._answer_waiting(due)
+
+    def flush(self) -> Answers:
+        """The expensive network on everything waiting, now (the end of a stream)."""
+        return self._answer_waiting(self.waiting)
+
+    def _checked(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim < 2:
+            raise ValueError(f"a server takes a batch of images (n, ...), got shape {images.shape}")
+        if self._image_shape is None:
+            self._image_shape = images.shape[1:]
+        elif images.shape[1:] != self._image_shape:
+            raise ValueError(f"images of shape {images.shape[1:]} after images of shape "
+                             f"{self._image_shape}: one server serves one input shape")
+        return images
+
+    def _enqueue(self, images, ids, arrived: float) -> None:
+        rows = {"images": images, "ids": ids, "arrived": np.full(ids.size, arrived),
+                "queued": np.full(ids.size, self._clock())}
+        self._queue = rows if self._queue is None else {
+            key: np.concatenate([self._queue[key], rows[key]]) for key in rows}
+
+    def _answer_waiting(self, count: int) -> Answers:
+        if count == 0:
+            return self._answers(np.zeros(0, np.int64), None, True, np.zeros(0))
+        queue = self._queue
+        answers = _in_batches(lambda x: self._large_jit(*self._large_state, x), queue["images"],
+                              np.arange(count), self.batch_size, self._sizes)
+        self._queue = None if count == self.waiting else {
+            key: rows[count:] for key, rows in queue.items()}
+        return self._answers(queue["ids"][:count], np.concatenate(answers), True,
+                             queue["arrived"][:count])
+
+    def _answers(self, ids, logits, escalated: bool, arrived) -> Answers:
+        if logits is None:
+            logits = np.zeros((ids.size, self._classes), np.float32)
+        return Answers(ids=ids, logits=logits, escalated=np.full(ids.size, escalated),
+                       arrived_at=np.broadcast_to(np.asarray(arrived, np.float64), ids.shape).copy())

@@ -1,0 +1,216 @@
+"""Serving a stream of requests: the static zoo network against the cascade answering each request
+before the next, and the streaming cascade that pools escalated images for a bounded wait.
+
+    python -m benchmarks.cascade_serving          # resnet20_gpu -> resnet56 at resnet32_gpu's MACs
+    python -m benchmarks.cascade_serving --request_size=1 --loads=0.5,0.8 --max_wait_ms=5,20
+
+Requests of `--request_size` test images arrive at a fixed interval (open loop: a request that
+arrives while the server is busy waits, and its wait counts), set as a share (`--loads`) of the
+static network's measured capacity at that request size; `saturated` sends them all at once.
+The cascade's threshold escalates the share of images that averages the static entry's MACs; it is
+set on the first half of the test images' small-network confidences (no labels), and the second
+half is the stream. Every server answers every image; per image the latency is from its request's
+arrival to the return of the call that answered it. Servers (one process, each compiled and
+warmed up before any is timed):
+
+- `static`: the static entry, each request on arrival;
+- `cascade, per request`: `methods.cascade.StreamingCascade` with no wait, so each request's
+  escalated images go to the large network before the next request (as `cascade.predictor`);
+- `cascade, wait W ms`: the escalated images pooled into batches of `--batch_size` for the large
+  network, an image waiting at most W ms after its request arrived.
+
+Figures: throughput (images over the time from the first arrival to the last answer), latency
+median / p99 / max, and accuracy over the stream (the cascades answer alike, so theirs is one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from adaptive_jax import report, zoo
+from adaptive_jax.data import datasets
+from adaptive_jax.data.augment import normalize
+from adaptive_jax.execution.predict import pure_predict
+from adaptive_jax.methods import cascade
+from benchmarks.common import append_results
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("small", "resnet20_gpu", "Zoo name of the network that answers every image.")
+flags.DEFINE_string("large", "resnet56", "Zoo name of the network the unsure images go on to.")
+flags.DEFINE_string("static", "resnet32_gpu", "Zoo entry whose MACs the cascade averages, "
+                    "served alone for comparison.")
+flags.DEFINE_integer("request_size", 16, "Images per request.")
+flags.DEFINE_integer("num_images", 2048, "Images streamed (from the second half of the test "
+                     "set; at most 5,000).")
+flags.DEFINE_list("loads", ["0.5", "0.8", "0.95", "saturated"], "Arrival rates as shares of the "
+                  "static network's capacity; 'saturated': every request at once.")
+flags.DEFINE_list("max_wait_ms", ["20", "100"], "Waits of the streaming cascade, in ms.")
+flags.DEFINE_integer("batch_size", 64, "The streaming cascade's batch for the large network.")
+flags.DEFINE_integer("buckets", 16, "Row capacities of the streaming cascade's batches "
+                     "(multiples of batch_size / buckets): its padding, and its compiled shapes.")
+flags.DEFINE_bool("record", True, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
+
+DATASET = "cifar10"
+COLUMNS = [("load", "load", "s"), ("server", "server", "s"), ("images_per_s", "img/s", ".0f"),
+           ("vs_static", "vs static", ".2f"), ("latency_p50_ms", "p50 ms", ".1f"),
+           ("latency_p99_ms", "p99 ms", ".1f"), ("latency_max_ms", "max ms", ".1f"),
+           ("test_accuracy", "top-1", ".4f")]
+
+
+class StaticServer:
+    """One network answering each request on arrival, with `StreamingCascade`'s interface."""
+
+    def __init__(self, net, state):
+        self._jit, self._state = jax.jit(net), state
+        self.waiting, self.deadline = 0, None
+
+    def warm_up(self, images):
+        jax.block_until_ready(self._jit(*self._state, images))
+
+    def submit(self, images, ids, arrived_at):
+        logits = np.asarray(self._jit(*self._state, images))
+        return cascade.Answers(ids=ids, logits=logits, escalated=np.zeros(ids.size, bool),
+                               arrived_at=np.full(ids.size, arrived_at))
+
+    def poll(self):
+        return None
+
+    def flush(self):
+        return None
+
+
+def serve(server, requests: list[np.ndarray], interval_s: float) -> dict:
+    """Send `requests` at `interval_s` apart (0: all at once) to `server` and answer them as it
+    can: one thread, which sleeps until the next arrival or the server's deadline. Returns per
+    image id its answer's logits and latency (s)."""
+    clock = time.perf_counter
+    start = clock() + 0.01
+    arrivals = start + interval_s * np.arange(len(requests))
+    logits, latency = {}, {}
+    sizes = np.cumsum([0] + [len(r) for r in requests])
+
+    def answered(answers):
+        if answers is None or len(answers) == 0:
+            return
+        done = clock()
+        for i, row, arrived in zip(answers.ids, answers.logits, answers.arrived_at):
+            logits[int(i)], latency[int(i)] = row, done - arrived
+
+    sent = 0
+    while sent < len(requests) or server.waiting:
+        now = clock()
+        if sent < len(requests) and arrivals[sent] <= now:
+            ids = np.arange(sizes[sent], sizes[sent + 1])
+            answered(server.submit(requests[sent], ids=ids, arrived_at=arrivals[sent]))
+            answered(server.poll())
+            sent += 1
+        elif server.waiting and now >= server.deadline:
+            answered(server.poll())
+        else:
+            wake = min(arrivals[sent] if sent < len(requests) else math.inf,
+                       server.deadline if server.waiting else math.inf)
+            if math.isinf(wake):  # no more requests and no deadline: answer what waits
+                answered(server.flush())
+            else:
+                time.sleep(max(0.0, wake - now))
+    last = clock()
+    return {"logits": logits, "latency": latency, "seconds": last - start}
+
+
+def summary(result: dict, labels: np.ndarray) -> dict:
+    ids = np.arange(labels.size)
+    latency_ms = np.array([result["latency"][i] for i in ids]) * 1e3
+    answers = np.stack([result["logits"][i] for i in ids]).argmax(-1)
+    return {"images_per_s": labels.size / result["seconds"],
+            "latency_p50_ms": float(np.percentile(latency_ms, 50)),
+            "latency_p99_ms": float(np.percentile(latency_ms, 99)),
+            "latency_max_ms": float(latency_ms.max()),
+            "test_accuracy": float(np.mean(answers == labels))}
+
+
+def main(argv):
+    del argv
+    split = datasets.load_split(DATASET, "test")
+    half = len(split) // 2
+    count = min(FLAGS.num_images, len(split) - half)
+    count -= count % FLAGS.request_size
+    if count <= 0:
+        raise SystemExit(f"--num_images={FLAGS.num_images} holds no request of "
+                         f"--request_size={FLAGS.request_size}")
+    calls, states, records = {}, {}, {}
+    for role, name in (("small", FLAGS.small), ("large", FLAGS.large), ("static", FLAGS.static)):
+        model, records[role] = zoo.load(name)
+        graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        calls[role], states[role] = pure_predict(graphdef), (params, batch_stats)
+    small, large, static = records["small"], records["large"], records["static"]
+    share = cascade.share_for_cost(static.macs, small.macs, large.macs)
+    mean, std = datasets.CHANNEL_MEAN[DATASET], datasets.CHANNEL_STD[DATASET]
+    held_out = np.asarray(normalize(split.images[:half], mean, std), np.float32)
+    confidences = np.concatenate([
+        np.asarray(cascade.confidence(jax.jit(calls["small"])(*states["small"], held_out[i:i + 500])))
+        for i in range(0, half, 500)])
+    threshold = cascade.threshold_for_share(confidences, share)
+    stream = np.asarray(normalize(split.images[half:half + count], mean, std), np.float32)
+    labels = np.asarray(split.labels[half:half + count])
+    requests = [stream[i:i + FLAGS.request_size] for i in range(0, count, FLAGS.request_size)]
+
+    servers = {"static": StaticServer(calls["static"], states["static"]),
+               "cascade, per request": cascade.StreamingCascade(
+                   calls["small"], calls["large"], states["small"], states["large"], threshold,
+                   batch_size=FLAGS.request_size, buckets=_buckets(FLAGS.request_size),
+                   max_wait_s=0.0)}
+    for wait in FLAGS.max_wait_ms:
+        servers[f"cascade, wait {wait} ms"] = cascade.StreamingCascade(
+            calls["small"], calls["large"], states["small"], states["large"], threshold,
+            batch_size=FLAGS.batch_size, buckets=FLAGS.buckets,
+            max_wait_s=float(wait) / 1e3)
+    for server in servers.values():  # every shape compiled before anything is timed
+        server.warm_up(requests[0])
+    # a served stream leaves nothing waiting, so each server serves every load in turn
+    capacity = summary(serve(servers["static"], requests, 0.0), labels)["images_per_s"]
+    rows = []
+    for load in FLAGS.loads:
+        interval = 0.0 if load == "saturated" else FLAGS.request_size / (float(load) * capacity)
+        at_load = [{"load": load, "server": name,
+                    **summary(serve(server, requests, interval), labels)}
+                   for name, server in servers.items()]
+        for row in at_load:
+            row["vs_static"] = row["images_per_s"] / at_load[0]["images_per_s"]
+        rows += at_load
+    table = report.format_table(rows, COLUMNS)
+    header = (f"{small.name} -> {large.name} at {static.name}'s MACs ({static.macs / 1e6:.1f} M: "
+              f"{share:.1%} escalated, threshold {threshold:.3f} set on the first {half} test "
+              f"images); {count} images in requests of {FLAGS.request_size}; {static.name}'s "
+              f"capacity {capacity:.0f} img/s")
+    print(header)
+    print(table)
+    if FLAGS.record:
+        figures = []
+        for row in rows:
+            context = {"model": f"{small.name} -> {large.name}", "server": row["server"],
+                       "load": row["load"], "static": static.name,
+                       "request_size": FLAGS.request_size, "images": count,
+                       "static_capacity_images_per_s": capacity}
+            figures += [
+                {"metric": "serving_images_per_s", "value": row["images_per_s"], "unit": "img/s", **context},
+                {"metric": "serving_throughput_vs_static", "value": row["vs_static"], "unit": "x", **context},
+                {"metric": "serving_latency_p50_ms", "value": row["latency_p50_ms"], "unit": "ms", **context},
+                {"metric": "serving_latency_p99_ms", "value": row["latency_p99_ms"], "unit": "ms", **context},
+                {"metric": "serving_accuracy", "value": row["test_accuracy"], "unit": "fraction", **context}]
+        append_results("cascade_serving", figures, table, header)
+
+
+def _buckets(batch: int) -> int:
+    """Row capacities for a request: multiples of batch / 8 where 8 divides it, else every
+    row count."""
+    return 8 if batch % 8 == 0 else batch
+
+
+if __name__ == "__main__":
+    app.run(main)
