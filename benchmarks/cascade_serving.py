@@ -52,8 +52,6 @@ flags.DEFINE_list("loads", ["0.5", "0.8", "0.95", "saturated"], "Arrival rates a
                   "static network's capacity; 'saturated': every request at once.")
 flags.DEFINE_list("max_wait_ms", ["20", "100"], "Waits of the streaming cascade, in ms.")
 flags.DEFINE_integer("batch_size", 64, "The streaming cascade's batch for the large network.")
-flags.DEFINE_integer("buckets", 16, "Row capacities of the streaming cascade's batches "
-                     "(multiples of batch_size / buckets): its padding, and its compiled shapes.")
 flags.DEFINE_bool("record", True, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
 
 DATASET = "cifar10"
@@ -163,13 +161,11 @@ def main(argv):
     servers = {"static": StaticServer(calls["static"], states["static"]),
                "cascade, per request": cascade.StreamingCascade(
                    calls["small"], calls["large"], states["small"], states["large"], threshold,
-                   batch_size=FLAGS.request_size, buckets=_buckets(FLAGS.request_size),
-                   max_wait_s=0.0)}
+                   batch_size=FLAGS.request_size, max_wait_s=0.0)}
     for wait in FLAGS.max_wait_ms:
         servers[f"cascade, wait {wait} ms"] = cascade.StreamingCascade(
             calls["small"], calls["large"], states["small"], states["large"], threshold,
-            batch_size=FLAGS.batch_size, buckets=FLAGS.buckets,
-            max_wait_s=float(wait) / 1e3)
+            batch_size=FLAGS.batch_size, max_wait_s=float(wait) / 1e3)
     for server in servers.values():  # every shape compiled before anything is timed
         server.warm_up(requests[0])
     # a served stream leaves nothing waiting, so each server serves every load in turn
@@ -204,12 +200,6 @@ def main(argv):
                 {"metric": "serving_latency_p99_ms", "value": row["latency_p99_ms"], "unit": "ms", **context},
                 {"metric": "serving_accuracy", "value": row["test_accuracy"], "unit": "fraction", **context}]
         append_results("cascade_serving", figures, table, header)
-
-
-def _buckets(batch: int) -> int:
-    """Row capacities for a request: multiples of batch / 8 where 8 divides it, else every
-    row count."""
-    return 8 if batch % 8 == 0 else batch
 
 
 if __name__ == "__main__":

@@ -177,10 +177,11 @@ def test_the_streaming_cascade_answers_as_the_rule_and_pools_within_its_wait():
     clock, shapes = _Clock(), []
     server = cascade.StreamingCascade(_counted(small, shapes), _counted(large, shapes),
                                       small_state, large_state, threshold, batch_size=8,
-                                      max_wait_s=0.5, buckets=4, clock=clock)
+                                      max_wait_s=0.5, clock=clock)
     server.warm_up(images)
     compiled = sorted(shapes)
-    assert compiled == sorted((net, n) for net in ("small", "large") for n in (2, 4, 6, 8))
+    # the default capacities: powers of two up to the batch
+    assert compiled == sorted((net, n) for net in ("small", "large") for n in (1, 2, 4, 8))
     answered, pooled = {}, 0
 
     def take(answers):
@@ -226,7 +227,7 @@ def test_the_streaming_cascade_without_a_wait_answers_each_request_and_flushes()
     threshold = float(np.quantile(sure, 0.6))
     clock = _Clock()
     now = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
-                                   batch_size=8, max_wait_s=0.0, buckets=4, clock=clock)
+                                   batch_size=8, max_wait_s=0.0, clock=clock)
     first = now.submit(images[:6])
     escalated_first = int((sure[:6] < threshold).sum())
     assert now.waiting == escalated_first and len(now.poll()) == escalated_first
@@ -235,7 +236,7 @@ def test_the_streaming_cascade_without_a_wait_answers_each_request_and_flushes()
     assert set(second.ids) <= set(range(6, 12))
     # a backlog: the request arrived 10 s ago, but its escalated images wait from their queueing
     later = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
-                                     batch_size=8, max_wait_s=0.5, buckets=4, clock=clock)
+                                     batch_size=8, max_wait_s=0.5, clock=clock)
     arrived = clock.now - 10.0
     later.submit(images[:6], arrived_at=arrived)
     assert later.waiting == escalated_first and later.deadline == clock.now + 0.5
@@ -244,7 +245,8 @@ def test_the_streaming_cascade_without_a_wait_answers_each_request_and_flushes()
     late = later.poll()
     assert len(late) == escalated_first and (late.arrived_at == arrived).all()
     never = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
-                                     batch_size=8, max_wait_s=math.inf, buckets=4, clock=clock)
+                                     batch_size=8, max_wait_s=math.inf, capacities=(4, 8),
+                                     clock=clock)
     never.submit(images)
     clock.now += 1e6
     assert len(never.poll()) == 0  # fewer than 8 escalated, and no deadline
@@ -263,9 +265,12 @@ def test_the_streaming_cascade_names_bad_input():
         make(max_wait_s=float("nan"))
     with pytest.raises(ValueError, match="threshold must be a number"):
         make(threshold=float("nan"))
-    with pytest.raises(ValueError, match="not a multiple of buckets"):
-        make(batch_size=10, buckets=4)
-    server = make(batch_size=8, buckets=4)
+    for capacities in ((4, 16), (0, 8), (2.5, 8), ()):
+        with pytest.raises(ValueError, match="the largest batch_size=8"):
+            make(batch_size=8, capacities=capacities)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        make(batch_size=0)
+    server = make(batch_size=8)
     with pytest.raises(ValueError, match=r"takes a batch of images \(n, ...\)"):
         server.submit(np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="one id per image"):

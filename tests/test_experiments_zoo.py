@@ -176,7 +176,7 @@ def test_cascade_serving_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
     manual_dir, _, test = tiny_cifar_manual_dir
     results = tmp_path / "results"
     proc = run_experiment("benchmarks.cascade_serving", "--request_size=4", "--batch_size=8",
-                          "--buckets=2", "--loads=0.5,saturated", "--max_wait_ms=5",
+                          "--loads=0.5,saturated", "--max_wait_ms=5",
                           env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(results),
                                      "ADAPTIVE_JAX_MANUAL_DIR": manual_dir,
                                      "TFDS_DATA_DIR": str(tmp_path / "tfds")})

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaptive_jax.config import check_count
 from adaptive_jax.execution.executors import capacities
 
 PureNet = Callable[..., jax.Array]  # (params, batch_stats, images) -> logits
@@ -242,14 +243,18 @@ class StreamingCascade:
     not from the request's arrival, so a server that falls behind still pools (a wait from
     arrival would be over for every image of a backlog the moment it is queued).
     `max_wait_s=0` answers each request's escalated images before the next (as `predictor`),
-    `math.inf` only full batches (`flush` answers the rest). Batches of the cheap network and
-    last batches of the expensive one are padded to the smallest of `execution.capacities(
-    batch_size, buckets)` that holds them: each network compiles at most `buckets` shapes.
+    `math.inf` only full batches (`flush` answers the rest). A request, and a last batch of the
+    expensive network, is padded to the smallest of `capacities` that holds it (a request
+    larger than `batch_size` runs in batches of it); each network compiles one shape per
+    capacity. The default, powers of two up to `batch_size`, wastes at most half a batch and
+    keeps a request of one image at batch 1: `predictor`'s multiples of batch / 8 would run it
+    at 8 rows here.
     Each network is a pure function `(params, batch_stats, images) -> logits` and a state its
     `(params, batch_stats)`, as for `predictor`."""
 
     def __init__(self, small: PureNet, large: PureNet, small_state, large_state, threshold: float,
-                 *, batch_size: int = 64, max_wait_s: float = 0.05, buckets: int = 8,
+                 *, batch_size: int = 64, max_wait_s: float = 0.05,
+                 capacities: tuple[int, ...] | None = None,
                  clock: Callable[[], float] = time.perf_counter):
         if not isinstance(threshold, numbers.Real) or math.isnan(threshold):
             raise ValueError(f"threshold must be a number (confidences under it escalate), got "
@@ -257,7 +262,16 @@ class StreamingCascade:
         if not isinstance(max_wait_s, numbers.Real) or not max_wait_s >= 0:
             raise ValueError(f"max_wait_s must be >= 0 seconds (math.inf: wait for full "
                              f"batches only), got {max_wait_s!r}")
-        self._sizes = capacities(batch_size, buckets)  # names a batch that buckets do not divide
+        check_count("batch_size", batch_size, meaning="the expensive network's batch")
+        if capacities is None:
+            capacities = tuple(2 ** k for k in range(batch_size.bit_length()) if 2 ** k < batch_size)
+            capacities += (batch_size,)
+        sizes = tuple(capacities)
+        if not sizes or max((c for c in sizes if isinstance(c, numbers.Real)), default=0) != batch_size or not all(
+                isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1 for c in sizes):
+            raise ValueError(f"capacities must be row counts >= 1, the largest batch_size="
+                             f"{batch_size}; got {capacities!r}")
+        self._sizes = tuple(sorted(set(int(c) for c in sizes)))
         self.batch_size, self.max_wait_s, self.threshold = batch_size, float(max_wait_s), threshold
         self._small_jit, self._large_jit = _compiled(small, large)
         self._small_state, self._large_state = small_state, large_state
