@@ -38,7 +38,7 @@ from adaptive_jax.data import datasets
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.execution.predict import pure_predict
 from adaptive_jax.methods import cascade
-from benchmarks.common import append_results
+from benchmarks.common import append_results, median_call_ms
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("small", "resnet20_gpu", "Zoo name of the network that answers every image.")
@@ -132,6 +132,22 @@ def summary(result: dict, labels: np.ndarray) -> dict:
             "test_accuracy": float(np.mean(answers == labels))}
 
 
+def per_image_ms(calls, states, images, batches, calls_per_batch: int = 5) -> dict:
+    """Each network's time per image at each batch size (median of `calls_per_batch` calls):
+    what pooling the escalated images can buy is the large network's drop from small batches
+    to `--batch_size`."""
+    out = {}
+    for role in ("small", "large", "static"):
+        run = jax.jit(calls[role])
+        out[role] = {}
+        for batch in batches:
+            x = jax.numpy.asarray(np.resize(images, (batch,) + images.shape[1:]))
+            jax.block_until_ready(run(*states[role], x))  # compile
+            out[role][batch] = median_call_ms(
+                lambda: jax.block_until_ready(run(*states[role], x)), calls_per_batch) / batch
+    return out
+
+
 def main(argv):
     del argv
     split = datasets.load_split(DATASET, "test")
@@ -179,12 +195,18 @@ def main(argv):
         for row in at_load:
             row["vs_static"] = row["images_per_s"] / at_load[0]["images_per_s"]
         rows += at_load
+    per_image = per_image_ms(calls, states, stream, sorted({1, 8, FLAGS.request_size,
+                                                           FLAGS.batch_size}))
     table = report.format_table(rows, COLUMNS)
     header = (f"{small.name} -> {large.name} at {static.name}'s MACs ({static.macs / 1e6:.1f} M: "
               f"{share:.1%} escalated, threshold {threshold:.3f} set on the first {half} test "
               f"images); {count} images in requests of {FLAGS.request_size}; {static.name}'s "
               f"capacity {capacity:.0f} img/s")
+    cost_line = "ms per image by batch size: " + "; ".join(
+        f"{records[role].name} " + ", ".join(f"b{b} {ms:.2f}" for b, ms in by_batch.items())
+        for role, by_batch in per_image.items())
     print(header)
+    print(cost_line)
     print(table)
     if FLAGS.record:
         figures = []
@@ -199,7 +221,10 @@ def main(argv):
                 {"metric": "serving_latency_p50_ms", "value": row["latency_p50_ms"], "unit": "ms", **context},
                 {"metric": "serving_latency_p99_ms", "value": row["latency_p99_ms"], "unit": "ms", **context},
                 {"metric": "serving_accuracy", "value": row["test_accuracy"], "unit": "fraction", **context}]
-        append_results("cascade_serving", figures, table, header)
+        for role, by_batch in per_image.items():
+            figures += [{"metric": "serving_network_ms_per_image", "value": ms, "unit": "ms",
+                         "model": records[role].name, "batch": b} for b, ms in by_batch.items()]
+        append_results("cascade_serving", figures, table, f"{header}; {cost_line}")
 
 
 if __name__ == "__main__":

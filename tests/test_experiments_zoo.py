@@ -183,6 +183,11 @@ def test_cascade_serving_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "20 images in requests of 4" in proc.stdout
     recorded = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    costs = {(r["model"], r["batch"]): r["value"] for r in recorded
+             if r["metric"] == "serving_network_ms_per_image"}
+    assert set(costs) == {(m, b) for m in ("resnet20_gpu", "resnet56", "resnet32_gpu")
+                          for b in (1, 4, 8)} and min(costs.values()) > 0
+    recorded = [r for r in recorded if r["metric"] != "serving_network_ms_per_image"]
     servers = ("static", "cascade, per request", "cascade, wait 5 ms")
     for load in ("0.5", "saturated"):
         rows = {r["server"]: r for r in recorded if r["load"] == load}
