@@ -246,9 +246,8 @@ class StreamingCascade:
     `math.inf` only full batches (`flush` answers the rest). A request, and a last batch of the
     expensive network, is padded to the smallest of `capacities` that holds it (a request
     larger than `batch_size` runs in batches of it); each network compiles one shape per
-    capacity. The default, powers of two up to `batch_size`, wastes at most half a batch and
-    keeps a request of one image at batch 1: `predictor`'s multiples of batch / 8 would run it
-    at 8 rows here.
+    capacity. The default, powers of two up to `batch_size`, pads at most to twice the rows
+    and runs a one-image request at batch 1.
     Each network is a pure function `(params, batch_stats, images) -> logits` and a state its
     `(params, batch_stats)`, as for `predictor`."""
 
@@ -267,8 +266,9 @@ class StreamingCascade:
             capacities = tuple(2 ** k for k in range(batch_size.bit_length()) if 2 ** k < batch_size)
             capacities += (batch_size,)
         sizes = tuple(capacities)
-        if not sizes or max((c for c in sizes if isinstance(c, numbers.Real)), default=0) != batch_size or not all(
-                isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1 for c in sizes):
+        counts = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1
+                     for c in sizes)
+        if not (sizes and counts and max(sizes) == batch_size):
             raise ValueError(f"capacities must be row counts >= 1, the largest batch_size="
                              f"{batch_size}; got {capacities!r}")
         self._sizes = tuple(sorted(set(int(c) for c in sizes)))
@@ -307,9 +307,9 @@ class StreamingCascade:
 
     def submit(self, images, ids=None, arrived_at: float | None = None) -> Answers:
         """Answer a request's confident images; queue the rest. `ids` (one per image; default:
-        consecutive integers over all submitted images) come back with the answers;
-        `arrived_at` (default: now, on the server's `clock`) is when the request arrived, which
-        starts its wait."""
+        consecutive integers over all submitted images) come back with the answers, and so
+        does `arrived_at` (default: now, on the server's `clock`), when the request arrived:
+        a caller's latency is from there."""
         images = self._checked(images)
         count = images.shape[0]
         if ids is None:
