@@ -17,10 +17,13 @@ warmed up before any is timed):
 - `cascade, per request`: `methods.cascade.StreamingCascade` with no wait, so each request's
   escalated images go to the large network before the next request (as `cascade.predictor`);
 - `cascade, wait W ms`: the escalated images pooled into batches of `--batch_size` for the large
-  network, an image waiting at most W ms after its request arrived.
+  network, an image waiting at most W ms after the small network queued it.
 
 Figures: throughput (images over the time from the first arrival to the last answer), latency
-median / p99 / max, and accuracy over the stream (the cascades answer alike, so theirs is one).
+median / p99 / max, and accuracy over the stream (the cascades answer alike, so theirs is one);
+and each network's time per image at batch 1, 8, the request size and `--batch_size`, which
+bounds what pooling can buy: the large network's drop from a request's few escalated rows to a
+full batch.
 """
 
 from __future__ import annotations
