@@ -214,7 +214,8 @@ def main(argv):
     if FLAGS.record:
         figures = []
         for row in rows:
-            context = {"model": f"{small.name} -> {large.name}", "server": row["server"],
+            model = static.name if row["server"] == "static" else f"{small.name} -> {large.name}"
+            context = {"model": model, "server": row["server"],
                        "load": row["load"], "static": static.name,
                        "request_size": FLAGS.request_size, "images": count,
                        "static_capacity_images_per_s": capacity}
