@@ -124,7 +124,8 @@ def test_cascade_example():
     held_out_u8 = u8[:40]
     pixels = normalize(u8[40:], CHANNEL_MEAN["cifar10"], CHANNEL_STD["cifar10"])
     images, many = pixels[:8], pixels[8:]  # 70: two batches of 64, the last short
-    names = {"held_out_u8": held_out_u8, "images": images, "many_images": many}
+    names = {"held_out_u8": held_out_u8, "images": images, "many_images": many,
+             "request": many[:16]}
     exec(example("pooled_predictor"), names)
     logits, escalated = names["logits"], names["escalated"]
     assert logits.shape == (70, 10) and escalated.shape == (70,)
@@ -135,3 +136,13 @@ def test_cascade_example():
         want, sent = serve(*states, many[start:start + 64])
         np.testing.assert_allclose(logits[start:start + 64], want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(escalated[start:start + 64], sent)
+    # the streaming server: the request's confident images at once, the escalated ones by now
+    # (poll: nothing due, fewer than 64 wait and none for 20 ms) or at the end of the stream
+    server, sure, late = names["server"], names["sure"], names["late"]
+    rest = server.flush()
+    ids = np.concatenate([sure.ids, late.ids, rest.ids])
+    np.testing.assert_array_equal(np.sort(ids), np.arange(16))
+    np.testing.assert_array_equal(np.sort(np.concatenate([late.ids, rest.ids])),
+                                  np.flatnonzero(escalated[:16]))
+    answered = np.concatenate([sure.logits, late.logits, rest.logits])[np.argsort(ids)]
+    np.testing.assert_allclose(answered, logits[:16], rtol=1e-5, atol=1e-5)
