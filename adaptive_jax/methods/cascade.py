@@ -232,6 +232,10 @@ class StreamingCascade:
     rows each one escalates (~14 of 64 at ResNet-32's MACs), rounded up to a capacity. A server
     sees images over time; holding the escalated ones for the next requests trades their
     latency for the expensive network's batch. This is that trade, with the wait bounded.
+    It pays only when batches fill: choose `batch_size` where the expensive network's time per
+    image stops falling (8-16 on XLA:CPU; more on an accelerator) and a wait long enough to
+    gather it at the escalated rate. A deadline that passes first flushes a padded partial
+    batch, whose padding costs what pooling saved (docs/zoo.md, "Serving a stream").
 
     The server is synchronous and owns no thread: `submit` runs the cheap network on a request
     and returns its confident answers; `poll` runs the expensive network on what is due (every
