@@ -17,7 +17,8 @@ warmed up before any is timed):
 - `cascade, per request`: `methods.cascade.StreamingCascade` with no wait, so each request's
   escalated images go to the large network before the next request (as `cascade.predictor`);
 - `cascade, wait W ms`: the escalated images pooled into batches of `--batch_size` for the large
-  network, an image waiting at most W ms after the small network queued it.
+  network, an image waiting at most W ms after the small network queued it (`inf`: `cascade,
+  full batches`, the large network on full batches only and the rest at the end of the stream).
 
 Figures: throughput (images over the time from the first arrival to the last answer), latency
 median / p99 / max, and accuracy over the stream (the cascades answer alike, so theirs is one);
@@ -53,7 +54,8 @@ flags.DEFINE_integer("num_images", 2048, "Images streamed (from the second half 
                      "set; at most 5,000).")
 flags.DEFINE_list("loads", ["0.5", "0.8", "0.95", "saturated"], "Arrival rates as shares of the "
                   "static network's capacity; 'saturated': every request at once.")
-flags.DEFINE_list("max_wait_ms", ["20", "100"], "Waits of the streaming cascade, in ms.")
+flags.DEFINE_list("max_wait_ms", ["20", "100"], "Waits of the streaming cascade, in ms ('inf': "
+                  "full batches only, the rest answered at the end of the stream).")
 flags.DEFINE_integer("batch_size", 64, "The streaming cascade's batch for the large network.")
 flags.DEFINE_bool("record", True, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
 
@@ -182,7 +184,8 @@ def main(argv):
                    calls["small"], calls["large"], states["small"], states["large"], threshold,
                    batch_size=FLAGS.request_size, max_wait_s=0.0)}
     for wait in FLAGS.max_wait_ms:
-        servers[f"cascade, wait {wait} ms"] = cascade.StreamingCascade(
+        name = "cascade, full batches" if math.isinf(float(wait)) else f"cascade, wait {wait} ms"
+        servers[name] = cascade.StreamingCascade(
             calls["small"], calls["large"], states["small"], states["large"], threshold,
             batch_size=FLAGS.batch_size, max_wait_s=float(wait) / 1e3)
     for server in servers.values():  # every shape compiled before anything is timed
