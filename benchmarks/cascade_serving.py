@@ -37,12 +37,12 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from adaptive_jax import report, zoo
+from adaptive_jax import latency, report, zoo
 from adaptive_jax.data import datasets
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.execution.predict import pure_predict
 from adaptive_jax.methods import cascade
-from benchmarks.common import append_results, median_call_ms
+from benchmarks.common import append_results
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("small", "resnet20_gpu", "Zoo name of the network that answers every image.")
@@ -137,19 +137,20 @@ def summary(result: dict, labels: np.ndarray) -> dict:
             "test_accuracy": float(np.mean(answers == labels))}
 
 
-def per_image_ms(calls, states, images, batches, calls_per_batch: int = 5) -> dict:
-    """Each network's time per image at each batch size (median of `calls_per_batch` calls):
-    what pooling the escalated images can buy is the large network's drop from small batches
-    to `--batch_size`."""
-    out = {}
-    for role in ("small", "large", "static"):
-        run = jax.jit(calls[role])
-        out[role] = {}
-        for batch in batches:
-            x = jax.numpy.asarray(np.resize(images, (batch,) + images.shape[1:]))
-            jax.block_until_ready(run(*states[role], x))  # compile
-            out[role][batch] = median_call_ms(
-                lambda: jax.block_until_ready(run(*states[role], x)), calls_per_batch) / batch
+def per_image_ms(calls, states, images, batches) -> dict:
+    """Each network's time per image at each batch size, the three networks taking turns
+    (`latency.interleaved_batch_ms`): what pooling the escalated images can buy is the large
+    network's drop from small batches to `--batch_size`."""
+    runs = {role: jax.jit(calls[role]) for role in ("small", "large", "static")}
+    out = {role: {} for role in runs}
+    for batch in batches:
+        x = jax.numpy.asarray(np.resize(images, (batch,) + images.shape[1:]))
+        ms = latency.interleaved_batch_ms(
+            {role: (lambda x, run=run, state=states[role]: run(*state, x))
+             for role, run in runs.items()},
+            (), [x])
+        for role in runs:
+            out[role][batch] = ms[role] / batch
     return out
 
 
