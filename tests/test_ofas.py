@@ -280,6 +280,44 @@ def test_a_greedy_path_continued_from_its_end_is_the_path_searched_at_once(net):
     assert first + rest[1:] == path and continued_plan == plan
 
 
+def test_the_greedy_search_resumes_from_its_journal_and_scores_plans_as_the_masked_path(net, tmp_path):
+    """The search runs its candidates on the cond executor (dropped blocks do not run): each
+    step's held-out accuracy is the one the masked training path gives that plan. Its journal
+    holds every plan it scored, and a search run again on the journal scores none anew."""
+    from adaptive_jax import execution
+    from adaptive_jax.data import datasets
+    from adaptive_jax.data.augment import normalize
+
+    rng = np.random.default_rng(1)
+    split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+                           rng.integers(0, 10, 40), 10)
+    graphdef, state = create_train_state(net, ofas.make_stage_b_tx(ofas.stage_b_config(
+        ofas.default_config(), 1.0), 1, 1)[0], 0)
+    costs = net.costs()
+    budget = costs.base_macs + costs.policy_macs + 0.4 * sum(costs.run_macs)
+    journal = str(tmp_path / "journal.jsonl")
+    search = functools.partial(ofas.greedy_static_plan, graphdef, state, split, "cifar10", costs,
+                               budget, batch_size=16, journal=journal)
+    plan, path = search()
+    with open(journal) as f:
+        scored = f.read().splitlines()
+    num_blocks = len(costs.run_macs)
+    assert len(scored) == 1 + sum(num_blocks - i for i in range(len(path) - 1))  # all distinct
+
+    masked = execution.jit_predict(graphdef, lambda model, x, plan: model.backbone.classify(
+        execution.masked().run_units(model.backbone, model.backbone.stem(x),
+                                     jnp.broadcast_to(plan, (x.shape[0], num_blocks)))))
+    images = normalize(jnp.asarray(split.images), datasets.CHANNEL_MEAN["cifar10"],
+                       datasets.CHANNEL_STD["cifar10"])
+    for step in (path[0], path[-1]):
+        logits = masked(state.params, state.batch_stats, images, jnp.asarray(step["plan"]))
+        assert step["accuracy"] == pytest.approx(float((logits.argmax(-1) == split.labels).mean()))
+
+    assert search() == (plan, path)
+    with open(journal) as f:
+        assert f.read().splitlines() == scored  # nothing scored again
+
+
 def test_a_static_run_is_keyed_by_plan_backbone_and_recipe_not_by_the_head(net):
     """Two OFAS runs share a static sub-net's fine-tuning only if it would train the same weights:
     the head's settings, the penalty and the loop's bookkeeping do not change the key; the plan,

@@ -157,7 +157,8 @@ def cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs: flo
     images per candidate block and step), and its path does not depend on the budget until it
     stops, so one path serves every budget of the run (each penalty's static sub-net, the head's
     start): WORKDIR/static_search/greedy_path.json keeps the longest path searched; a budget the
-    path has passed is read off it, a lower one continues it. Returns (plan, path to the plan)."""
+    path has passed is read off it, a lower one continues it; journal.jsonl beside it keeps every
+    plan evaluated, so an interrupted search resumes. Returns (plan, path to the plan)."""
     n = config.rl.static_heldout_examples
     key = {"heldout_examples": n, "backbone_sha256": ofas.backbone_digest(stage_a["state"])}
     cache = os.path.join(workdir, "static_search", "greedy_path.json")
@@ -173,7 +174,8 @@ def cached_greedy_static_plan(config, stage_a, train_split, costs, max_macs: flo
     heldout = datasets.Split(train_split.images[-n:], train_split.labels[-n:], train_split.num_classes)
     plan, more = ofas.greedy_static_plan(stage_a["graphdef"], stage_a["state"], heldout,
                                          config.dataset, costs, max_macs, config.eval_batch_size,
-                                         start=path[-1]["plan"] if path else None)
+                                         start=path[-1]["plan"] if path else None,
+                                         journal=os.path.join(os.path.dirname(cache), "journal.jsonl"))
     path = path + more[1:] if path else more  # (a continued search starts at the path's end)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     with open(cache + ".tmp", "w") as f:
