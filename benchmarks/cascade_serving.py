@@ -19,12 +19,18 @@ warmed up before any is timed):
 - `cascade, wait W ms`: the escalated images pooled into batches of `--batch_size` for the large
   network, an image waiting at most W ms after the small network queued it (`inf`: `cascade,
   full batches`, the large network on full batches only and the rest at the end of the stream).
+  These three run in one thread, which sleeps until the next arrival or the server's deadline;
+- `threaded, wait W ms` (`--threaded`, finite waits): the same cascade behind
+  `methods.cascade.CascadeServer`: this thread submits each request on arrival and runs the small
+  network, the server's worker thread runs the large one meanwhile; an image's latency is its
+  request's (a future resolves when every row of its request is answered).
 
 Figures: throughput (images over the time from the first arrival to the last answer), latency
-median / p99 / max, and accuracy over the stream (the cascades answer alike, so theirs is one);
-and each network's time per image at batch 1, 8, the request size and `--batch_size`, which
-bounds what pooling can buy: the large network's drop from a request's few escalated rows to a
-full batch.
+median / p99 / max per image and median / p99 per request (its last image's: what a caller
+waiting for the whole request sees, comparable across all servers), and accuracy over the
+stream (the cascades answer alike, so theirs is one); and each network's time per image at batch
+1, 8, the request size and `--batch_size`, which bounds what pooling can buy: the large
+network's drop from a request's few escalated rows to a full batch.
 """
 
 from __future__ import annotations
@@ -57,12 +63,15 @@ flags.DEFINE_list("loads", ["0.5", "0.8", "0.95", "saturated"], "Arrival rates a
 flags.DEFINE_list("max_wait_ms", ["20", "100"], "Waits of the streaming cascade, in ms ('inf': "
                   "full batches only, the rest answered at the end of the stream).")
 flags.DEFINE_integer("batch_size", 64, "The streaming cascade's batch for the large network.")
+flags.DEFINE_bool("threaded", True, "Also serve each finite wait through `cascade.CascadeServer` "
+                  "(the large network on a worker thread).")
 flags.DEFINE_bool("record", True, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
 
 DATASET = "cifar10"
 COLUMNS = [("load", "load", "s"), ("server", "server", "s"), ("images_per_s", "img/s", ".0f"),
            ("vs_static", "vs static", ".2f"), ("latency_p50_ms", "p50 ms", ".1f"),
            ("latency_p99_ms", "p99 ms", ".1f"), ("latency_max_ms", "max ms", ".1f"),
+           ("request_p50_ms", "request p50", ".1f"), ("request_p99_ms", "request p99", ".1f"),
            ("test_accuracy", "top-1", ".4f")]
 
 
@@ -126,14 +135,42 @@ def serve(server, requests: list[np.ndarray], interval_s: float) -> dict:
     return {"logits": logits, "latency": latency, "seconds": last - start}
 
 
+def serve_threaded(streaming: cascade.StreamingCascade, requests: list[np.ndarray],
+                   interval_s: float) -> dict:
+    """Send `requests` at `interval_s` apart (0: all at once) to a `cascade.CascadeServer`
+    around `streaming`: this thread submits each on arrival (the small network runs in it), the
+    server's worker runs the large network meanwhile. A request's images are answered together,
+    when its future resolves: that is each image's latency. Returns what `serve` does."""
+    clock = time.perf_counter
+    start = clock() + 0.01
+    arrivals = start + interval_s * np.arange(len(requests))
+    finished, futures = {}, []
+    with cascade.CascadeServer(streaming) as server:
+        for k, request in enumerate(requests):
+            time.sleep(max(0.0, arrivals[k] - clock()))
+            futures.append(server.submit(request))
+            futures[-1].add_done_callback(lambda _, k=k: finished.setdefault(k, clock()))
+    logits, latency, first = {}, {}, 0
+    for k, future in enumerate(futures):
+        for row, answer in enumerate(future.result()[0]):
+            logits[first + row], latency[first + row] = answer, finished[k] - arrivals[k]
+        first += len(requests[k])
+    return {"logits": logits, "latency": latency, "seconds": max(finished.values()) - start}
+
+
 def summary(result: dict, labels: np.ndarray) -> dict:
+    """Throughput, latency per image and per request (its last image's: what a caller waiting
+    for the whole request sees), and accuracy. Requests are `--request_size` consecutive ids."""
     ids = np.arange(labels.size)
     latency_ms = np.array([result["latency"][i] for i in ids]) * 1e3
+    request_ms = latency_ms.reshape(-1, FLAGS.request_size).max(axis=1)
     answers = np.stack([result["logits"][i] for i in ids]).argmax(-1)
     return {"images_per_s": labels.size / result["seconds"],
             "latency_p50_ms": float(np.percentile(latency_ms, 50)),
             "latency_p99_ms": float(np.percentile(latency_ms, 99)),
             "latency_max_ms": float(latency_ms.max()),
+            "request_p50_ms": float(np.percentile(request_ms, 50)),
+            "request_p99_ms": float(np.percentile(request_ms, 99)),
             "test_accuracy": float(np.mean(answers == labels))}
 
 
@@ -184,11 +221,14 @@ def main(argv):
                "cascade, per request": cascade.StreamingCascade(
                    calls["small"], calls["large"], states["small"], states["large"], threshold,
                    batch_size=FLAGS.request_size, max_wait_s=0.0)}
+    threaded = {}
     for wait in FLAGS.max_wait_ms:
         name = "cascade, full batches" if math.isinf(float(wait)) else f"cascade, wait {wait} ms"
         servers[name] = cascade.StreamingCascade(
             calls["small"], calls["large"], states["small"], states["large"], threshold,
             batch_size=FLAGS.batch_size, max_wait_s=float(wait) / 1e3)
+        if FLAGS.threaded and not math.isinf(float(wait)):
+            threaded[f"threaded, wait {wait} ms"] = servers[name]
     for server in servers.values():  # every shape compiled before anything is timed
         server.warm_up(requests[0])
     # a served stream leaves nothing waiting, so each server serves every load in turn
@@ -199,6 +239,9 @@ def main(argv):
         at_load = [{"load": load, "server": name,
                     **summary(serve(server, requests, interval), labels)}
                    for name, server in servers.items()]
+        at_load += [{"load": load, "server": name,
+                     **summary(serve_threaded(streaming, requests, interval), labels)}
+                    for name, streaming in threaded.items()]
         for row in at_load:
             row["vs_static"] = row["images_per_s"] / at_load[0]["images_per_s"]
         rows += at_load
@@ -228,6 +271,8 @@ def main(argv):
                 {"metric": "serving_throughput_vs_static", "value": row["vs_static"], "unit": "x", **context},
                 {"metric": "serving_latency_p50_ms", "value": row["latency_p50_ms"], "unit": "ms", **context},
                 {"metric": "serving_latency_p99_ms", "value": row["latency_p99_ms"], "unit": "ms", **context},
+                {"metric": "serving_request_latency_p50_ms", "value": row["request_p50_ms"], "unit": "ms", **context},
+                {"metric": "serving_request_latency_p99_ms", "value": row["request_p99_ms"], "unit": "ms", **context},
                 {"metric": "serving_accuracy", "value": row["test_accuracy"], "unit": "fraction", **context}]
         for role, by_batch in per_image.items():
             figures += [{"metric": "serving_network_ms_per_image", "value": ms, "unit": "ms",

@@ -1,6 +1,7 @@
 """methods.cascade: the threshold, the measured statistics, and both compiled paths."""
 
 import math
+import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -280,3 +281,111 @@ def test_the_streaming_cascade_names_bad_input():
         server.submit(np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="at least one image to compile on"):
         server.warm_up(np.zeros((0, 2), np.float32))
+
+
+def _expected(small, large, small_state, large_state, images, threshold):
+    small_logits, large_logits = small(*small_state, images), large(*large_state, images)
+    escalate = np.asarray(cascade.confidence(small_logits)) < threshold
+    return np.where(escalate[:, None], large_logits, small_logits), escalate
+
+
+def test_the_cascade_server_answers_callers_on_many_threads_as_the_rule():
+    small, large, small_state, large_state = _nets()
+    images = np.asarray(np.random.default_rng(4).normal(size=(60, 2)), np.float32)
+    threshold = float(np.quantile(np.asarray(cascade.confidence(small(*small_state, images))), 0.4))
+    expected, escalate = _expected(small, large, small_state, large_state, images, threshold)
+    streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
+                                         batch_size=8, max_wait_s=0.01)
+    streaming.warm_up(images)
+    requests = [images[i:i + 3] for i in range(0, 60, 3)]
+    futures = {}
+
+    def caller(first):  # four callers, each its own requests
+        for k in range(first, len(requests), 4):
+            futures[k] = server.submit(requests[k])
+
+    with cascade.CascadeServer(streaming) as server:
+        threads = [threading.Thread(target=caller, args=(first,)) for first in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # the worker answers by the deadline on its own: no close, no poll
+        results = {k: future.result(timeout=30) for k, future in futures.items()}
+    for k, (logits, escalated) in results.items():
+        np.testing.assert_allclose(logits, expected[3 * k:3 * k + 3], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(escalated, escalate[3 * k:3 * k + 3])
+    assert 0 < escalate.sum() < 60 and streaming.waiting == 0
+    with pytest.raises(RuntimeError, match="closed: make a new one"):
+        server.submit(requests[0])
+    with cascade.CascadeServer(streaming) as again:  # a closed server's cascade serves again
+        np.testing.assert_allclose(again.submit(images[:5]).result(timeout=30)[0], expected[:5],
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_the_cascade_server_holds_for_a_full_batch_and_close_answers_the_rest():
+    small, large, small_state, large_state = _nets()
+    images = np.asarray(np.random.default_rng(5).normal(size=(40, 2)), np.float32)
+    threshold = float(np.quantile(np.asarray(cascade.confidence(small(*small_state, images))), 0.45))
+    expected, escalate = _expected(small, large, small_state, large_state, images, threshold)
+    streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
+                                         batch_size=4, max_wait_s=math.inf)
+    server = cascade.CascadeServer(streaming)
+    futures = [server.submit(images[i:i + 2]) for i in range(0, 40, 2)]
+    # the escalated images in the order queued; with no deadline only full batches of 4 go
+    order = np.flatnonzero(escalate)
+    in_full_batches = set(order[:len(order) // 4 * 4])
+    assert len(order) % 4 and len(order) >= 4
+    for k, future in enumerate(futures):
+        rows = {2 * k, 2 * k + 1} & set(order)
+        if rows <= in_full_batches:  # answered without a close
+            np.testing.assert_allclose(future.result(timeout=30)[0], expected[2 * k:2 * k + 2],
+                                       rtol=1e-6, atol=1e-6)
+    left = [f for k, f in enumerate(futures) if not {2 * k, 2 * k + 1} & set(order) <= in_full_batches]
+    assert left and not any(f.done() for f in left)  # waiting for a batch that never fills
+    server.close()
+    assert all(f.done() for f in left) and streaming.waiting == 0
+    for k, future in enumerate(futures):
+        np.testing.assert_allclose(future.result()[0], expected[2 * k:2 * k + 2], rtol=1e-6, atol=1e-6)
+
+
+def test_the_cascade_server_fails_only_the_requests_its_large_network_failed():
+    small, large, small_state, large_state = _nets()
+
+    def fragile(params, batch_stats, x):
+        if x.shape[0] == 1:  # (traced per call shape: every one-row batch fails)
+            raise FloatingPointError("the large network failed")
+        return large(params, batch_stats, x)
+
+    images = np.asarray(np.random.default_rng(6).normal(size=(16, 2)), np.float32)
+    threshold = float(np.quantile(np.asarray(cascade.confidence(small(*small_state, images))), 0.5))
+    expected, escalate = _expected(small, large, small_state, large_state, images, threshold)
+    streaming = cascade.StreamingCascade(small, fragile, small_state, large_state, threshold,
+                                         batch_size=2, max_wait_s=math.inf)
+    with cascade.CascadeServer(streaming) as server:
+        one = int(np.flatnonzero(escalate)[0])
+        failed = server.submit(images[one:one + 1])  # one escalated row: it waits, alone
+        sure = int(np.flatnonzero(~escalate)[0])
+        confident = server.submit(images[sure:sure + 1])
+        assert confident.done() and not failed.done()  # nothing escalated: answered in submit
+    with pytest.raises(FloatingPointError, match="large network failed"):
+        failed.result()
+    with cascade.CascadeServer(streaming) as server:  # the worker survives its network's errors
+        pairs = server.submit(images)
+        assert escalate.sum() % 2 == 0  # full batches of 2 only
+        np.testing.assert_allclose(pairs.result(timeout=30)[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_cascade_server_names_bad_input():
+    small, large, small_state, large_state = _nets()
+    with pytest.raises(TypeError, match="serves a StreamingCascade"):
+        cascade.CascadeServer(cascade.predictor(small, large, 0.5))
+    streaming = cascade.StreamingCascade(small, large, small_state, large_state, 2.0,
+                                         batch_size=8, max_wait_s=math.inf)
+    streaming.submit(np.zeros((3, 2), np.float32))  # confidence < 2: every image escalates
+    with pytest.raises(ValueError, match="flush"):
+        cascade.CascadeServer(streaming)
+    streaming.flush()
+    with cascade.CascadeServer(streaming) as server:
+        with pytest.raises(ValueError, match="one server serves one input shape"):
+            server.submit(np.zeros((3, 4), np.float32))

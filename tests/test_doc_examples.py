@@ -138,11 +138,13 @@ def test_cascade_example():
         np.testing.assert_array_equal(escalated[start:start + 64], sent)
     # the streaming server: the request's confident images at once, the escalated ones by now
     # (poll: nothing due, fewer than 64 wait and none for 20 ms) or at the end of the stream
-    server, sure, late = names["server"], names["sure"], names["late"]
-    rest = server.flush()
+    sure, late, rest = names["sure"], names["late"], names["rest"]
     ids = np.concatenate([sure.ids, late.ids, rest.ids])
     np.testing.assert_array_equal(np.sort(ids), np.arange(16))
     np.testing.assert_array_equal(np.sort(np.concatenate([late.ids, rest.ids])),
                                   np.flatnonzero(escalated[:16]))
     answered = np.concatenate([sure.logits, late.logits, rest.logits])[np.argsort(ids)]
     np.testing.assert_allclose(answered, logits[:16], rtol=1e-5, atol=1e-5)
+    # the threaded server: the whole request, in its row order, as the pooled answers
+    np.testing.assert_allclose(names["request_logits"], logits[:16], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(names["request_escalated"], escalated[:16])

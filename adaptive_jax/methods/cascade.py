@@ -16,16 +16,19 @@ Each batch is answered before the next (serving). `pooled_predictor` answers man
 (offline, throughput): the escalated images of every batch are pooled, so the expensive network
 runs on full batches, not on a small remainder per batch. `StreamingCascade` serves images as
 they arrive: the cheap network answers each request at once, and the escalated images wait, at
-most a set time, to be pooled into full batches for the expensive network.
+most a set time, to be pooled into full batches for the expensive network. `CascadeServer` puts
+it behind a worker thread: callers on any thread submit requests and get futures.
 Each network is a pure function `(params, batch_stats, images) -> logits`
 (`execution.predict.pure_predict`); a state is its `(params, batch_stats)`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import numbers
+import threading
 import time
 from collections.abc import Callable
 
@@ -323,13 +326,7 @@ class StreamingCascade:
             raise ValueError(f"ids of shape {ids.shape} for {count} images: one id per image")
         self._next_id += count
         arrived = self._clock() if arrived_at is None else float(arrived_at)
-        if count == 0:
-            return self._answers(ids, None, False, arrived)
-        answers = _in_batches(lambda x: self._small_jit(*self._small_state, x), images,
-                              np.arange(count), self.batch_size, self._sizes)
-        logits = np.concatenate([a for a, _ in answers])
-        self._classes = logits.shape[-1]
-        escalated = np.concatenate([c for _, c in answers]) < self.threshold
+        logits, escalated = self._run_small(images)
         if escalated.any():
             self._enqueue(images[escalated], ids[escalated], arrived)
         sure = ~escalated
@@ -338,13 +335,30 @@ class StreamingCascade:
     def poll(self) -> Answers:
         """The expensive network on what is due: every full batch waiting, and everything
         waiting once the oldest image has reached `deadline`. Empty answers when nothing is."""
-        due = self.waiting if self.waiting and self._clock() >= self.deadline else (
-            self.waiting // self.batch_size * self.batch_size)
-        return self._answer_waiting(due)
+        return self._run_large(self._take(self._due()))
 
     def flush(self) -> Answers:
         """The expensive network on everything waiting, now (the end of a stream)."""
-        return self._answer_waiting(self.waiting)
+        return self._run_large(self._take(self.waiting))
+
+    # The steps of `submit` and `poll`, apart: `CascadeServer` runs the networks outside its
+    # lock and touches the queue only under it.
+
+    def _run_small(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The cheap network's (logits, escalated) for checked `images`; touches no queue."""
+        if images.shape[0] == 0:
+            return np.zeros((0, self._classes), np.float32), np.zeros(0, bool)
+        answers = _in_batches(lambda x: self._small_jit(*self._small_state, x), images,
+                              np.arange(images.shape[0]), self.batch_size, self._sizes)
+        logits = np.concatenate([a for a, _ in answers])
+        self._classes = logits.shape[-1]
+        return logits, np.concatenate([c for _, c in answers]) < self.threshold
+
+    def _due(self) -> int:
+        """How many waiting images `poll` answers now."""
+        if self.waiting and self._clock() >= self.deadline:
+            return self.waiting
+        return self.waiting // self.batch_size * self.batch_size
 
     def _checked(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -363,19 +377,151 @@ class StreamingCascade:
         self._queue = rows if self._queue is None else {
             key: np.concatenate([self._queue[key], rows[key]]) for key in rows}
 
-    def _answer_waiting(self, count: int) -> Answers:
+    def _take(self, count: int) -> dict[str, np.ndarray] | None:
+        """The oldest `count` waiting images, taken off the queue (None for none)."""
         if count == 0:
-            return self._answers(np.zeros(0, np.int64), None, True, np.zeros(0))
+            return None
         queue = self._queue
-        answers = _in_batches(lambda x: self._large_jit(*self._large_state, x), queue["images"],
-                              np.arange(count), self.batch_size, self._sizes)
         self._queue = None if count == self.waiting else {
             key: rows[count:] for key, rows in queue.items()}
-        return self._answers(queue["ids"][:count], np.concatenate(answers), True,
-                             queue["arrived"][:count])
+        return {key: rows[:count] for key, rows in queue.items()}
+
+    def _run_large(self, taken: dict[str, np.ndarray] | None) -> Answers:
+        """The expensive network's answers for images `_take` took off the queue."""
+        if taken is None:
+            return self._answers(np.zeros(0, np.int64), None, True, np.zeros(0))
+        answers = _in_batches(lambda x: self._large_jit(*self._large_state, x), taken["images"],
+                              np.arange(taken["ids"].size), self.batch_size, self._sizes)
+        return self._answers(taken["ids"], np.concatenate(answers), True, taken["arrived"])
 
     def _answers(self, ids, logits, escalated: bool, arrived) -> Answers:
         if logits is None:
             logits = np.zeros((ids.size, self._classes), np.float32)
         return Answers(ids=ids, logits=logits, escalated=np.full(ids.size, escalated),
                        arrived_at=np.broadcast_to(np.asarray(arrived, np.float64), ids.shape).copy())
+
+
+@dataclasses.dataclass
+class _Request:
+    """A request a `CascadeServer` is answering: its rows' logits as they come, and its future."""
+
+    future: concurrent.futures.Future
+    logits: np.ndarray
+    escalated: np.ndarray
+    pending: int
+
+
+class CascadeServer:
+    """A `StreamingCascade` served to any number of threads, with a worker thread of its own for
+    the expensive network: `submit(images)` returns a `concurrent.futures.Future` of the
+    request's `(logits, escalated)` in its row order, as `predictor` returns them.
+
+    `StreamingCascade` leaves time to its caller's loop, so one thread runs both networks and a
+    request that arrives while the expensive network runs waits for it. Here the cheap network
+    runs in the thread that submits (several callers' requests at once, as a web server's handler
+    threads), and the worker sleeps until a batch is full or the oldest escalated image reaches
+    the cascade's `deadline`, then runs the expensive network while requests go on arriving:
+    JAX releases the GIL while a computation runs, so on two cores or an accelerator the two
+    networks overlap. A request with nothing escalated is answered within its `submit`.
+    The waits follow the cascade's clock (real time: its default `time.perf_counter`).
+    `close()` (or leaving a `with` block) answers everything waiting and stops the worker; the
+    cascade can then be served again. An error of the expensive network fails the futures of
+    the images it was answering, and the worker goes on."""
+
+    def __init__(self, streaming: StreamingCascade):
+        if not isinstance(streaming, StreamingCascade):
+            raise TypeError(f"a CascadeServer serves a StreamingCascade, got {type(streaming).__name__}")
+        if streaming.waiting:
+            raise ValueError(f"the cascade has {streaming.waiting} escalated images of requests "
+                             "no server will answer: flush() it before serving it here")
+        self._cascade = streaming
+        self._condition = threading.Condition()
+        self._rows: dict[int, tuple[_Request, int]] = {}  # escalated id -> its request and row
+        self._next_id = 0
+        self._submitting = 0  # submits between their two locked steps
+        self._closed = False
+        self._worker = threading.Thread(target=self._serve, name="cascade-server", daemon=True)
+        self._worker.start()
+
+    def __enter__(self) -> CascadeServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(self, images) -> concurrent.futures.Future:
+        """Answer a request (a batch of images): the cheap network now, in this thread; the
+        escalated images later, on the worker. The future's result: (logits (n, classes),
+        escalated (n,) bools)."""
+        cascade = self._cascade
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("this CascadeServer is closed: make a new one to serve again")
+            images = cascade._checked(images)
+            ids = np.arange(self._next_id, self._next_id + images.shape[0])
+            self._next_id += images.shape[0]
+            arrived = cascade._clock()
+            self._submitting += 1  # (a close meanwhile waits for this request's escalated rows)
+        try:
+            logits, escalated = cascade._run_small(images)  # outside the lock: callers overlap
+        except BaseException:
+            with self._condition:
+                self._submitting -= 1
+                self._condition.notify()
+            raise
+        future = concurrent.futures.Future()
+        request = _Request(future, logits, escalated, int(escalated.sum()))
+        with self._condition:
+            self._submitting -= 1
+            for row, i in zip(np.flatnonzero(escalated), ids[escalated]):
+                self._rows[int(i)] = (request, int(row))
+            if request.pending:
+                cascade._enqueue(images[escalated], ids[escalated], arrived)
+            self._condition.notify()
+        if not request.pending:
+            future.set_result((logits, escalated))
+        return future
+
+    def close(self) -> None:
+        """Answer everything waiting, then stop the worker (idempotent)."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._worker.join()
+
+    def _serve(self) -> None:
+        cascade = self._cascade
+        while True:
+            with self._condition:
+                while True:
+                    count = cascade.waiting if self._closed else cascade._due()
+                    if count:
+                        taken = cascade._take(count)
+                        break
+                    if self._closed and not self._submitting:
+                        return
+                    deadline = cascade.deadline
+                    self._condition.wait(None if deadline is None or math.isinf(deadline)
+                                         else max(0.0, deadline - cascade._clock()))
+            try:
+                answers = cascade._run_large(taken)
+            except Exception as error:  # noqa: BLE001 (the callers get it, the worker goes on)
+                for request in self._requests_of(taken["ids"]):
+                    if not request.future.done():
+                        request.future.set_exception(error)
+                continue
+            with self._condition:
+                done = []
+                for i, row_logits in zip(answers.ids, answers.logits):
+                    request, row = self._rows.pop(int(i))
+                    request.logits[row] = row_logits
+                    request.pending -= 1
+                    if request.pending == 0:
+                        done.append(request)
+            for request in done:
+                if not request.future.done():
+                    request.future.set_result((request.logits, request.escalated))
+
+    def _requests_of(self, ids) -> list[_Request]:
+        with self._condition:
+            return list({id(r): r for r, _ in (self._rows.pop(int(i)) for i in ids)}.values())
