@@ -283,17 +283,21 @@ def test_the_streaming_cascade_names_bad_input():
         server.warm_up(np.zeros((0, 2), np.float32))
 
 
-def _expected(small, large, small_state, large_state, images, threshold):
+def _served(seed: int, n: int, quantile: float):
+    """n random images, the threshold escalating the least sure `quantile` of them, and what
+    the cascade rule answers: (images, threshold, expected logits, escalated)."""
+    small, large, small_state, large_state = _nets()
+    images = np.asarray(np.random.default_rng(seed).normal(size=(n, 2)), np.float32)
     small_logits, large_logits = small(*small_state, images), large(*large_state, images)
-    escalate = np.asarray(cascade.confidence(small_logits)) < threshold
-    return np.where(escalate[:, None], large_logits, small_logits), escalate
+    sure = np.asarray(cascade.confidence(small_logits))
+    threshold = float(np.quantile(sure, quantile))
+    escalate = sure < threshold
+    return images, threshold, np.where(escalate[:, None], large_logits, small_logits), escalate
 
 
 def test_the_cascade_server_answers_callers_on_many_threads_as_the_rule():
     small, large, small_state, large_state = _nets()
-    images = np.asarray(np.random.default_rng(4).normal(size=(60, 2)), np.float32)
-    threshold = float(np.quantile(np.asarray(cascade.confidence(small(*small_state, images))), 0.4))
-    expected, escalate = _expected(small, large, small_state, large_state, images, threshold)
+    images, threshold, expected, escalate = _served(seed=4, n=60, quantile=0.4)
     streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
                                          batch_size=8, max_wait_s=0.01)
     streaming.warm_up(images)
@@ -325,9 +329,7 @@ def test_the_cascade_server_answers_callers_on_many_threads_as_the_rule():
 
 def test_the_cascade_server_holds_for_a_full_batch_and_close_answers_the_rest():
     small, large, small_state, large_state = _nets()
-    images = np.asarray(np.random.default_rng(5).normal(size=(40, 2)), np.float32)
-    threshold = float(np.quantile(np.asarray(cascade.confidence(small(*small_state, images))), 0.45))
-    expected, escalate = _expected(small, large, small_state, large_state, images, threshold)
+    images, threshold, expected, escalate = _served(seed=5, n=40, quantile=0.45)
     streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
                                          batch_size=4, max_wait_s=math.inf)
     server = cascade.CascadeServer(streaming)
@@ -357,9 +359,7 @@ def test_the_cascade_server_fails_only_the_requests_its_large_network_failed():
             raise FloatingPointError("the large network failed")
         return large(params, batch_stats, x)
 
-    images = np.asarray(np.random.default_rng(6).normal(size=(16, 2)), np.float32)
-    threshold = float(np.quantile(np.asarray(cascade.confidence(small(*small_state, images))), 0.5))
-    expected, escalate = _expected(small, large, small_state, large_state, images, threshold)
+    images, threshold, expected, escalate = _served(seed=6, n=16, quantile=0.5)
     streaming = cascade.StreamingCascade(small, fragile, small_state, large_state, threshold,
                                          batch_size=2, max_wait_s=math.inf)
     with cascade.CascadeServer(streaming) as server:

@@ -258,16 +258,22 @@ def test_routing_statistics_count_what_a_router_could_gain_and_where_ofas_spends
         ofas.routing_statistics(ofas_right, frac, below, above, 1.5)
 
 
-def test_a_greedy_path_continued_from_its_end_is_the_path_searched_at_once(net):
-    """Why one cached path serves every budget: searching to a high budget and continuing from
-    its last plan to a low one takes the same steps as searching to the low one at once."""
+def _search_case(net, seed):
+    """40 random held-out images and a stage-B state of `net` for a greedy static search."""
     from adaptive_jax.data import datasets
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
                            rng.integers(0, 10, 40), 10)
     graphdef, state = create_train_state(net, ofas.make_stage_b_tx(ofas.stage_b_config(
         ofas.default_config(), 1.0), 1, 1)[0], 0)
+    return split, graphdef, state
+
+
+def test_a_greedy_path_continued_from_its_end_is_the_path_searched_at_once(net):
+    """Why one cached path serves every budget: searching to a high budget and continuing from
+    its last plan to a low one takes the same steps as searching to the low one at once."""
+    split, graphdef, state = _search_case(net, seed=0)
     costs = net.costs()
     low, high = (costs.base_macs + costs.policy_macs + share * sum(costs.run_macs)
                  for share in (0.3, 0.7))
@@ -288,11 +294,7 @@ def test_the_greedy_search_resumes_from_its_journal_and_scores_plans_as_the_mask
     from adaptive_jax.data import datasets
     from adaptive_jax.data.augment import normalize
 
-    rng = np.random.default_rng(1)
-    split = datasets.Split(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
-                           rng.integers(0, 10, 40), 10)
-    graphdef, state = create_train_state(net, ofas.make_stage_b_tx(ofas.stage_b_config(
-        ofas.default_config(), 1.0), 1, 1)[0], 0)
+    split, graphdef, state = _search_case(net, seed=1)
     costs = net.costs()
     budget = costs.base_macs + costs.policy_macs + 0.4 * sum(costs.run_macs)
     journal = str(tmp_path / "journal.jsonl")

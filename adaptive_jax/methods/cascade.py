@@ -484,6 +484,9 @@ class CascadeServer:
 
     def close(self) -> None:
         """Answer everything waiting, then stop the worker (idempotent)."""
+        if threading.current_thread() is self._worker:
+            raise RuntimeError("close() from a future's callback would wait for itself: close "
+                               "the server from another thread")
         with self._condition:
             self._closed = True
             self._condition.notify()
