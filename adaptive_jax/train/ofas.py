@@ -383,8 +383,9 @@ def greedy_static_plan(graphdef, state, split, dataset: str, costs: cost.BlockCo
     MACs, accuracy per step, `start` first). Until it stops the path does not depend on
     `max_macs`: a path searched to a lower budget holds the answer for every higher one.
 
-    Each candidate runs on the cond executor, so its dropped blocks do not run: a search down to a
-    third of a ResNet-110's blocks costs about two thirds of one that masks them. `journal`: a
+    Each candidate runs on the cond executor, so its dropped blocks do not run and its time
+    follows the blocks it keeps (`benchmarks.skip_speedup` times the executors): over a path
+    down to a third of the blocks, the mean candidate runs about two thirds of them. `journal`: a
     file keeping each plan's held-out accuracy as the search goes (`search.journaled`), so a
     search interrupted after hours resumes where it stopped."""
     from adaptive_jax.data import datasets, pipeline
