@@ -240,8 +240,8 @@ class StreamingCascade:
     gather it at the escalated rate. A deadline that passes first flushes a padded partial
     batch, whose padding costs what pooling saved (docs/zoo.md, "Serving a stream").
 
-    The server is synchronous and owns no thread: `submit` runs the cheap network on a request
-    and returns its confident answers; `poll` runs the expensive network on what is due (every
+    The server is synchronous and owns no thread (`CascadeServer` gives it one): `submit` runs
+    the cheap network on a request and returns its confident answers; `poll` runs the expensive network on what is due (every
     full batch waiting, and everything waiting once the oldest escalated image has waited
     `max_wait_s` since `submit` queued it) and returns those answers. The bound holds when the
     caller polls by `deadline` (an event loop sleeps until the next request or `deadline`,
