@@ -7,8 +7,8 @@ before the next, and the streaming cascade that pools escalated images for a bou
 Requests of `--request_size` test images arrive at a fixed interval (open loop: a request that
 arrives while the server is busy waits, and its wait counts), set as a share (`--loads`) of the
 static network's measured capacity at that request size; `saturated` sends them all at once.
-The cascade's threshold escalates the share of images that averages the static entry's MACs; it is
-set on the first half of the test images' small-network confidences (no labels), and the second
+The cascade's threshold escalates the share of images that averages the static entry's MACs (or
+`--escalated_share`: a cheaper cascade that still beats the static entry's accuracy); it is set on the first half of the test images' small-network confidences (no labels), and the second
 half is the stream. Every server answers every image; per image the latency is from its request's
 arrival to the return of the call that answered it. Servers (one process, each compiled and
 warmed up before any is timed):
@@ -20,10 +20,15 @@ warmed up before any is timed):
   network, an image waiting at most W ms after the small network queued it (`inf`: `cascade,
   full batches`, the large network on full batches only and the rest at the end of the stream).
   These three run in one thread, which sleeps until the next arrival or the server's deadline;
-- `threaded, wait W ms` (`--threaded`, finite waits): the same cascade behind
-  `methods.cascade.CascadeServer`: this thread submits each request on arrival and runs the small
-  network, the server's worker thread runs the large one meanwhile; an image's latency is its
-  request's (a future resolves when every row of its request is answered).
+- `threaded, wait W ms[, N threads]` (`--threaded`, finite waits): the same cascade behind
+  `methods.cascade.CascadeServer`: N caller threads (`--caller_threads`; 1 if not named) submit
+  the requests on arrival and run the small network, the server's worker thread runs the large
+  one meanwhile; an image's latency is its request's (a future resolves when every row of its
+  request is answered);
+- `static, N threads` (each count above 1 in `--caller_threads`): the static entry called from
+  N threads, each request by the next free one. The threaded cascade runs two networks on two
+  threads, and a second thread lets XLA:CPU overlap two calls of one network as well: this is
+  the footing on which the two compare fairly.
 
 Figures: throughput (images over the time from the first arrival to the last answer), latency
 median / p99 / max per image and median / p99 per request (its last image's: what a caller
@@ -35,6 +40,8 @@ network's drop from a request's few escalated rows to a full batch.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
 import time
 
@@ -62,9 +69,14 @@ flags.DEFINE_list("loads", ["0.5", "0.8", "0.95", "saturated"], "Arrival rates a
                   "static network's capacity; 'saturated': every request at once.")
 flags.DEFINE_list("max_wait_ms", ["20", "100"], "Waits of the streaming cascade, in ms ('inf': "
                   "full batches only, the rest answered at the end of the stream).")
+flags.DEFINE_float("escalated_share", None, "Share of the images the cascade escalates; default: "
+                   "the share that averages the static entry's MACs.")
 flags.DEFINE_integer("batch_size", 64, "The streaming cascade's batch for the large network.")
 flags.DEFINE_bool("threaded", True, "Also serve each finite wait through `cascade.CascadeServer` "
                   "(the large network on a worker thread).")
+flags.DEFINE_list("caller_threads", ["1", "2"], "Caller threads of the `threaded` servers, one "
+                  "row per count; a count above 1 also serves the static entry from that many "
+                  "threads (the threaded cascade runs its networks on two, so the fair footing).")
 flags.DEFINE_bool("record", True, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
 
 DATASET = "cifar10"
@@ -85,8 +97,11 @@ class StaticServer:
     def warm_up(self, images):
         jax.block_until_ready(self._jit(*self._state, images))
 
+    def predict(self, images) -> np.ndarray:
+        return np.asarray(self._jit(*self._state, images))
+
     def submit(self, images, ids, arrived_at):
-        logits = np.asarray(self._jit(*self._state, images))
+        logits = self.predict(images)
         return cascade.Answers(ids=ids, logits=logits, escalated=np.zeros(ids.size, bool),
                                arrived_at=np.full(ids.size, arrived_at))
 
@@ -135,27 +150,48 @@ def serve(server, requests: list[np.ndarray], interval_s: float) -> dict:
     return {"logits": logits, "latency": latency, "seconds": last - start}
 
 
-def serve_threaded(streaming: cascade.StreamingCascade, requests: list[np.ndarray],
-                   interval_s: float) -> dict:
-    """Send `requests` at `interval_s` apart (0: all at once) to a `cascade.CascadeServer`
-    around `streaming`: this thread submits each on arrival (the small network runs in it), the
-    server's worker runs the large network meanwhile. A request's images are answered together,
-    when its future resolves: that is each image's latency. Returns what `serve` does."""
+def serve_from_threads(answer, requests: list[np.ndarray], interval_s: float,
+                       threads: int) -> dict:
+    """Send `requests` at `interval_s` apart (0: all at once) to `answer`, called on arrival by
+    the next free one of `threads` caller threads (as a web server's handler threads). `answer`
+    returns the request's logits, or a future of its `(logits, escalated)` answered later
+    (`cascade.CascadeServer.submit`). A request's images are answered together, when its logits
+    are there: that is each image's latency. Returns what `serve` does."""
     clock = time.perf_counter
     start = clock() + 0.01
     arrivals = start + interval_s * np.arange(len(requests))
-    finished, futures = {}, []
-    with cascade.CascadeServer(streaming) as server:
-        for k, request in enumerate(requests):
+    finished = {}
+
+    def call(k):
+        result = answer(requests[k])
+        if isinstance(result, concurrent.futures.Future):
+            result.add_done_callback(lambda _: finished.setdefault(k, clock()))
+            return result
+        finished[k] = clock()
+        return result
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        calls = []
+        for k in range(len(requests)):
             time.sleep(max(0.0, arrivals[k] - clock()))
-            futures.append(server.submit(request))
-            futures[-1].add_done_callback(lambda _, k=k: finished.setdefault(k, clock()))
+            calls.append(pool.submit(call, k))
+        results = [c.result() for c in calls]
     logits, latency, first = {}, {}, 0
-    for k, future in enumerate(futures):
-        for row, answer in enumerate(future.result()[0]):
-            logits[first + row], latency[first + row] = answer, finished[k] - arrivals[k]
+    for k, result in enumerate(results):
+        if isinstance(result, concurrent.futures.Future):
+            result = result.result()[0]
+        for row, answer_row in enumerate(result):
+            logits[first + row], latency[first + row] = answer_row, finished[k] - arrivals[k]
         first += len(requests[k])
     return {"logits": logits, "latency": latency, "seconds": max(finished.values()) - start}
+
+
+def serve_threaded(streaming: cascade.StreamingCascade, requests: list[np.ndarray],
+                   interval_s: float, threads: int = 1) -> dict:
+    """`serve_from_threads` through a `cascade.CascadeServer` around `streaming`: the small
+    network runs in the caller threads, the server's worker runs the large one meanwhile."""
+    with cascade.CascadeServer(streaming) as server:
+        return serve_from_threads(server.submit, requests, interval_s, threads)
 
 
 def summary(result: dict, labels: np.ndarray) -> dict:
@@ -200,13 +236,19 @@ def main(argv):
     if count <= 0:
         raise SystemExit(f"--num_images={FLAGS.num_images} holds no request of "
                          f"--request_size={FLAGS.request_size}")
+    caller_threads = [int(n) for n in FLAGS.caller_threads]
+    if not caller_threads or min(caller_threads) < 1:
+        raise SystemExit(f"--caller_threads={','.join(FLAGS.caller_threads)}: give one or more "
+                         "counts of at least 1 (1: one caller thread, as `serve`)")
     calls, states, records = {}, {}, {}
     for role, name in (("small", FLAGS.small), ("large", FLAGS.large), ("static", FLAGS.static)):
         model, records[role] = zoo.load(name)
         graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         calls[role], states[role] = pure_predict(graphdef), (params, batch_stats)
     small, large, static = records["small"], records["large"], records["static"]
-    share = cascade.share_for_cost(static.macs, small.macs, large.macs)
+    share = (cascade.share_for_cost(static.macs, small.macs, large.macs)
+             if FLAGS.escalated_share is None else FLAGS.escalated_share)
+    cascade_macs = small.macs + share * large.macs
     mean, std = datasets.CHANNEL_MEAN[DATASET], datasets.CHANNEL_STD[DATASET]
     held_out = np.asarray(normalize(split.images[:half], mean, std), np.float32)
     confidences = np.concatenate([
@@ -221,14 +263,18 @@ def main(argv):
                "cascade, per request": cascade.StreamingCascade(
                    calls["small"], calls["large"], states["small"], states["large"], threshold,
                    batch_size=FLAGS.request_size, max_wait_s=0.0)}
-    threaded = {}
+    threaded = {f"static, {n} threads": functools.partial(
+        serve_from_threads, servers["static"].predict, threads=n)
+        for n in caller_threads if n > 1}
     for wait in FLAGS.max_wait_ms:
         name = "cascade, full batches" if math.isinf(float(wait)) else f"cascade, wait {wait} ms"
         servers[name] = cascade.StreamingCascade(
             calls["small"], calls["large"], states["small"], states["large"], threshold,
             batch_size=FLAGS.batch_size, max_wait_s=float(wait) / 1e3)
         if FLAGS.threaded and not math.isinf(float(wait)):
-            threaded[f"threaded, wait {wait} ms"] = servers[name]
+            for n in caller_threads:
+                threaded[f"threaded, wait {wait} ms" + (f", {n} threads" if n > 1 else "")] = (
+                    functools.partial(serve_threaded, servers[name], threads=n))
     for server in servers.values():  # every shape compiled before anything is timed
         server.warm_up(requests[0])
     # a served stream leaves nothing waiting, so each server serves every load in turn
@@ -240,16 +286,16 @@ def main(argv):
                     **summary(serve(server, requests, interval), labels)}
                    for name, server in servers.items()]
         at_load += [{"load": load, "server": name,
-                     **summary(serve_threaded(streaming, requests, interval), labels)}
-                    for name, streaming in threaded.items()]
+                     **summary(serve_other(requests, interval), labels)}
+                    for name, serve_other in threaded.items()]
         for row in at_load:
             row["vs_static"] = row["images_per_s"] / at_load[0]["images_per_s"]
         rows += at_load
     per_image = per_image_ms(calls, states, stream, sorted({1, 8, FLAGS.request_size,
                                                            FLAGS.batch_size}))
     table = report.format_table(rows, COLUMNS)
-    header = (f"{small.name} -> {large.name} at {static.name}'s MACs ({static.macs / 1e6:.1f} M: "
-              f"{share:.1%} escalated, threshold {threshold:.3f} set on the first {half} test "
+    header = (f"{small.name} -> {large.name} at {cascade_macs / 1e6:.1f} M MACs ({static.name}: "
+              f"{static.macs / 1e6:.1f} M; {share:.1%} escalated, threshold {threshold:.3f} set on the first {half} test "
               f"images); {count} images in requests of {FLAGS.request_size}; {static.name}'s "
               f"capacity {capacity:.0f} img/s")
     cost_line = "ms per image by batch size: " + "; ".join(
@@ -261,11 +307,12 @@ def main(argv):
     if FLAGS.record:
         figures = []
         for row in rows:
-            model = static.name if row["server"] == "static" else f"{small.name} -> {large.name}"
+            model = static.name if row["server"].startswith("static") else f"{small.name} -> {large.name}"
             context = {"model": model, "server": row["server"],
                        "load": row["load"], "static": static.name,
                        "request_size": FLAGS.request_size, "images": count,
-                       "static_capacity_images_per_s": capacity}
+                       "static_capacity_images_per_s": capacity, "escalated_share": share,
+                       "cascade_macs": cascade_macs}
             figures += [
                 {"metric": "serving_images_per_s", "value": row["images_per_s"], "unit": "img/s", **context},
                 {"metric": "serving_throughput_vs_static", "value": row["vs_static"], "unit": "x", **context},

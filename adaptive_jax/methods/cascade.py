@@ -422,10 +422,11 @@ class CascadeServer:
     threads), and the worker sleeps until a batch is full or the oldest escalated image reaches
     the cascade's `deadline`, then runs the expensive network while requests go on arriving:
     JAX releases the GIL while a computation runs, so on two cores or an accelerator the two
-    networks overlap (on two CPU cores this served 1.02-1.21x the images per second of the
-    static network of the same mean MACs, where one thread served 0.73-0.94x; on one core it
-    buys nothing: docs/zoo.md, "Behind a worker thread"). A request with nothing escalated is
-    answered within its `submit`.
+    networks overlap. On two CPU cores, from two caller threads, it served 0.77-0.93x the
+    images per second of the static network of the same mean MACs called from two threads
+    (one thread: 0.73-0.94x of the static network on one); on one core the worker buys nothing
+    (docs/zoo.md, "Behind a worker thread"). A request with nothing escalated is answered
+    within its `submit`.
     The waits follow the cascade's clock (real time: its default `time.perf_counter`).
     `close()` (or leaving a `with` block) answers everything waiting and stops the worker; the
     cascade can then be served again. An error of the expensive network fails the futures of

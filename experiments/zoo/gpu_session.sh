@@ -99,7 +99,7 @@ if [ "$left" -gt 60 ]; then
   timeout "$left" python3 -m benchmarks.cascade_serving --num_images=1024 --loads=0.8,saturated \
     --max_wait_ms=5,inf >"$out/logs/cascade_serving.log" 2>&1
   echo "[$(elapsed) s] cascade_serving rc=$? (tail below)"
-  tail -n 16 "$out/logs/cascade_serving.log"
+  tail -n 22 "$out/logs/cascade_serving.log"
 fi
 
 for depth in $depths; do
