@@ -8,8 +8,8 @@ Requests of `--request_size` test images arrive at a fixed interval (open loop: 
 arrives while the server is busy waits, and its wait counts), set as a share (`--loads`) of the
 static network's measured capacity at that request size; `saturated` sends them all at once.
 The cascade's threshold escalates the share of images that averages the static entry's MACs (or
-`--escalated_share`: a cheaper cascade that still beats the static entry's accuracy); it is set on the first half of the test images' small-network confidences (no labels), and the second
-half is the stream. Every server answers every image; per image the latency is from its request's
+`--escalated_share`, a cheaper or dearer cascade); it is set on the first half of the test
+images' small-network confidences (no labels), and the second half is the stream. Every server answers every image; per image the latency is from its request's
 arrival to the return of the call that answered it. Servers (one process, each compiled and
 warmed up before any is timed):
 
@@ -23,8 +23,8 @@ warmed up before any is timed):
 - `threaded, wait W ms[, N threads]` (`--threaded`, finite waits): the same cascade behind
   `methods.cascade.CascadeServer`: N caller threads (`--caller_threads`; 1 if not named) submit
   the requests on arrival and run the small network, the server's worker thread runs the large
-  one meanwhile; an image's latency is its request's (a future resolves when every row of its
-  request is answered);
+  one meanwhile; each image is answered as soon as it is known (`submit_each`: the confident
+  ones by the caller's submit, each escalated one by the worker);
 - `static, N threads` (each count above 1 in `--caller_threads`): the static entry called from
   N threads, each request by the next free one. The threaded cascade runs two networks on two
   threads, and a second thread lets XLA:CPU overlap two calls of one network as well: this is
@@ -154,20 +154,22 @@ def serve_from_threads(answer, requests: list[np.ndarray], interval_s: float,
                        threads: int) -> dict:
     """Send `requests` at `interval_s` apart (0: all at once) to `answer`, called on arrival by
     the next free one of `threads` caller threads (as a web server's handler threads). `answer`
-    returns the request's logits, or a future of its `(logits, escalated)` answered later
-    (`cascade.CascadeServer.submit`). A request's images are answered together, when its logits
-    are there: that is each image's latency. Returns what `serve` does."""
+    returns the request's logits, or a future per image of its `(logits, escalated)`, each
+    answered when known (`cascade.CascadeServer.submit_each`): an image's latency runs to its
+    own answer. Returns what `serve` does."""
     clock = time.perf_counter
     start = clock() + 0.01
     arrivals = start + interval_s * np.arange(len(requests))
+    firsts = np.cumsum([0] + [len(r) for r in requests])
     finished = {}
 
     def call(k):
         result = answer(requests[k])
-        if isinstance(result, concurrent.futures.Future):
-            result.add_done_callback(lambda _: finished.setdefault(k, clock()))
-            return result
-        finished[k] = clock()
+        if isinstance(result, np.ndarray):
+            finished.update(dict.fromkeys(range(firsts[k], firsts[k + 1]), clock()))
+            return list(result)
+        for i, future in enumerate(result, start=firsts[k]):
+            future.add_done_callback(lambda _, i=i: finished.setdefault(i, clock()))
         return result
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
@@ -175,23 +177,21 @@ def serve_from_threads(answer, requests: list[np.ndarray], interval_s: float,
         for k in range(len(requests)):
             time.sleep(max(0.0, arrivals[k] - clock()))
             calls.append(pool.submit(call, k))
-        results = [c.result() for c in calls]
-    logits, latency, first = {}, {}, 0
-    for k, result in enumerate(results):
-        if isinstance(result, concurrent.futures.Future):
-            result = result.result()[0]
-        for row, answer_row in enumerate(result):
-            logits[first + row], latency[first + row] = answer_row, finished[k] - arrivals[k]
-        first += len(requests[k])
+        rows = [row for c in calls for row in c.result()]
+    logits = {i: row.result()[0] if isinstance(row, concurrent.futures.Future) else row
+              for i, row in enumerate(rows)}
+    latency = {i: finished[i] - arrivals[np.searchsorted(firsts, i, side="right") - 1]
+               for i in logits}
     return {"logits": logits, "latency": latency, "seconds": max(finished.values()) - start}
 
 
 def serve_threaded(streaming: cascade.StreamingCascade, requests: list[np.ndarray],
                    interval_s: float, threads: int = 1) -> dict:
-    """`serve_from_threads` through a `cascade.CascadeServer` around `streaming`: the small
-    network runs in the caller threads, the server's worker runs the large one meanwhile."""
+    """`serve_from_threads` through a `cascade.CascadeServer` around `streaming`, a future per
+    image: the small network runs in the caller threads, the server's worker runs the large one
+    meanwhile."""
     with cascade.CascadeServer(streaming) as server:
-        return serve_from_threads(server.submit, requests, interval_s, threads)
+        return serve_from_threads(server.submit_each, requests, interval_s, threads)
 
 
 def summary(result: dict, labels: np.ndarray) -> dict:
@@ -295,8 +295,8 @@ def main(argv):
                                                            FLAGS.batch_size}))
     table = report.format_table(rows, COLUMNS)
     header = (f"{small.name} -> {large.name} at {cascade_macs / 1e6:.1f} M MACs ({static.name}: "
-              f"{static.macs / 1e6:.1f} M; {share:.1%} escalated, threshold {threshold:.3f} set on the first {half} test "
-              f"images); {count} images in requests of {FLAGS.request_size}; {static.name}'s "
+              f"{static.macs / 1e6:.1f} M; {share:.1%} escalated, threshold {threshold:.3f} set "
+              f"on the first {half} test images); {count} images in requests of {FLAGS.request_size}; {static.name}'s "
               f"capacity {capacity:.0f} img/s")
     cost_line = "ms per image by batch size: " + "; ".join(
         f"{records[role].name} " + ", ".join(f"b{b} {ms:.2f}" for b, ms in by_batch.items())
@@ -307,7 +307,8 @@ def main(argv):
     if FLAGS.record:
         figures = []
         for row in rows:
-            model = static.name if row["server"].startswith("static") else f"{small.name} -> {large.name}"
+            model = (static.name if row["server"].startswith("static")
+                     else f"{small.name} -> {large.name}")
             context = {"model": model, "server": row["server"],
                        "load": row["load"], "static": static.name,
                        "request_size": FLAGS.request_size, "images": count,

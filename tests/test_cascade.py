@@ -1,5 +1,6 @@
 """methods.cascade: the threshold, the measured statistics, and both compiled paths."""
 
+import concurrent.futures
 import math
 import threading
 
@@ -351,6 +352,35 @@ def test_the_cascade_server_holds_for_a_full_batch_and_close_answers_the_rest():
         np.testing.assert_allclose(future.result()[0], expected[2 * k:2 * k + 2], rtol=1e-6, atol=1e-6)
 
 
+def test_the_cascade_server_answers_each_image_as_soon_as_it_is_known():
+    small, large, small_state, large_state = _nets()
+    images, threshold, expected, escalate = _served(seed=7, n=24, quantile=0.45)
+    streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
+                                         batch_size=4, max_wait_s=math.inf)
+    server = cascade.CascadeServer(streaming)
+    futures = server.submit_each(images[:6]) + server.submit_each(images[6:])
+    assert len(futures) == 24
+    order = np.flatnonzero(escalate)  # queued in this order; only full batches of 4 go
+    in_full_batches = set(order[:len(order) // 4 * 4].tolist())
+    assert len(order) % 4 and len(order) >= 4
+    for i in np.flatnonzero(~escalate):  # the confident images: answered within submit_each
+        assert futures[i].done()
+        logits, escalated = futures[i].result()
+        np.testing.assert_allclose(logits, expected[i], rtol=1e-6, atol=1e-6)
+        assert escalated is False
+    # the escalated images of full batches come without a close, one by one as answered
+    done = [f.result(timeout=30) for f in concurrent.futures.as_completed(
+        [futures[i] for i in in_full_batches], timeout=30)]
+    assert len(done) == len(in_full_batches) and all(escalated for _, escalated in done)
+    rest = [futures[i] for i in order if i not in in_full_batches]
+    assert not any(f.done() for f in rest)  # waiting for a batch that never fills
+    server.close()
+    for i in order:
+        logits, escalated = futures[i].result()
+        np.testing.assert_allclose(logits, expected[i], rtol=1e-6, atol=1e-6)
+        assert escalated is True
+
+
 def test_the_cascade_server_fails_only_the_requests_its_large_network_failed():
     small, large, small_state, large_state = _nets()
 
@@ -370,6 +400,11 @@ def test_the_cascade_server_fails_only_the_requests_its_large_network_failed():
         assert confident.done() and not failed.done()  # nothing escalated: answered in submit
     with pytest.raises(FloatingPointError, match="large network failed"):
         failed.result()
+    with cascade.CascadeServer(streaming) as server:  # per image: only the escalated one fails
+        each = server.submit_each(images[[sure, one]])
+    np.testing.assert_allclose(each[0].result()[0], expected[sure], rtol=1e-6, atol=1e-6)
+    with pytest.raises(FloatingPointError, match="large network failed"):
+        each[1].result()
     with cascade.CascadeServer(streaming) as server:  # the worker survives its network's errors
         pairs = server.submit(images)
         assert escalate.sum() % 2 == 0  # full batches of 2 only

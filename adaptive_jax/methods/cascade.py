@@ -241,9 +241,9 @@ class StreamingCascade:
     batch, whose padding costs what pooling saved (docs/zoo.md, "Serving a stream").
 
     The server is synchronous and owns no thread (`CascadeServer` gives it one): `submit` runs
-    the cheap network on a request and returns its confident answers; `poll` runs the expensive network on what is due (every
-    full batch waiting, and everything waiting once the oldest escalated image has waited
-    `max_wait_s` since `submit` queued it) and returns those answers. The bound holds when the
+    the cheap network on a request and returns its confident answers; `poll` runs the expensive
+    network on what is due (every full batch waiting, and everything waiting once the oldest
+    escalated image has waited `max_wait_s` since `submit` queued it) and returns those answers. The bound holds when the
     caller polls by `deadline` (an event loop sleeps until the next request or `deadline`,
     whichever is first): an escalated image is answered within `max_wait_s` of its request's
     `submit`, plus the expensive network's time on what is due. The wait runs from the queueing,
@@ -403,12 +403,31 @@ class StreamingCascade:
 
 @dataclasses.dataclass
 class _Request:
-    """A request a `CascadeServer` is answering: its rows' logits as they come, and its future."""
+    """A request a `CascadeServer` is answering: its rows' logits as they come, its future, and
+    one future per row when the caller asked for them (`submit_each`)."""
 
     future: concurrent.futures.Future
     logits: np.ndarray
     escalated: np.ndarray
     pending: int
+    row_futures: list[concurrent.futures.Future] | None = None
+
+    def answer(self, row: int, row_logits: np.ndarray) -> None:
+        """The expensive network's answer for an escalated row (on the worker's thread)."""
+        self.logits[row] = row_logits
+        self.pending -= 1
+        if self.row_futures is not None:
+            self.row_futures[row].set_result((row_logits, True))
+        if self.pending == 0 and not self.future.done():
+            self.future.set_result((self.logits, self.escalated))
+
+    def fail(self, row: int, error: Exception) -> None:
+        """The expensive network failed on an escalated row: the row and its request get the
+        error."""
+        if self.row_futures is not None:
+            self.row_futures[row].set_exception(error)
+        if not self.future.done():
+            self.future.set_exception(error)
 
 
 class CascadeServer:
@@ -426,7 +445,8 @@ class CascadeServer:
     images per second of the static network of the same mean MACs called from two threads
     (one thread: 0.73-0.94x of the static network on one); on one core the worker buys nothing
     (docs/zoo.md, "Behind a worker thread"). A request with nothing escalated is answered
-    within its `submit`.
+    within its `submit`; `submit_each` gives a future per image instead, so that the confident
+    images of a request are answered at once and each escalated one as the worker answers it.
     The waits follow the cascade's clock (real time: its default `time.perf_counter`).
     `close()` (or leaving a `with` block) answers everything waiting and stops the worker; the
     cascade can then be served again. An error of the expensive network fails the futures of
@@ -434,7 +454,8 @@ class CascadeServer:
 
     def __init__(self, streaming: StreamingCascade):
         if not isinstance(streaming, StreamingCascade):
-            raise TypeError(f"a CascadeServer serves a StreamingCascade, got {type(streaming).__name__}")
+            raise TypeError(f"a CascadeServer serves a StreamingCascade, got "
+                            f"{type(streaming).__name__}")
         if streaming.waiting:
             raise ValueError(f"the cascade has {streaming.waiting} escalated images of requests "
                              "no server will answer: flush() it before serving it here")
@@ -457,6 +478,16 @@ class CascadeServer:
         """Answer a request (a batch of images): the cheap network now, in this thread; the
         escalated images later, on the worker. The future's result: (logits (n, classes),
         escalated (n,) bools)."""
+        return self._submit(images, each=False).future
+
+    def submit_each(self, images) -> list[concurrent.futures.Future]:
+        """As `submit`, with a future per image, so that a caller can answer each as soon as it
+        is known (`concurrent.futures.as_completed`): a confident image's future is done when
+        this returns, an escalated one's when the worker has answered it. Each result:
+        (logits (classes,), escalated)."""
+        return self._submit(images, each=True).row_futures
+
+    def _submit(self, images, each: bool) -> _Request:
         cascade = self._cascade
         with self._condition:
             if self._closed:
@@ -473,8 +504,13 @@ class CascadeServer:
                 self._submitting -= 1
                 self._condition.notify()
             raise
-        future = concurrent.futures.Future()
-        request = _Request(future, logits, escalated, int(escalated.sum()))
+        row_futures = None
+        if each:
+            row_futures = [concurrent.futures.Future() for _ in range(images.shape[0])]
+            for row in np.flatnonzero(~escalated):
+                row_futures[row].set_result((logits[row], False))
+        request = _Request(concurrent.futures.Future(), logits, escalated, int(escalated.sum()),
+                           row_futures)
         with self._condition:
             self._submitting -= 1
             for row, i in zip(np.flatnonzero(escalated), ids[escalated]):
@@ -483,8 +519,8 @@ class CascadeServer:
                 cascade._enqueue(images[escalated], ids[escalated], arrived)
             self._condition.notify()
         if not request.pending:
-            future.set_result((logits, escalated))
-        return future
+            request.future.set_result((logits, escalated))
+        return request
 
     def close(self) -> None:
         """Answer everything waiting, then stop the worker (idempotent)."""
@@ -513,22 +549,13 @@ class CascadeServer:
             try:
                 answers = cascade._run_large(taken)
             except Exception as error:  # noqa: BLE001 (the callers get it, the worker goes on)
-                for request in self._requests_of(taken["ids"]):
-                    if not request.future.done():
-                        request.future.set_exception(error)
+                with self._condition:
+                    failed = [self._rows.pop(int(i)) for i in taken["ids"]]
+                for request, row in failed:
+                    request.fail(row, error)
                 continue
             with self._condition:
-                done = []
-                for i, row_logits in zip(answers.ids, answers.logits):
-                    request, row = self._rows.pop(int(i))
-                    request.logits[row] = row_logits
-                    request.pending -= 1
-                    if request.pending == 0:
-                        done.append(request)
-            for request in done:
-                if not request.future.done():
-                    request.future.set_result((request.logits, request.escalated))
-
-    def _requests_of(self, ids) -> list[_Request]:
-        with self._condition:
-            return list({id(r): r for r, _ in (self._rows.pop(int(i)) for i in ids)}.values())
+                answered = [(self._rows.pop(int(i)), row_logits)
+                            for i, row_logits in zip(answers.ids, answers.logits)]
+            for (request, row), row_logits in answered:  # outside the lock: callbacks may submit
+                request.answer(row, row_logits)
