@@ -33,9 +33,11 @@ warmed up before any is timed):
 Figures: throughput (images over the time from the first arrival to the last answer), latency
 median / p99 / max per image and median / p99 per request (its last image's: what a caller
 waiting for the whole request sees, comparable across all servers), and accuracy over the
-stream (the cascades answer alike, so theirs is one); and each network's time per image at batch
+stream (the cascades answer alike, so theirs is one); each network's time per image at batch
 1, 8, the request size and `--batch_size`, which bounds what pooling can buy: the large
-network's drop from a request's few escalated rows to a full batch.
+network's drop from a request's few escalated rows to a full batch; and each network's time per
+image at the request size and `--batch_size` while 1 and each `--caller_threads` count of
+threads call it at once, which bounds what the threaded servers can gain from overlapping calls.
 """
 
 from __future__ import annotations
@@ -227,6 +229,31 @@ def per_image_ms(calls, states, images, batches) -> dict:
     return out
 
 
+def per_image_ms_from_threads(calls, states, images, batches, threads, images_per_run=512,
+                              rounds=3) -> dict:
+    """Each network's time per image while `t` threads call it at once, each on batches of its
+    own, for each `t` in `threads`: `images_per_run` images per run, the networks and thread
+    counts taking turns, medians of `rounds`. What a second caller buys each network is what
+    the threaded servers can gain from overlapping calls (XLA:CPU spreads one call over the
+    cores, but not all of its time). {role: {(batch, t): ms}}."""
+    runs = {role: jax.jit(calls[role]) for role in ("small", "large", "static")}
+    times = {role: {(b, t): [] for b in batches for t in threads} for role in runs}
+    inputs = {b: jax.numpy.asarray(np.resize(images, (b,) + images.shape[1:])) for b in batches}
+    for _ in range(rounds):
+        for b, x in inputs.items():
+            for role, run in runs.items():
+                call = functools.partial(run, *states[role], x)
+                np.asarray(call())  # compiled before any run is timed
+                for t in threads:
+                    count = max(t, images_per_run // b)
+                    with concurrent.futures.ThreadPoolExecutor(max_workers=t) as pool:
+                        start = time.perf_counter()
+                        list(pool.map(lambda _: np.asarray(call()), range(count)))
+                        times[role][(b, t)].append((time.perf_counter() - start) * 1e3 / (count * b))
+    return {role: {key: float(np.median(ms)) for key, ms in by_key.items()}
+            for role, by_key in times.items()}
+
+
 def main(argv):
     del argv
     split = datasets.load_split(DATASET, "test")
@@ -293,6 +320,10 @@ def main(argv):
         rows += at_load
     per_image = per_image_ms(calls, states, stream, sorted({1, 8, FLAGS.request_size,
                                                            FLAGS.batch_size}))
+    thread_counts = sorted({1} | set(caller_threads))
+    from_threads = per_image_ms_from_threads(calls, states, stream,
+                                             sorted({FLAGS.request_size, FLAGS.batch_size}),
+                                             thread_counts)
     table = report.format_table(rows, COLUMNS)
     header = (f"{small.name} -> {large.name} at {cascade_macs / 1e6:.1f} M MACs ({static.name}: "
               f"{static.macs / 1e6:.1f} M; {share:.1%} escalated, threshold {threshold:.3f} set "
@@ -301,8 +332,14 @@ def main(argv):
     cost_line = "ms per image by batch size: " + "; ".join(
         f"{records[role].name} " + ", ".join(f"b{b} {ms:.2f}" for b, ms in by_batch.items())
         for role, by_batch in per_image.items())
+    threads_line = (f"ms per image from {' / '.join(map(str, thread_counts))} caller threads: "
+                    + "; ".join(f"{records[role].name} " + ", ".join(
+                        f"b{b} " + " / ".join(f"{by_key[(b, t)]:.2f}" for t in thread_counts)
+                        for b in sorted({b for b, _ in by_key}))
+                        for role, by_key in from_threads.items()))
     print(header)
     print(cost_line)
+    print(threads_line)
     print(table)
     if FLAGS.record:
         figures = []
@@ -325,7 +362,12 @@ def main(argv):
         for role, by_batch in per_image.items():
             figures += [{"metric": "serving_network_ms_per_image", "value": ms, "unit": "ms",
                          "model": records[role].name, "batch": b} for b, ms in by_batch.items()]
-        append_results("cascade_serving", figures, table, f"{header}; {cost_line}")
+        for role, by_key in from_threads.items():
+            figures += [{"metric": "serving_network_ms_per_image_from_threads", "value": ms,
+                         "unit": "ms", "model": records[role].name, "batch": b, "threads": t}
+                        for (b, t), ms in by_key.items()]
+        append_results("cascade_serving", figures, table,
+                       f"{header}; {cost_line}; {threads_line}")
 
 
 if __name__ == "__main__":

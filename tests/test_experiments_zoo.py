@@ -188,7 +188,12 @@ def test_cascade_serving_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
              if r["metric"] == "serving_network_ms_per_image"}
     assert set(costs) == {(m, b) for m in ("resnet20_gpu", "resnet56", "resnet32_gpu")
                           for b in (1, 4, 8)} and min(costs.values()) > 0
-    recorded = [r for r in recorded if r["metric"] != "serving_network_ms_per_image"]
+    from_threads = {(r["model"], r["batch"], r["threads"]): r["value"] for r in recorded
+                    if r["metric"] == "serving_network_ms_per_image_from_threads"}
+    assert set(from_threads) == {(m, b, t) for m in ("resnet20_gpu", "resnet56", "resnet32_gpu")
+                                 for b in (4, 8) for t in (1, 2)}
+    assert min(from_threads.values()) > 0
+    recorded = [r for r in recorded if not r["metric"].startswith("serving_network_ms_per_image")]
     servers = ("static", "static, 2 threads", "cascade, per request", "cascade, wait 5 ms",
                "threaded, wait 5 ms", "threaded, wait 5 ms, 2 threads")
     for load in ("0.5", "saturated"):

@@ -404,30 +404,42 @@ class StreamingCascade:
 @dataclasses.dataclass
 class _Request:
     """A request a `CascadeServer` is answering: its rows' logits as they come, its future, and
-    one future per row when the caller asked for them (`submit_each`)."""
+    one future per row when the caller asked for them (`submit_each`). The counts change under
+    the server's lock; the futures are set outside it (their callbacks may submit again)."""
 
     future: concurrent.futures.Future
     logits: np.ndarray
     escalated: np.ndarray
     pending: int
     row_futures: list[concurrent.futures.Future] | None = None
+    failed: bool = False
 
-    def answer(self, row: int, row_logits: np.ndarray) -> None:
-        """The expensive network's answer for an escalated row (on the worker's thread)."""
+    def record(self, row: int, row_logits: np.ndarray) -> bool:
+        """The expensive network's answer for an escalated row (under the lock): whether it was
+        the request's last."""
         self.logits[row] = row_logits
         self.pending -= 1
-        if self.row_futures is not None:
-            self.row_futures[row].set_result((row_logits, True))
-        if self.pending == 0 and not self.future.done():
-            self.future.set_result((self.logits, self.escalated))
+        return self.pending == 0 and not self.failed
 
-    def fail(self, row: int, error: Exception) -> None:
-        """The expensive network failed on an escalated row: the row and its request get the
-        error."""
+    def record_failure(self) -> bool:
+        """An escalated row failed (under the lock): whether it is the request's first."""
+        first, self.failed = not self.failed, True
+        return first
+
+    def resolve(self, row: int, outcome: np.ndarray | BaseException, request_done: bool) -> None:
+        """Set the row's future (and the request's, when `request_done`) to `outcome`: its
+        logits, or the error that failed it."""
+        failed = isinstance(outcome, BaseException)
         if self.row_futures is not None:
-            self.row_futures[row].set_exception(error)
-        if not self.future.done():
-            self.future.set_exception(error)
+            if failed:
+                self.row_futures[row].set_exception(outcome)
+            else:
+                self.row_futures[row].set_result((outcome, True))
+        if request_done:
+            if failed:
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result((self.logits, self.escalated))
 
 
 class CascadeServer:
@@ -502,7 +514,7 @@ class CascadeServer:
         except BaseException:
             with self._condition:
                 self._submitting -= 1
-                self._condition.notify()
+                self._condition.notify_all()
             raise
         row_futures = None
         if each:
@@ -517,7 +529,7 @@ class CascadeServer:
                 self._rows[int(i)] = (request, int(row))
             if request.pending:
                 cascade._enqueue(images[escalated], ids[escalated], arrived)
-            self._condition.notify()
+            self._condition.notify_all()
         if not request.pending:
             request.future.set_result((logits, escalated))
         return request
@@ -529,7 +541,7 @@ class CascadeServer:
                                "the server from another thread")
         with self._condition:
             self._closed = True
-            self._condition.notify()
+            self._condition.notify_all()
         self._worker.join()
 
     def _serve(self) -> None:
@@ -550,12 +562,12 @@ class CascadeServer:
                 answers = cascade._run_large(taken)
             except Exception as error:  # noqa: BLE001 (the callers get it, the worker goes on)
                 with self._condition:
-                    failed = [self._rows.pop(int(i)) for i in taken["ids"]]
-                for request, row in failed:
-                    request.fail(row, error)
-                continue
-            with self._condition:
-                answered = [(self._rows.pop(int(i)), row_logits)
-                            for i, row_logits in zip(answers.ids, answers.logits)]
-            for (request, row), row_logits in answered:  # outside the lock: callbacks may submit
-                request.answer(row, row_logits)
+                    outcomes = [(request, row, error, request.record_failure()) for request, row
+                                in (self._rows.pop(int(i)) for i in taken["ids"])]
+            else:
+                with self._condition:
+                    outcomes = [(request, row, row_logits, request.record(row, row_logits))
+                                for (request, row), row_logits in zip(
+                                    (self._rows.pop(int(i)) for i in answers.ids), answers.logits)]
+            for request, row, outcome, request_done in outcomes:  # outside the lock
+                request.resolve(row, outcome, request_done)
