@@ -36,6 +36,22 @@ def test_unknown_config_override_fails_with_its_name(tmp_path):
     assert "did you mean 'optimizer.learning_rate'" in proc.stderr
 
 
+def test_an_experiment_start_rejects_stray_arguments_and_returns_the_command(monkeypatch):
+    from absl import app, logging
+
+    from experiments import common
+    monkeypatch.setattr("sys.argv", ["main.py", "--workdir=runs/a b", "--config.seed=3"])
+    level = logging.get_verbosity()
+    try:
+        assert (common.start(["main.py"], "experiments.baseline.main")
+                == "python -m experiments.baseline.main '--workdir=runs/a b' --config.seed=3")
+        assert logging.get_verbosity() == logging.WARNING  # no --verbosity given
+        with pytest.raises(app.UsageError, match=r"unexpected arguments: \['stray'\]"):
+            common.start(["main.py", "stray"], "experiments.baseline.main")
+    finally:
+        logging.set_verbosity(level)
+
+
 def test_unknown_config_variant_is_rejected():
     from experiments.baseline.configs import default
     with pytest.raises(ValueError, match="unknown config variant 'fast'"):

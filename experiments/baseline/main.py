@@ -8,23 +8,17 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from adaptive_jax import report
-from adaptive_jax.config import check_override_flags
 from adaptive_jax.train import default_config, train_and_evaluate
+from experiments import common
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
-    # config_flags applies --config.* overrides as soon as the flag is defined, and a misspelt
-    # key then dies with a bare AttributeError; check them against the known keys first.
-    try:
-        check_override_flags(sys.argv, default_config())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    common.exit_on_bad_overrides(default_config())
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the report.")
 flags.DEFINE_list("latency_batch_sizes", ["1", "128"], "Batch sizes to time inference at.")
 config_flags.DEFINE_config_file(
@@ -56,10 +50,7 @@ def state_image_shape(config) -> tuple[int, int, int]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every step of their work at INFO
+    common.start(argv, "experiments.baseline.main")
     run(FLAGS.config, FLAGS.workdir, tuple(int(b) for b in FLAGS.latency_batch_sizes))
 
 

@@ -14,29 +14,24 @@ re-running resumes (finished steps are restored and re-evaluated, not retrained)
 import dataclasses
 import json
 import os
-import shlex
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 from adaptive_jax import execution, latency, report
-from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
 from adaptive_jax.train import dfs, loop, search, train_and_evaluate
 from adaptive_jax.train.metrics import recorded_train_time
 from adaptive_jax.train.workdir import claim_run_dir
+from experiments import common
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
-    try:
-        check_override_flags(sys.argv, dfs.default_config())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    common.exit_on_bad_overrides(dfs.default_config())
 flags.DEFINE_string("workdir", None, "Directory for every step's checkpoints, metrics and the report.")
 flags.DEFINE_integer("latency_images", 8, "Test images timed one by one at batch 1 per point.")
 config_flags.DEFINE_config_file(
@@ -421,12 +416,7 @@ def plot_curve(rows, out_path: str, title: str) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    print("python -m experiments.dfs.main " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-          flush=True)
+    print(common.start(argv, "experiments.dfs.main"), flush=True)
     run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images)
 
 

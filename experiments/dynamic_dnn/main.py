@@ -11,24 +11,20 @@ loading it on another device warns). Re-running with the same --workdir resumes.
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 from adaptive_jax import cost, latency, report
-from adaptive_jax.config import check_override_flags
 from adaptive_jax.execution import SubnetExecutor
 from adaptive_jax.models.slimmable import WidthSubnet, extract_subnet
 from adaptive_jax.train import slimmable, train_and_evaluate
+from experiments import common
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
-    try:
-        check_override_flags(sys.argv, slimmable.default_config())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    common.exit_on_bad_overrides(slimmable.default_config())
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, report and latency table.")
 flags.DEFINE_list("latency_batch_sizes", ["1"], "Batch sizes of the latency table.")
 config_flags.DEFINE_config_file(
@@ -73,10 +69,7 @@ def run(config, workdir: str, latency_batch_sizes=(1,)) -> list[dict]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    common.start(argv, "experiments.dynamic_dnn.main")
     run(FLAGS.config, FLAGS.workdir, tuple(int(b) for b in FLAGS.latency_batch_sizes))
 
 

@@ -17,29 +17,25 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import types
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 from adaptive_jax import report
-from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets
 from adaptive_jax.data.augment import normalize
 from adaptive_jax.models.slimmable import (inherit_batch_norm_from_full_width,
                                            sort_channels_by_importance)
 from adaptive_jax.nn.slim import recalibrate_batch_norm
 from adaptive_jax.train import loop, sharding, slimmable, train_and_evaluate
+from experiments import common
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
-    try:
-        check_override_flags(sys.argv, slimmable.default_config())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    common.exit_on_bad_overrides(slimmable.default_config())
 flags.DEFINE_string("workdir", None, "A finished full-width run (slim.mode=alone, slim.width=1.0).")
 flags.DEFINE_integer("calibration_batches", 20, "Training batches for each width's BN statistics.")
 config_flags.DEFINE_config_file(
@@ -104,10 +100,7 @@ def run(config, workdir: str, calibration_batches: int = 20, data=None) -> list[
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    common.start(argv, "experiments.dynamic_dnn.shrink")
     run(FLAGS.config, FLAGS.workdir, FLAGS.calibration_batches)
 
 

@@ -7,9 +7,10 @@
 What it measures and draws: adaptive_jax/demo.py.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from adaptive_jax import demo
+from experiments import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/demo", "Directory for the report and plots.")
@@ -29,10 +30,7 @@ flags.DEFINE_integer("pooled_batches", 8, "Batches of 64 test images the cascade
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    common.start(argv, "experiments.ofas.demo")
     if FLAGS.cascade and len(FLAGS.cascade) != 2:
         raise app.UsageError(f"--cascade takes two zoo names, SMALL,LARGE; got {FLAGS.cascade}")
     demo.run(FLAGS.out, FLAGS.ofas, FLAGS.ofas_zoo_dir, tuple(FLAGS.static),

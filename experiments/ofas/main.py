@@ -13,29 +13,24 @@ latency of the cond executor on test images (skipped blocks do not run), against
 
 import json
 import os
-import shlex
-import sys
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
 from adaptive_jax import latency, report
 from adaptive_jax.methods.ofas import make_predictors
-from adaptive_jax.config import check_override_flags
 from adaptive_jax.data import datasets, normalize
 from adaptive_jax.train import loop, ofas, train_and_evaluate
 from adaptive_jax.train.metrics import recorded_train_time
 from adaptive_jax.train.workdir import claim_run_dir
+from experiments import common
 
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
-    try:
-        check_override_flags(sys.argv, ofas.default_config())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    common.exit_on_bad_overrides(ofas.default_config())
 flags.DEFINE_string("workdir", None, "Directory for both stages' checkpoints, metrics and the report.")
 flags.DEFINE_integer("latency_images", 16, "Test images timed one by one at batch 1 per point.")
 flags.DEFINE_string("zoo_name", "", "Save the OFAS model of --zoo_penalty to the zoo under this name.")
@@ -385,11 +380,7 @@ def plot_curve(rows, full_macs: int, out_path: str, title: str) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    command = "python -m experiments.ofas.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = common.start(argv, "experiments.ofas.main")
     run(FLAGS.config, FLAGS.workdir, FLAGS.latency_images, FLAGS.zoo_name, FLAGS.zoo_penalty,
         command, FLAGS.zoo_dir)
 

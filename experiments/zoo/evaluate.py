@@ -8,10 +8,11 @@ With --num_examples=1000 the recorded figure compared is the entry's top-1 on th
 images (`metrics.test_accuracy_first_1000`), which is what the test suite checks.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from adaptive_jax import report, zoo
 from adaptive_jax.data import datasets
+from experiments import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("names", [], "Entries to evaluate (default: all).")
@@ -51,10 +52,7 @@ def evaluate(names=(), num_examples: int = 0, zoo_dir: str | None = None) -> lis
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    common.start(argv, "experiments.zoo.evaluate")
     rows = evaluate(tuple(FLAGS.names), FLAGS.num_examples, FLAGS.zoo_dir)
     table = report.format_table(rows, COLUMNS)
     print(table)

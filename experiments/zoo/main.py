@@ -14,24 +14,20 @@ With --time_budget_s the run fits its epoch count to a wall-clock budget
 """
 
 import os
-import shlex
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from adaptive_jax.config import check_override_flags
 from adaptive_jax.train import default_config, loop, read_metrics, train_and_evaluate
 from experiments.zoo import budget
+from experiments import common
 
 START = time.time()  # the budget counts from here: data loading and compiling included
 FLAGS = flags.FLAGS
 if __name__ == "__main__":
-    try:
-        check_override_flags(sys.argv, default_config())
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    common.exit_on_bad_overrides(default_config())
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 flags.DEFINE_string("name", None, "Zoo entry name (default: resnet<depth>).")
 flags.DEFINE_string("zoo_dir", None, "Zoo directory to write to (default: the package's zoo).")
@@ -80,11 +76,7 @@ def run(config, workdir: str, name: str | None = None, zoo_dir: str | None = Non
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    command = "python -m experiments.zoo.main " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = common.start(argv, "experiments.zoo.main")
     sync = None
     if FLAGS.sync_dir:
         sync = lambda: budget.wait_for_each_other(FLAGS.sync_dir, FLAGS.sync_count)  # noqa: E731
