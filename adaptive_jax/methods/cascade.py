@@ -243,12 +243,13 @@ class StreamingCascade:
     The server is synchronous and owns no thread (`CascadeServer` gives it one): `submit` runs
     the cheap network on a request and returns its confident answers; `poll` runs the expensive
     network on what is due (every full batch waiting, and everything waiting once the oldest
-    escalated image has waited `max_wait_s` since `submit` queued it) and returns those answers. The bound holds when the
-    caller polls by `deadline` (an event loop sleeps until the next request or `deadline`,
-    whichever is first): an escalated image is answered within `max_wait_s` of its request's
-    `submit`, plus the expensive network's time on what is due. The wait runs from the queueing,
-    not from the request's arrival, so a server that falls behind still pools (a wait from
-    arrival would be over for every image of a backlog the moment it is queued).
+    escalated image has waited `max_wait_s` since `submit` queued it) and returns those answers.
+    The bound holds when the caller polls by `deadline` (an event loop sleeps until the next
+    request or `deadline`, whichever is first): an escalated image is answered within
+    `max_wait_s` of its request's `submit`, plus the expensive network's time on what is due.
+    The wait runs from the queueing, not from the request's arrival, so a server that falls
+    behind still pools (a wait from arrival would be over for every image of a backlog the
+    moment it is queued).
     `max_wait_s=0` answers each request's escalated images before the next (as `predictor`),
     `math.inf` only full batches (`flush` answers the rest). A request, and a last batch of the
     expensive network, is padded to the smallest of `capacities` that holds it (a request
@@ -270,7 +271,8 @@ class StreamingCascade:
                              f"batches only), got {max_wait_s!r}")
         check_count("batch_size", batch_size, meaning="the expensive network's batch")
         if capacities is None:
-            capacities = tuple(2 ** k for k in range(batch_size.bit_length()) if 2 ** k < batch_size)
+            capacities = tuple(2 ** k for k in range(batch_size.bit_length())
+                               if 2 ** k < batch_size)
             capacities += (batch_size,)
         sizes = tuple(capacities)
         counts = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 1
@@ -398,7 +400,8 @@ class StreamingCascade:
         if logits is None:
             logits = np.zeros((ids.size, self._classes), np.float32)
         return Answers(ids=ids, logits=logits, escalated=np.full(ids.size, escalated),
-                       arrived_at=np.broadcast_to(np.asarray(arrived, np.float64), ids.shape).copy())
+                       arrived_at=np.broadcast_to(np.asarray(arrived, np.float64),
+                                                  ids.shape).copy())
 
 
 @dataclasses.dataclass
@@ -455,10 +458,11 @@ class CascadeServer:
     JAX releases the GIL while a computation runs, so on two cores or an accelerator the two
     networks overlap. On two CPU cores, from two caller threads, it served 0.77-0.93x the
     images per second of the static network of the same mean MACs called from two threads
-    (one thread: 0.73-0.94x of the static network on one); on one core the worker buys nothing
-    (docs/zoo.md, "Behind a worker thread"). A request with nothing escalated is answered
-    within its `submit`; `submit_each` gives a future per image instead, so that the confident
-    images of a request are answered at once and each escalated one as the worker answers it.
+    (`StreamingCascade` in one thread: 0.73-0.94x of the static network in one); on one core
+    the worker buys nothing (docs/zoo.md, "Behind a worker thread"). A request with nothing
+    escalated is answered within its `submit`; `submit_each` gives a future per image instead,
+    so that the confident images of a request are answered at once and each escalated one as
+    the worker answers it.
     The waits follow the cascade's clock (real time: its default `time.perf_counter`).
     `close()` (or leaving a `with` block) answers everything waiting and stops the worker; the
     cascade can then be served again. An error of the expensive network fails the futures of
