@@ -9,9 +9,9 @@ arrives while the server is busy waits, and its wait counts), set as a share (`-
 static network's measured capacity at that request size; `saturated` sends them all at once.
 The cascade's threshold escalates the share of images that averages the static entry's MACs (or
 `--escalated_share`, a cheaper or dearer cascade); it is set on the first half of the test
-images' small-network confidences (no labels), and the second half is the stream. Every server answers every image; per image the latency is from its request's
-arrival to the return of the call that answered it. Servers (one process, each compiled and
-warmed up before any is timed):
+images' small-network confidences (no labels), and the second half is the stream. Every server
+answers every image; per image the latency is from its request's arrival to the return of the
+call that answered it. Servers (one process, each compiled and warmed up before any is timed):
 
 - `static`: the static entry, each request on arrival;
 - `cascade, per request`: `methods.cascade.StreamingCascade` with no wait, so each request's
@@ -249,7 +249,8 @@ def per_image_ms_from_threads(calls, states, images, batches, threads, images_pe
                     with concurrent.futures.ThreadPoolExecutor(max_workers=t) as pool:
                         start = time.perf_counter()
                         list(pool.map(lambda _: np.asarray(call()), range(count)))
-                        times[role][(b, t)].append((time.perf_counter() - start) * 1e3 / (count * b))
+                        seconds = time.perf_counter() - start
+                    times[role][(b, t)].append(seconds * 1e3 / (count * b))
     return {role: {key: float(np.median(ms)) for key, ms in by_key.items()}
             for role, by_key in times.items()}
 
@@ -327,8 +328,8 @@ def main(argv):
     table = report.format_table(rows, COLUMNS)
     header = (f"{small.name} -> {large.name} at {cascade_macs / 1e6:.1f} M MACs ({static.name}: "
               f"{static.macs / 1e6:.1f} M; {share:.1%} escalated, threshold {threshold:.3f} set "
-              f"on the first {half} test images); {count} images in requests of {FLAGS.request_size}; {static.name}'s "
-              f"capacity {capacity:.0f} img/s")
+              f"on the first {half} test images); {count} images in requests of "
+              f"{FLAGS.request_size}; {static.name}'s capacity {capacity:.0f} img/s")
     cost_line = "ms per image by batch size: " + "; ".join(
         f"{records[role].name} " + ", ".join(f"b{b} {ms:.2f}" for b, ms in by_batch.items())
         for role, by_batch in per_image.items())
