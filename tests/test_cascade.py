@@ -424,3 +424,29 @@ def test_the_cascade_server_names_bad_input():
     with cascade.CascadeServer(streaming) as server:
         with pytest.raises(ValueError, match="one server serves one input shape"):
             server.submit(np.zeros((3, 4), np.float32))
+
+
+def test_every_cascade_path_refuses_nan_images_when_asked():
+    small, large, small_state, large_state = _nets()
+    images = np.ones((4, 2), np.float32)
+    images[2, 1] = np.nan
+    unchecked, _ = cascade.predictor(small, large, 0.5)(small_state, large_state, images)
+    assert np.isnan(np.asarray(unchecked)[2]).all()  # off by default: answered with NaN logits
+    refused = "1 of 4 images contain NaN or inf pixels \\(first: image 2\\)"
+    for serve in (cascade.predictor(small, large, 0.5, check_finite=True),
+                  cascade.pooled_predictor(small, large, 0.5, batch_size=4, buckets=2,
+                                            check_finite=True)):
+        with pytest.raises(ValueError, match=refused):
+            serve(small_state, large_state, images)
+    # threshold 2: every image escalates, and with no deadline waits for a full batch
+    streaming = cascade.StreamingCascade(small, large, small_state, large_state, 2.0,
+                                         batch_size=4, max_wait_s=math.inf, check_finite=True)
+    with pytest.raises(ValueError, match=refused):
+        streaming.submit(images)
+    assert streaming.waiting == 0  # nothing of the refused request queued
+    with cascade.CascadeServer(streaming) as server:
+        with pytest.raises(ValueError, match=refused):
+            server.submit_each(images)
+        clean = server.submit(images[:2])
+    np.testing.assert_allclose(clean.result()[0], large(*large_state, images[:2]), rtol=1e-6)
+

@@ -38,6 +38,7 @@ import numpy as np
 
 from adaptive_jax.config import check_count
 from adaptive_jax.execution.executors import capacities
+from adaptive_jax.models.resnet import check_finite_images
 
 PureNet = Callable[..., jax.Array]  # (params, batch_stats, images) -> logits
 
@@ -138,7 +139,8 @@ def _padded_to_capacity(rows: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([rows, np.full(capacity - rows.size, rows[0])])
 
 
-def predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8) -> Callable:
+def predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8,
+              check_finite: bool = False) -> Callable:
     """(small_state, large_state, images) -> (logits, escalated) for a batch of any size: the
     cheap network's compiled call (logits and confidence), then, only if a row escalates, the
     expensive network's on the escalated rows, gathered into the smallest of `buckets` row
@@ -146,10 +148,15 @@ def predictor(small: PureNet, large: PureNet, threshold: float, buckets: int = 8
     into `buckets`, one at batch 1). The decision is on the host, between two executables: one
     executable holding both networks under `lax.cond` ran a confident image in 6.5-7.8 ms where
     the cheap network alone took 3.4-3.7 ms and this path 4.2-5.2 ms (ResNet-32 sub-net of 8
-    blocks and the full backbone, batch 1, one core with the other training; docs/ofas.md)."""
+    blocks and the full backbone, batch 1, one core with the other training; docs/ofas.md).
+    `check_finite=True` refuses NaN / inf pixels (as every compiled predict path of the package
+    does when asked; `models.resnet.check_finite_images`): unchecked, such an image is answered
+    with whatever the cheap network returns for it, escalated or not."""
     small_jit, large_jit = _compiled(small, large)
 
     def predict(small_state, large_state, images):
+        if check_finite:
+            check_finite_images(images)
         logits, sure = small_jit(*small_state, images)
         escalated = np.asarray(sure) < threshold
         rows = np.flatnonzero(escalated)
@@ -179,7 +186,7 @@ def _in_batches(run: Callable, images: np.ndarray, rows: np.ndarray, batch_size:
 
 
 def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_size: int = 64,
-                     buckets: int = 8) -> Callable:
+                     buckets: int = 8, check_finite: bool = False) -> Callable:
     """(small_state, large_state, images) -> (logits, escalated) for any number of images,
     answered together: the cheap network on batches of `batch_size`, then the expensive one on
     the escalated images of all of them, pooled into batches of `batch_size` (the last rounded up
@@ -189,7 +196,7 @@ def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_siz
     is lower (docs/zoo.md, "Cascades of zoo backbones"). Each network compiles at most `buckets`
     shapes: a last batch is padded to a capacity by repeating its first image. `StreamingCascade`
     is the same pooling for images that arrive over time, with a bound on how long an escalated
-    image waits for its batch."""
+    image waits for its batch. `check_finite`: as for `predictor`."""
     sizes = capacities(batch_size, buckets)
     small_jit, large_jit = _compiled(small, large)
 
@@ -197,6 +204,8 @@ def pooled_predictor(small: PureNet, large: PureNet, threshold: float, batch_siz
         images = np.asarray(images)
         if images.shape[0] == 0:
             raise ValueError("pooled_predictor needs at least one image")
+        if check_finite:
+            check_finite_images(images)
         answers = _in_batches(lambda x: small_jit(*small_state, x), images,
                               np.arange(images.shape[0]), batch_size, sizes)
         logits = np.concatenate([a for a, _ in answers])
@@ -257,12 +266,13 @@ class StreamingCascade:
     capacity. The default, powers of two up to `batch_size`, pads at most to twice the rows
     and runs a one-image request at batch 1.
     Each network is a pure function `(params, batch_stats, images) -> logits` and a state its
-    `(params, batch_stats)`, as for `predictor`."""
+    `(params, batch_stats)`, as for `predictor`; `check_finite=True` refuses a request with NaN /
+    inf pixels before anything of it runs or queues (a `CascadeServer` around it too)."""
 
     def __init__(self, small: PureNet, large: PureNet, small_state, large_state, threshold: float,
                  *, batch_size: int = 64, max_wait_s: float = 0.05,
                  capacities: tuple[int, ...] | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, check_finite: bool = False):
         if not isinstance(threshold, numbers.Real) or math.isnan(threshold):
             raise ValueError(f"threshold must be a number (confidences under it escalate), got "
                              f"{threshold!r}")
@@ -285,6 +295,7 @@ class StreamingCascade:
         self._small_jit, self._large_jit = _compiled(small, large)
         self._small_state, self._large_state = small_state, large_state
         self._clock = clock
+        self._check_finite = check_finite
         self._image_shape = None
         self._classes = 0
         self._next_id = 0
@@ -371,6 +382,8 @@ class StreamingCascade:
         elif images.shape[1:] != self._image_shape:
             raise ValueError(f"images of shape {images.shape[1:]} after images of shape "
                              f"{self._image_shape}: one server serves one input shape")
+        if self._check_finite:
+            check_finite_images(images)
         return images
 
     def _enqueue(self, images, ids, arrived: float) -> None:
