@@ -161,6 +161,22 @@ def cascade_rows(small: str, large: str, at: str | None, shares, logits: dict, m
     return rows
 
 
+CURVE_SHARES = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+
+def cascade_curve(small: str, large: str, logits: dict, macs: dict, labels,
+                  shares=CURVE_SHARES) -> list[dict]:
+    """The cascade's accuracy and mean MACs at each escalated share, two-fold as `cascade_rows`
+    (for the plot: from the small network alone to every image escalated)."""
+    points = []
+    for share in shares:
+        stats = cascade.two_fold_statistics(logits[small], logits[large], labels, share,
+                                            macs[small], macs[large])
+        points.append({"escalated_share": stats["escalated_share"],
+                       "test_accuracy": stats["test_accuracy"], "macs_mean": stats["cost_mean"]})
+    return points
+
+
 def pooled_cascade_row(row: dict, small: Static, large: Static, at: tuple[str, Static],
                        images) -> dict:
     """The cascade's `row` answering `images` (whole batches of 64) together, the escalated
@@ -212,12 +228,13 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     cascade_names = [*cascade_pair, *([cascade_at] if cascade_pair and cascade_at else [])]
     statics = {name: static_row(name, split, dataset)
                for name in dict.fromkeys([*static_names, *cascade_names])}
-    cascades = []
+    cascades, curve = [], []
     if cascade_pair:
-        cascades = cascade_rows(*cascade_pair, cascade_at, cascade_shares,
-                                {name: s.logits for name, s in statics.items()},
-                                {name: s.row["macs_mean"] for name, s in statics.items()},
+        logits_of = {name: s.logits for name, s in statics.items()}
+        macs_of = {name: s.row["macs_mean"] for name, s in statics.items()}
+        cascades = cascade_rows(*cascade_pair, cascade_at, cascade_shares, logits_of, macs_of,
                                 split.labels)
+        curve = cascade_curve(*cascade_pair, logits_of, macs_of, split.labels)
     # Every row's latency in one interleaved pass: the OFAS model's own plans, its full network,
     # the static ResNets and the cascade's main point take turns image by image (batch 1) and
     # batch by batch (64).
@@ -259,9 +276,9 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
                   f"answered together, {row['throughput_b64']:.0f} img/s; {row['static_at']} "
                   f"batch by batch over the same images, {row['static_throughput_b64']:.0f} img/s")
     summary = {"ofas": ofas_name, "record_metrics": rec.metrics, "rows": rows,
-               "batch_executor": batch_choice,
+               "cascade_curve": curve, "batch_executor": batch_choice,
                "seconds": time.perf_counter() - start}
-    plots = [plot_accuracy_vs_macs(rows, rec, os.path.join(out, "accuracy_vs_macs.png")),
+    plots = [plot_accuracy_vs_macs(rows, rec, os.path.join(out, "accuracy_vs_macs.png"), curve),
              plot_least_most(split, plans_at.get(0.5, next(iter(plans_at.values()))), costs,
                              os.path.join(out, "least_most_compute.png"))]
     with open(os.path.join(out, "demo.json"), "w") as f:
@@ -271,7 +288,7 @@ def run(out: str, ofas_name: str = "ofas_resnet32", ofas_zoo_dir: str | None = N
     return summary
 
 
-def plot_accuracy_vs_macs(rows, rec, path: str) -> str:
+def plot_accuracy_vs_macs(rows, rec, path: str, cascade_points=()) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -283,9 +300,15 @@ def plot_accuracy_vs_macs(rows, rec, path: str) -> str:
     for r in curve:
         ax.annotate(f"t={r['threshold']}", (r["macs_mean"] / 1e6, r["test_accuracy"]), fontsize=7)
     chain = sorted((r for r in rows if r.get("kind") == "cascade"), key=lambda r: r["macs_mean"])
+    if cascade_points:  # the threshold swept from the small network alone to every image up
+        name = chain[0]["model"] if chain else "(cascade)"
+        line, = ax.plot([p["macs_mean"] / 1e6 for p in cascade_points],
+                        [p["test_accuracy"] for p in cascade_points], "-", lw=1,
+                        label=name.replace("(cascade)", "(cascade, threshold swept)"))
     if chain:
-        ax.plot([r["macs_mean"] / 1e6 for r in chain], [r["test_accuracy"] for r in chain], "^-",
-                label=chain[0]["model"])
+        ax.plot([r["macs_mean"] / 1e6 for r in chain], [r["test_accuracy"] for r in chain], "^",
+                color=line.get_color() if cascade_points else None,
+                label=chain[0]["model"].replace("(cascade)", "(cascade, table rows)"))
     for r in rows:
         if r.get("kind") == "static":
             ax.plot(r["macs_mean"] / 1e6, r["test_accuracy"], "s", label=f"{r['model']} (static)")

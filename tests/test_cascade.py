@@ -450,3 +450,20 @@ def test_every_cascade_path_refuses_nan_images_when_asked():
         clean = server.submit(images[:2])
     np.testing.assert_allclose(clean.result()[0], large(*large_state, images[:2]), rtol=1e-6)
 
+
+def test_the_demo_s_cascade_curve_runs_from_the_small_network_alone_to_every_image_up():
+    from adaptive_jax import demo
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 3, 200)
+    logits = {"small": rng.normal(size=(200, 3)), "large": rng.normal(size=(200, 3)) * 2}
+    macs = {"small": 10.0, "large": 30.0}
+    curve = demo.cascade_curve("small", "large", logits, macs, labels, shares=(0.0, 0.3, 1.0))
+    alone, middle, up = curve
+    assert alone == {"escalated_share": 0.0, "macs_mean": 10.0,
+                     "test_accuracy": float(np.mean(logits["small"].argmax(-1) == labels))}
+    assert up["escalated_share"] == 1.0 and up["macs_mean"] == 40.0
+    assert up["test_accuracy"] == float(np.mean(logits["large"].argmax(-1) == labels))
+    row = demo.cascade_rows("small", "large", None, (0.3,), logits, macs, labels)[0]
+    assert (middle["test_accuracy"], middle["macs_mean"]) == (row["test_accuracy"], row["macs_mean"])
+    assert middle["escalated_share"] == pytest.approx(0.3, abs=0.01)
+
