@@ -25,8 +25,10 @@ call that answered it. Servers (one process, each compiled and warmed up before 
   the requests on arrival and run the small network, the server's worker thread runs the large
   one meanwhile; each image is answered as soon as it is known (`submit_each`: the confident
   ones by the caller's submit, each escalated one by the worker);
-- `static, N threads` (each count above 1 in `--caller_threads`): the static entry called from
-  N threads, each request by the next free one. The threaded cascade runs two networks on two
+- `static, N threads` and `cascade, per request, N threads` (each count above 1 in
+  `--caller_threads`): the static entry, or the cascade answering each request before the
+  thread takes another (`methods.cascade.predictor`: no queue, no worker), called from N
+  threads, each request by the next free one. The threaded cascade runs two networks on two
   threads, and a second thread lets XLA:CPU overlap two calls of one network as well: this is
   the footing on which the two compare fairly.
 
@@ -294,6 +296,16 @@ def main(argv):
     threaded = {f"static, {n} threads": functools.partial(
         serve_from_threads, servers["static"].predict, threads=n)
         for n in caller_threads if n > 1}
+    if any(n > 1 for n in caller_threads):
+        per_request = cascade.predictor(calls["small"], calls["large"], threshold)
+
+        def answer_per_request(images):
+            return np.asarray(per_request(states["small"], states["large"], images)[0])
+
+        for request in requests:  # compiles every gathered shape the stream will need
+            answer_per_request(request)
+        threaded.update({f"cascade, per request, {n} threads": functools.partial(
+            serve_from_threads, answer_per_request, threads=n) for n in caller_threads if n > 1})
     for wait in FLAGS.max_wait_ms:
         name = "cascade, full batches" if math.isinf(float(wait)) else f"cascade, wait {wait} ms"
         servers[name] = cascade.StreamingCascade(

@@ -195,7 +195,8 @@ def test_cascade_serving_benchmark_smoke(tiny_cifar_manual_dir, tmp_path):
     assert min(from_threads.values()) > 0
     recorded = [r for r in recorded if not r["metric"].startswith("serving_network_ms_per_image")]
     servers = ("static", "static, 2 threads", "cascade, per request", "cascade, wait 5 ms",
-               "threaded, wait 5 ms", "threaded, wait 5 ms, 2 threads")
+               "cascade, per request, 2 threads", "threaded, wait 5 ms",
+               "threaded, wait 5 ms, 2 threads")
     for load in ("0.5", "saturated"):
         rows = {r["server"]: r for r in recorded if r["load"] == load}
         assert set(rows) == set(servers)
