@@ -328,23 +328,29 @@ def test_the_cascade_server_answers_callers_on_many_threads_as_the_rule():
                                    rtol=1e-6, atol=1e-6)
 
 
-def test_the_cascade_server_holds_for_a_full_batch_and_close_answers_the_rest():
+def _server_of_full_batches(seed: int, n: int):
+    """A server whose cascade sends only full batches of 4 (no deadline), on n images of which
+    a number not divisible by 4 escalates: (server, its cascade, images, expected logits, the
+    escalated images in the order queued, those of them in full batches)."""
     small, large, small_state, large_state = _nets()
-    images, threshold, expected, escalate = _served(seed=5, n=40, quantile=0.45)
+    images, threshold, expected, escalate = _served(seed=seed, n=n, quantile=0.45)
     streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
                                          batch_size=4, max_wait_s=math.inf)
-    server = cascade.CascadeServer(streaming)
-    futures = [server.submit(images[i:i + 2]) for i in range(0, 40, 2)]
-    # the escalated images in the order queued; with no deadline only full batches of 4 go
     order = np.flatnonzero(escalate)
-    in_full_batches = set(order[:len(order) // 4 * 4])
     assert len(order) % 4 and len(order) >= 4
+    return (cascade.CascadeServer(streaming), streaming, images, expected, order,
+            set(order[:len(order) // 4 * 4].tolist()))
+
+
+def test_the_cascade_server_holds_for_a_full_batch_and_close_answers_the_rest():
+    server, streaming, images, expected, order, in_full = _server_of_full_batches(seed=5, n=40)
+    futures = [server.submit(images[i:i + 2]) for i in range(0, 40, 2)]
     for k, future in enumerate(futures):
         rows = {2 * k, 2 * k + 1} & set(order)
-        if rows <= in_full_batches:  # answered without a close
+        if rows <= in_full:  # answered without a close
             np.testing.assert_allclose(future.result(timeout=30)[0], expected[2 * k:2 * k + 2],
                                        rtol=1e-6, atol=1e-6)
-    left = [f for k, f in enumerate(futures) if not {2 * k, 2 * k + 1} & set(order) <= in_full_batches]
+    left = [f for k, f in enumerate(futures) if not {2 * k, 2 * k + 1} & set(order) <= in_full]
     assert left and not any(f.done() for f in left)  # waiting for a batch that never fills
     server.close()
     assert all(f.done() for f in left) and streaming.waiting == 0
@@ -353,26 +359,19 @@ def test_the_cascade_server_holds_for_a_full_batch_and_close_answers_the_rest():
 
 
 def test_the_cascade_server_answers_each_image_as_soon_as_it_is_known():
-    small, large, small_state, large_state = _nets()
-    images, threshold, expected, escalate = _served(seed=7, n=24, quantile=0.45)
-    streaming = cascade.StreamingCascade(small, large, small_state, large_state, threshold,
-                                         batch_size=4, max_wait_s=math.inf)
-    server = cascade.CascadeServer(streaming)
+    server, _, images, expected, order, in_full = _server_of_full_batches(seed=7, n=24)
     futures = server.submit_each(images[:6]) + server.submit_each(images[6:])
     assert len(futures) == 24
-    order = np.flatnonzero(escalate)  # queued in this order; only full batches of 4 go
-    in_full_batches = set(order[:len(order) // 4 * 4].tolist())
-    assert len(order) % 4 and len(order) >= 4
-    for i in np.flatnonzero(~escalate):  # the confident images: answered within submit_each
+    for i in sorted(set(range(24)) - set(order)):  # confident: answered within submit_each
         assert futures[i].done()
         logits, escalated = futures[i].result()
         np.testing.assert_allclose(logits, expected[i], rtol=1e-6, atol=1e-6)
         assert escalated is False
     # the escalated images of full batches come without a close, one by one as answered
     done = [f.result(timeout=30) for f in concurrent.futures.as_completed(
-        [futures[i] for i in in_full_batches], timeout=30)]
-    assert len(done) == len(in_full_batches) and all(escalated for _, escalated in done)
-    rest = [futures[i] for i in order if i not in in_full_batches]
+        [futures[i] for i in in_full], timeout=30)]
+    assert len(done) == len(in_full) and all(escalated for _, escalated in done)
+    rest = [futures[i] for i in order if i not in in_full]
     assert not any(f.done() for f in rest)  # waiting for a batch that never fills
     server.close()
     for i in order:
@@ -464,6 +463,7 @@ def test_the_demo_s_cascade_curve_runs_from_the_small_network_alone_to_every_ima
     assert up["escalated_share"] == 1.0 and up["macs_mean"] == 40.0
     assert up["test_accuracy"] == float(np.mean(logits["large"].argmax(-1) == labels))
     row = demo.cascade_rows("small", "large", None, (0.3,), logits, macs, labels)[0]
-    assert (middle["test_accuracy"], middle["macs_mean"]) == (row["test_accuracy"], row["macs_mean"])
+    assert middle["test_accuracy"] == row["test_accuracy"]
+    assert middle["macs_mean"] == row["macs_mean"]
     assert middle["escalated_share"] == pytest.approx(0.3, abs=0.01)
 
