@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from adaptive_jax import config as config_lib
+from adaptive_jax import config as config_lib, evaluation
 from adaptive_jax.config import check_config_keys
 from adaptive_jax.data import datasets, pipeline
 from adaptive_jax.models.resnet import SHORTCUT_KINDS, CifarResNet, ResNetSpec
@@ -180,16 +180,9 @@ def evaluate(eval_step, state, split: datasets.Split, batch_size: int, mesh) -> 
 def test_outputs(graphdef, state, split: datasets.Split, dataset: str, output: Callable,
                  batch_size: int = 500) -> np.ndarray:
     """`output(model, images)` (eval mode, images normalised) for every image of `split`,
-    concatenated over the batches."""
-    from adaptive_jax import execution
-    from adaptive_jax.data.augment import normalize
-
-    mean, std = datasets.CHANNEL_MEAN[dataset], datasets.CHANNEL_STD[dataset]
-    output_of = execution.jit_predict(
-        graphdef, lambda model, images_u8: output(model, normalize(images_u8, mean, std)))
-    outputs = [np.asarray(output_of(state.params, state.batch_stats, images))[mask > 0]
-               for images, _, mask in pipeline.eval_batches(split, batch_size)]
-    return np.concatenate(outputs)
+    concatenated over the batches: `evaluation.split_outputs` on a train state."""
+    return evaluation.split_outputs(graphdef, state.params, state.batch_stats, split, dataset,
+                                    output, batch_size)
 
 
 def test_plans(graphdef, state, split: datasets.Split, dataset: str,

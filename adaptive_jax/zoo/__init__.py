@@ -445,17 +445,15 @@ def evaluate(model: nnx.Module, images_u8: np.ndarray, labels: np.ndarray, datas
 def logits(model: nnx.Module, images_u8: np.ndarray, dataset: str = "cifar10",
            batch_size: int = 500) -> np.ndarray:
     """(N, classes) logits of `model` (eval mode) on uint8 images, batch by batch
-    (`train.loop.test_outputs`)."""
-    import types
-
+    (`evaluation.split_outputs`)."""
+    from adaptive_jax import evaluation
     from adaptive_jax.data.datasets import Split
-    from adaptive_jax.train import loop
 
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = types.SimpleNamespace(params=params, batch_stats=batch_stats)
     split = Split(np.asarray(images_u8), np.zeros(len(images_u8), np.int32), 0)
-    return loop.test_outputs(graphdef, state, split, dataset, lambda m, x: m(x), batch_size)
+    return evaluation.split_outputs(graphdef, params, batch_stats, split, dataset,
+                                    lambda m, x: m(x), batch_size)
 
 
 def format_records(records: builtins.list[ZooRecord]) -> str:
