@@ -15,7 +15,8 @@ backbones (`methods.cascade`: the shallow one answers, its least sure images go 
 one; docs/zoo.md), at the MACs of a static entry and at a few other shares, its threshold set
 two-fold on the test images' confidences (`cascade.two_fold_statistics`); its main point is timed
 in batches of 64 answered one by one, and over 8 batches answered together, the escalated
-images pooled into full batches (`cascade.pooled_predictor`). Writes `demo.json`,
+images pooled into full batches (`cascade.pooled_predictor`); the plot also sweeps its share
+escalated from none to all (`cascade_curve`). Writes `demo.json`,
 `accuracy_vs_macs.png` and `least_most_compute.png` (the test images the policy spends least and
 most on) into --out.
 """
