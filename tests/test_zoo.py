@@ -160,6 +160,22 @@ def test_shipped_entries_reproduce_their_recorded_accuracy():
         assert abs(row["difference"]) <= 1 / zoo.SMOKE_EXAMPLES + 1e-9, row
 
 
+@requires_cifar
+def test_record_zoo_appends_each_entry_s_reproduced_accuracy(tmp_path):
+    from tests.conftest import run_experiment
+
+    proc = run_experiment("benchmarks.record_zoo", "--names=resnet20",
+                          f"--num_examples={zoo.SMOKE_EXAMPLES}",
+                          env_extra={"ADAPTIVE_JAX_RESULTS_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())
+    recorded = zoo.load("resnet20")[1].metrics[f"test_accuracy_first_{zoo.SMOKE_EXAMPLES}"]
+    assert (record["benchmark"], record["metric"], record["model"]) == ("zoo", "test_accuracy",
+                                                                        "resnet20")
+    assert record["recorded"] == recorded and record["test_images"] == zoo.SMOKE_EXAMPLES
+    assert abs(record["value"] - recorded) <= 1 / zoo.SMOKE_EXAMPLES + 1e-9
+
+
 def test_shipped_manifest_is_complete():
     for rec in zoo.list():
         assert os.path.getsize(os.path.join(zoo.ZOO_DIR, rec.file)) <= zoo.MAX_FILE_BYTES

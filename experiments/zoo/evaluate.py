@@ -2,10 +2,10 @@
 
     python -m experiments.zoo.evaluate                          # every entry, all 10,000 images
     python -m experiments.zoo.evaluate --names=resnet20 --num_examples=1000
-    python -m experiments.zoo.evaluate --record                 # also append to benchmarks/
 
 With --num_examples=1000 the recorded figure compared is the entry's top-1 on those first 1,000
 images (`metrics.test_accuracy_first_1000`), which is what the test suite checks.
+`python -m benchmarks.record_zoo` runs the same and records the figures.
 """
 
 from absl import app, flags
@@ -18,7 +18,6 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("names", [], "Entries to evaluate (default: all).")
 flags.DEFINE_integer("num_examples", 0, "First this-many test images (0: all).")
 flags.DEFINE_string("zoo_dir", None, "Zoo directory (default: the package's).")
-flags.DEFINE_bool("record", False, "Append the figures to benchmarks/RESULTS.md and results.jsonl.")
 
 COLUMNS = [("name", "name", "s"), ("examples", "images", "d"), ("recorded", "recorded", ".4f"),
            ("reproduced", "reproduced", ".4f"), ("difference", "diff", "+.4f")]
@@ -54,13 +53,7 @@ def evaluate(names=(), num_examples: int = 0, zoo_dir: str | None = None) -> lis
 def main(argv):
     common.start(argv, "experiments.zoo.evaluate")
     rows = evaluate(tuple(FLAGS.names), FLAGS.num_examples, FLAGS.zoo_dir)
-    table = report.format_table(rows, COLUMNS)
-    print(table)
-    if FLAGS.record:
-        from benchmarks.common import append_results
-        append_results("zoo", [{"metric": "test_accuracy", "value": r["reproduced"], "unit": "fraction",
-                                "model": r["name"], "test_images": r["examples"],
-                                "recorded": r["recorded"]} for r in rows], table)
+    print(report.format_table(rows, COLUMNS))
 
 
 if __name__ == "__main__":
