@@ -19,7 +19,9 @@ from adaptive_jax.train import create_train_state, make_optimizer, make_train_st
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-def jax_train_runner(depth: int, batch: int, conv_lowering: str = "auto"):
+def jax_train_step(depth: int, batch: int, conv_lowering: str = "auto"):
+    """adaptive_jax's jit-compiled supervised step of a CIFAR ResNet (SGD), its state and one
+    batch of random uint8 images and labels: `(step, state, images, labels)`, not yet compiled."""
     tx = make_optimizer(learning_rate=0.1)
     model = CifarResNet(ResNetSpec(depth, conv_lowering=conv_lowering), rngs=nnx.Rngs(0))
     graphdef, state = create_train_state(model, tx, seed=0)
@@ -27,6 +29,11 @@ def jax_train_runner(depth: int, batch: int, conv_lowering: str = "auto"):
     rng = np.random.default_rng(0)
     images = jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
     labels = jax.device_put(rng.integers(0, 10, batch).astype(np.int32))
+    return step, state, images, labels
+
+
+def jax_train_runner(depth: int, batch: int, conv_lowering: str = "auto"):
+    step, state, images, labels = jax_train_step(depth, batch, conv_lowering)
     holder = {"state": state}
 
     def run(n: int) -> float:

@@ -8,7 +8,8 @@ Why: XLA lowers a conv's weight gradient to a second convolution that contracts 
 with the input transposed to (C, H, W, B) and the output gradient used as a (H, W) sized kernel.
 On XLA:CPU that convolution and the two transposes feeding it (into which XLA fuses the batch-norm
 backward, read in transposed order) took 56 % of a ResNet-20 training step
-(`python -m benchmarks.train_throughput`, per-op profile in the issue 3 note). Here the weight
+(`python -m benchmarks.train_throughput`; the per-op profile of the issue 3 note, which
+`python -m benchmarks.step_profile --conv_lowering=xla` now gives). Here the weight
 gradient is instead a sum of matmuls over the taps of the kernel, on operands in their natural
 NHWC layout:
 
@@ -19,6 +20,9 @@ column offset j, side by side as (B, H, W_pad, kw * O), and each kernel row i is
 that with the row-shifted input, `kh` matmuls of width kw * O in all. Strided convs (the stage
 transitions, whose operands are 4x smaller) use one matmul per tap on a strided slice.
 Measured on ResNet-20, batch 128, one core: the whole training step goes from 2.47 s to 1.77 s.
+That was an AMD EPYC of an earlier session; on a Zen 4 core with AVX-512, where XLA:CPU runs its own
+weight-gradient convolution on YNNPACK, the two lowerings ran even (docs/design.md, "Choices
+already measured"; `python -m benchmarks.step_profile` shows where a step's time goes).
 
 The input gradient is a convolution of dY with the kernel flipped in space and its in / out
 channels swapped, dY dilated by the stride (`lhs_dilation`): the same maths as XLA's transpose

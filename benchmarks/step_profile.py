@@ -1,0 +1,151 @@
+"""Where a training step's time goes on this machine: the compiled step's ops, each timed.
+
+    taskset -c 0 python -m benchmarks.step_profile [--depth=20] [--conv_lowering=auto]
+
+Runs adaptive_jax's supervised train step of a CIFAR ResNet (the step `benchmarks.train_throughput`
+times) under `jax.profiler.trace`, reads the trace's events (one per op the compiled executable
+ran: fusions, convolutions, dots, named as in the optimised HLO), joins each with its output shape
+from that HLO, and prints the milliseconds per step of each kind of op (the name without its
+number: `convolution`, `dot_general`, `transpose_copy_fusion`, `ynn_fusion` ...) and of each kind
+and output shape, largest first. The wall-clock step is timed too, so the table shows how much of
+it the ops account for.
+
+Why a per-op table: what a step spends its time on changes with the CPU and the XLA version (XLA:CPU
+hands a convolution to YNNPACK or to its own kernel by its channel count, a dot by its operands'
+layout), and the lowering of the conv gradients (`adaptive_jax/nn/conv.py`) was chosen from such a
+table. Nothing here needs more than jax: the trace's events are read from the JSON it writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from adaptive_jax import report
+from benchmarks import common
+from benchmarks.runners import jax_train_step
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("depth", 20, "CIFAR ResNet depth.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_enum("conv_lowering", "auto", ["auto", "xla", "shifted_matmul"],
+                  "Conv gradient lowering of the model (adaptive_jax.nn.conv).")
+flags.DEFINE_integer("steps", 3, "Steps traced (and steps timed, after as many warm-up steps).")
+flags.DEFINE_integer("top", 20, "Rows of the (kind, shape) table.")
+
+MIN_SHARE = 0.005  # kinds below this share of the ops' time are summed into one row
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
+
+
+def hlo_output_shapes(hlo_text: str) -> dict[str, str]:
+    """Instruction name -> its output shape (layout dropped), for every instruction in the text."""
+    shapes = {}
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if match:
+            shapes[match.group(1)] = re.sub(r"\{[^}]*\}", "", match.group(2))
+    return shapes
+
+
+def op_kind(name: str) -> str:
+    """`transpose_copy_fusion.42` -> `transpose_copy_fusion`."""
+    return re.sub(r"\.\d+$", "", name)
+
+
+def traced_op_microseconds(trace_dir: str, op_names) -> dict[str, float]:
+    """Total microseconds per op of `op_names` in the trace written under `trace_dir`."""
+    files = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))
+    if not files:
+        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: this jax's profiler wrote "
+                                "no trace events; nothing to read")
+    with gzip.open(files[0]) as f:
+        events = json.load(f)["traceEvents"]
+    totals = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in op_names:
+            totals[event["name"]] += float(event["dur"])
+    return dict(totals)
+
+
+def summarise(op_us: dict[str, float], shapes: dict[str, str], steps: int):
+    """(rows by kind, rows by kind and shape), milliseconds per step, largest first."""
+    by_kind, by_shape = collections.Counter(), collections.Counter()
+    count_kind, count_shape = collections.Counter(), collections.Counter()
+    for name, us in op_us.items():
+        kind = op_kind(name)
+        by_kind[kind] += us
+        by_shape[(kind, shapes[name])] += us
+        count_kind[kind] += 1
+        count_shape[(kind, shapes[name])] += 1
+    total = sum(by_kind.values())
+    kind_rows = [{"kind": k, "ops": count_kind[k], "ms": us / steps / 1e3, "share": us / total}
+                 for k, us in by_kind.most_common()]
+    small = [r for r in kind_rows if r["share"] < MIN_SHARE]
+    if len(small) > 1:  # the many kinds of negligible ops, as one row
+        kind_rows = [r for r in kind_rows if r["share"] >= MIN_SHARE]
+        kind_rows.append({"kind": f"{len(small)} other kinds",
+                          "ops": sum(r["ops"] for r in small), "ms": sum(r["ms"] for r in small),
+                          "share": sum(r["share"] for r in small)})
+    shape_rows = [{"kind": k, "shape": s, "ops": count_shape[(k, s)], "ms": us / steps / 1e3,
+                   "each": us / steps / 1e3 / count_shape[(k, s)], "share": us / total}
+                  for (k, s), us in by_shape.most_common()]
+    return kind_rows, shape_rows
+
+
+def main(argv):
+    del argv
+    step, state, images, labels = jax_train_step(FLAGS.depth, FLAGS.batch_size, FLAGS.conv_lowering)
+    shapes = hlo_output_shapes(step.lower(state, images, labels).compile().as_text())
+    for _ in range(FLAGS.steps):  # compile and warm up
+        state, metrics = step(state, images, labels)
+    jax.block_until_ready(metrics)
+    seconds = []
+    for _ in range(FLAGS.steps):
+        start = time.perf_counter()
+        state, metrics = step(state, images, labels)
+        jax.block_until_ready(metrics)
+        seconds.append(time.perf_counter() - start)
+    step_ms = 1e3 * float(np.median(seconds))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(FLAGS.steps):
+                state, metrics = step(state, images, labels)
+            jax.block_until_ready(metrics)
+        op_us = traced_op_microseconds(trace_dir, shapes.keys())
+    kind_rows, shape_rows = summarise(op_us, shapes, FLAGS.steps)
+    ops_ms = sum(r["ms"] for r in kind_rows)
+    model = f"resnet{FLAGS.depth}"
+    print(f"{model}, batch {FLAGS.batch_size}, conv lowering {FLAGS.conv_lowering}: step "
+          f"{step_ms:.1f} ms (median of {FLAGS.steps}), {ops_ms:.1f} ms of it in the ops below")
+    kind_table = report.format_table(kind_rows, [
+        ("kind", "op kind", "s"), ("ops", "ops", "d"), ("ms", "ms / step", ".1f"),
+        ("share", "share", ".3f")])
+    shape_table = report.format_table(shape_rows[:FLAGS.top], [
+        ("kind", "op kind", "s"), ("shape", "output", "s"), ("ops", "ops", "d"),
+        ("ms", "ms / step", ".1f"), ("each", "ms each", ".2f"), ("share", "share", ".3f")])
+    print(kind_table)
+    print(shape_table)
+    context = {"model": model, "batch_size": FLAGS.batch_size, "conv_lowering": FLAGS.conv_lowering,
+               "threads": len(os.sched_getaffinity(0))}
+    figures = [{"metric": "train_step_ms", "value": round(step_ms, 1), "unit": "ms", **context},
+               {"metric": "train_step_ops_ms", "value": round(ops_ms, 1), "unit": "ms", **context}]
+    figures += [{"metric": "train_step_op_kind_ms", "value": round(r["ms"], 2), "unit": "ms",
+                 "op_kind": r["kind"], **context} for r in kind_rows if r["share"] >= 0.02]
+    common.append_results("step_profile", figures, kind_table + "\n\n" + shape_table,
+                          notes=f"{model}, batch {FLAGS.batch_size}, conv lowering "
+                                f"{FLAGS.conv_lowering}, step {step_ms:.1f} ms, "
+                                f"ops {ops_ms:.1f} ms")
+
+
+if __name__ == "__main__":
+    app.run(main)
