@@ -18,12 +18,7 @@ table. Nothing here needs more than jax: the trace's events are read from the JS
 
 from __future__ import annotations
 
-import collections
-import glob
-import gzip
-import json
 import os
-import re
 import tempfile
 import time
 
@@ -33,6 +28,7 @@ from absl import app, flags
 
 from adaptive_jax import report
 from benchmarks import common
+from benchmarks.op_profile import hlo_output_shapes, summarise, traced_op_microseconds
 from benchmarks.runners import jax_train_step
 
 FLAGS = flags.FLAGS
@@ -42,64 +38,6 @@ flags.DEFINE_enum("conv_lowering", "auto", ["auto", "xla", "shifted_matmul"],
                   "Conv gradient lowering of the model (adaptive_jax.nn.conv).")
 flags.DEFINE_integer("steps", 3, "Steps traced (and steps timed, after as many warm-up steps).")
 flags.DEFINE_integer("top", 20, "Rows of the (kind, shape) table.")
-
-MIN_SHARE = 0.005  # kinds below this share of the ops' time are summed into one row
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ")
-
-
-def hlo_output_shapes(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> its output shape (layout dropped), for every instruction in the text."""
-    shapes = {}
-    for line in hlo_text.splitlines():
-        match = _INSTRUCTION.match(line)
-        if match:
-            shapes[match.group(1)] = re.sub(r"\{[^}]*\}", "", match.group(2))
-    return shapes
-
-
-def op_kind(name: str) -> str:
-    """`transpose_copy_fusion.42` -> `transpose_copy_fusion`."""
-    return re.sub(r"\.\d+$", "", name)
-
-
-def traced_op_microseconds(trace_dir: str, op_names) -> dict[str, float]:
-    """Total microseconds per op of `op_names` in the trace written under `trace_dir`."""
-    files = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))
-    if not files:
-        raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}: this jax's profiler wrote "
-                                "no trace events; nothing to read")
-    with gzip.open(files[0]) as f:
-        events = json.load(f)["traceEvents"]
-    totals = collections.Counter()
-    for event in events:
-        if event.get("ph") == "X" and event.get("name") in op_names:
-            totals[event["name"]] += float(event["dur"])
-    return dict(totals)
-
-
-def summarise(op_us: dict[str, float], shapes: dict[str, str], steps: int):
-    """(rows by kind, rows by kind and shape), milliseconds per step, largest first."""
-    by_kind, by_shape = collections.Counter(), collections.Counter()
-    count_kind, count_shape = collections.Counter(), collections.Counter()
-    for name, us in op_us.items():
-        kind = op_kind(name)
-        by_kind[kind] += us
-        by_shape[(kind, shapes[name])] += us
-        count_kind[kind] += 1
-        count_shape[(kind, shapes[name])] += 1
-    total = sum(by_kind.values())
-    kind_rows = [{"kind": k, "ops": count_kind[k], "ms": us / steps / 1e3, "share": us / total}
-                 for k, us in by_kind.most_common()]
-    small = [r for r in kind_rows if r["share"] < MIN_SHARE]
-    if len(small) > 1:  # the many kinds of negligible ops, as one row
-        kind_rows = [r for r in kind_rows if r["share"] >= MIN_SHARE]
-        kind_rows.append({"kind": f"{len(small)} other kinds",
-                          "ops": sum(r["ops"] for r in small), "ms": sum(r["ms"] for r in small),
-                          "share": sum(r["share"] for r in small)})
-    shape_rows = [{"kind": k, "shape": s, "ops": count_shape[(k, s)], "ms": us / steps / 1e3,
-                   "each": us / steps / 1e3 / count_shape[(k, s)], "share": us / total}
-                  for (k, s), us in by_shape.most_common()]
-    return kind_rows, shape_rows
 
 
 def main(argv):

@@ -1,10 +1,11 @@
-"""benchmarks.step_profile: the train step's ops, each timed from the profiler's trace."""
+"""benchmarks.step_profile / op_profile: the train step's ops, each timed from the profiler's
+trace (the helpers are imported from op_profile, which defines no absl flags)."""
 
 import json
 
 import pytest
 
-from benchmarks import step_profile
+from benchmarks import op_profile
 from tests.conftest import run_experiment
 
 HLO = """HloModule jit_step
@@ -25,11 +26,11 @@ ENTRY %main.9 (x.1: f32[8,16], w.2: f32[16,4]) -> f32[8,4] {
 
 
 def test_hlo_output_shapes_names_every_instruction_with_its_shape_without_layout():
-    shapes = step_profile.hlo_output_shapes(HLO)
+    shapes = op_profile.hlo_output_shapes(HLO)
     assert shapes["dot.4"] == shapes["maximum_fusion.7"] == "f32[8,4]"
     assert shapes["x.1"] == "f32[8,16]" and shapes["max.2"] == "f32[8,4]"
-    assert step_profile.op_kind("transpose_copy_fusion.42") == "transpose_copy_fusion"
-    assert step_profile.op_kind("copy") == "copy"
+    assert op_profile.op_kind("transpose_copy_fusion.42") == "transpose_copy_fusion"
+    assert op_profile.op_kind("copy") == "copy"
 
 
 def test_summarise_groups_by_kind_and_shape_per_step_and_folds_negligible_kinds():
@@ -37,7 +38,7 @@ def test_summarise_groups_by_kind_and_shape_per_step_and_folds_negligible_kinds(
               "copy.1": "f32[2]", "add.2": "f32[2]"}
     op_us = {"dot.4": 3000.0, "dot.5": 5000.0, "maximum_fusion.7": 1960.0, "copy.1": 20.0,
              "add.2": 20.0}
-    kinds, by_shape = step_profile.summarise(op_us, shapes, steps=2)
+    kinds, by_shape = op_profile.summarise(op_us, shapes, steps=2)
     assert [r["kind"] for r in kinds] == ["dot", "maximum_fusion", "2 other kinds"]
     dot = kinds[0]
     assert dot["ops"] == 2 and dot["ms"] == pytest.approx(4.0)
