@@ -46,6 +46,9 @@ def traced_op_microseconds(trace_dir: str, op_names) -> dict[str, float]:
     for event in events:
         if event.get("ph") == "X" and event.get("name") in op_names:
             totals[event["name"]] += float(event["dur"])
+    if not totals:
+        raise ValueError(f"the trace under {trace_dir} names none of the program's ops: was the "
+                         "traced call the program whose HLO gave `op_names`?")
     return dict(totals)
 
 

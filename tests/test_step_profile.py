@@ -1,6 +1,7 @@
 """benchmarks.step_profile / op_profile: the train step's ops, each timed from the profiler's
 trace (the helpers are imported from op_profile, which defines no absl flags)."""
 
+import gzip
 import json
 
 import pytest
@@ -47,6 +48,18 @@ def test_summarise_groups_by_kind_and_shape_per_step_and_folds_negligible_kinds(
     assert sum(r["share"] for r in kinds) == pytest.approx(1.0)
     assert by_shape[0] == {"kind": "dot", "shape": "f32[8,4]", "ops": 2, "ms": pytest.approx(4.0),
                            "each": pytest.approx(2.0), "share": pytest.approx(0.8)}
+
+
+def test_a_trace_without_the_program_s_ops_is_an_error_not_an_empty_table(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no \\*.trace.json.gz"):
+        op_profile.traced_op_microseconds(str(tmp_path), {"dot.4"})
+    run = tmp_path / "plugins" / "profile" / "run"
+    run.mkdir(parents=True)
+    with gzip.open(run / "host.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": [{"ph": "X", "name": "other.1", "dur": 5.0}]}, f)
+    with pytest.raises(ValueError, match="names none of the program's ops"):
+        op_profile.traced_op_microseconds(str(tmp_path), {"dot.4"})
+    assert op_profile.traced_op_microseconds(str(tmp_path), {"other.1"}) == {"other.1": 5.0}
 
 
 def test_step_profile_times_the_real_step_s_ops_and_records_them(tmp_path):
