@@ -32,7 +32,7 @@ from benchmarks.runners import jax_train_step
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("depth", 20, "CIFAR ResNet depth.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
-flags.DEFINE_enum("conv_lowering", "auto", ["auto", "xla", "shifted_matmul"],
+flags.DEFINE_enum("conv_lowering", "auto", ["auto", "xla", "cpu"],
                   "Conv gradient lowering of the model (adaptive_jax.nn.conv).")
 flags.DEFINE_integer("steps", 3, "Steps traced (and steps timed, after as many warm-up steps).")
 flags.DEFINE_integer("top", 20, "Rows of the (kind, shape) table.")

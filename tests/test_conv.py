@@ -9,6 +9,7 @@ from jax import lax
 
 from adaptive_jax.models import CifarResNet, ResNetSpec
 from adaptive_jax.nn import conv2d, conv_general_dilated_fn
+from adaptive_jax.nn.conv import batch_conv_weight_grad
 from adaptive_jax.train.steps import cross_entropy
 
 # (height/width, in channels, out channels, kernel, stride): every conv of the CIFAR ResNets
@@ -45,7 +46,7 @@ def test_conv2d_matches_lax_conv(hw, cin, cout, k, stride):
         want = _value_and_grads(lambda x, w: _reference(x, w, stride, padding), x, w, dy)
         got = {lowering: _value_and_grads(
             lambda x, w: conv2d(x, w, (stride, stride), padding, lowering), x, w, dy)
-            for lowering in ("shifted_matmul", "auto")}
+            for lowering in ("cpu", "auto")}
         return want, got
 
     want, got = all_lowerings(x, w, dy)
@@ -63,27 +64,40 @@ def test_asymmetric_and_string_padding():
             want = jax.grad(lambda x, w: (_reference(x, w, stride, padding) ** 2).sum(),
                             argnums=(0, 1))(x, w)
             got = jax.grad(lambda x, w: (conv2d(x, w, (stride, stride), padding,
-                                                "shifted_matmul") ** 2).sum(), argnums=(0, 1))(x, w)
+                                                "cpu") ** 2).sum(), argnums=(0, 1))(x, w)
             for name, g, r in zip(("input grad", "weight grad"), got, want):
                 np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4,
                                            err_msg=f"{name}, padding {padding}, stride {stride}")
 
 
-def _count_convolutions(fn, *args) -> int:
-    return jax.jit(fn).lower(*args).compile().as_text().count(" convolution(")
+def _compiled_ops(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).compile().as_text()
 
 
-def test_auto_uses_matmul_weight_gradient_on_cpu():
+def test_auto_picks_the_cpu_weight_gradient_on_cpu():
     x = jnp.ones((2, 8, 8, 4))
-    w = jnp.ones((3, 3, 4, 4))
 
-    def weight_grad(lowering):
-        return lambda x, w: jax.grad(lambda w: conv2d(x, w, (1, 1), "SAME", lowering).sum())(w)
+    def weight_grad(lowering, w, stride):
+        return lambda x, w: jax.grad(
+            lambda w: conv2d(x, w, (stride, stride), "SAME", lowering).sum())(w)
 
     assert jax.default_backend() == "cpu"
-    # XLA's weight gradient is itself a convolution; the CPU lowering has none left.
-    assert _count_convolutions(weight_grad("xla"), x, w) >= 1
-    assert _count_convolutions(weight_grad("auto"), x, w) == 0
+    # Stride 1: XLA's own form and the CPU form are both one convolution over the batch, but
+    # only the CPU form first sends the input through a matmul (what XLA cannot fuse through).
+    w = jnp.ones((3, 3, 4, 4))
+    assert " dot(" not in _compiled_ops(weight_grad("xla", w, 1), x, w)
+    assert " dot(" in _compiled_ops(weight_grad("auto", w, 1), x, w)
+    # Strided: XLA's form is a convolution; the CPU form is matmuls over the taps, none left.
+    for kernel in ((3, 3, 4, 8), (1, 1, 4, 8)):
+        w = jnp.ones(kernel)
+        assert _compiled_ops(weight_grad("xla", w, 2), x, w).count(" convolution(") >= 1
+        assert _compiled_ops(weight_grad("auto", w, 2), x, w).count(" convolution(") == 0
+
+
+def test_batch_conv_weight_grad_is_for_stride_one():
+    with pytest.raises(ValueError, match=r"stride-1 convolutions, got \(2, 2\)"):
+        batch_conv_weight_grad(jnp.ones((1, 4, 4, 2)), jnp.ones((1, 2, 2, 3)), (3, 3, 2, 3),
+                               (2, 2), ((1, 1), (1, 1)))
 
 
 def test_other_convolutions_fall_through_to_lax():

@@ -49,8 +49,8 @@ class ResNetSpec:
     in_channels: int = 3
     # Unroll each stage's scan in training (see Stage.__call__); False keeps the loop, to measure.
     unroll_training: bool = True
-    # Weight-gradient lowering of every conv (adaptive_jax.nn.conv): "auto" = fast matmuls on
-    # CPU, XLA's own elsewhere; "xla" everywhere, to compare.
+    # Gradient lowering of every conv (adaptive_jax.nn.conv): "auto" = the CPU forms on CPU,
+    # XLA's own elsewhere; "xla" or "cpu" everywhere, to compare.
     conv_lowering: str = "auto"
 
     def __post_init__(self):

@@ -1,28 +1,28 @@
 """2-D convolution whose gradients are lowered per backend: fast on XLA:CPU, also inside `lax.cond`.
 
 The op is plain `lax.conv_general_dilated` (NHWC input, HWIO kernel) going forward. On CPU both
-gradients are written differently (the weight gradient as matmuls, the input gradient as a
-plain convolution); every other backend keeps XLA's own.
+gradients are written differently (`lowering="cpu"`, which `"auto"` picks there); every other
+backend keeps XLA's own.
 
-Why: XLA lowers a conv's weight gradient to a second convolution that contracts over the batch,
-with the input transposed to (C, H, W, B) and the output gradient used as a (H, W) sized kernel.
-On XLA:CPU that convolution and the two transposes feeding it (into which XLA fuses the batch-norm
-backward, read in transposed order) took 56 % of a ResNet-20 training step
-(`python -m benchmarks.train_throughput`; the per-op profile of the issue 3 note, which
-`python -m benchmarks.step_profile --conv_lowering=xla` now gives). Here the weight
-gradient is instead a sum of matmuls over the taps of the kernel, on operands in their natural
-NHWC layout:
+The weight gradient contracts the input with dY over the batch and the output positions:
 
     dW[i, j] = sum_{b,h,w} x_pad[b, s*h + i, s*w + j, :]^T dY[b, h, w, :]
 
-For stride 1 the kernel columns are folded into the matmul: dY is written once, shifted by each
-column offset j, side by side as (B, H, W_pad, kw * O), and each kernel row i is then one matmul of
-that with the row-shifted input, `kh` matmuls of width kw * O in all. Strided convs (the stage
-transitions, whose operands are 4x smaller) use one matmul per tap on a strided slice.
-Measured on ResNet-20, batch 128, one core: the whole training step goes from 2.47 s to 1.77 s.
-That was an AMD EPYC of an earlier session; on a Zen 4 core with AVX-512, where XLA:CPU runs its own
-weight-gradient convolution on YNNPACK, the two lowerings ran even (docs/design.md, "Choices
-already measured"; `python -m benchmarks.step_profile` shows where a step's time goes).
+XLA writes it as a second convolution, the input transposed to (C, H, W, B) images of B channels
+and dY to a (H, W, B, O) kernel. On XLA:CPU the transpose is where the time went: XLA fuses the
+input's producer (batch norm and ReLU in a ResNet) into it and recomputes it reading its operands
+in transposed order, 35 ms per 32x32x16 conv at batch 128 on a Zen 4 core, 24 % of a ResNet-20
+step (`python -m benchmarks.step_profile --conv_lowering=xla`). The CPU form keeps XLA's
+convolution and writes the transposed input through a matmul with the identity instead
+(`_materialised_channels_first`): XLA cannot fuse through a matmul, so the producer runs once in
+its own order and the matmul writes the (C, H, W, B) layout. Strided and 1x1 convs (the stage
+transitions, whose operands are 4x smaller) are faster as one matmul per kernel tap on a strided
+slice of the input, in NHWC (`tap_matmul_weight_grad`). Measured on a Zen 4 core (2026-12-06,
+batch 128, medians of 7): the stride-1 3x3 weight gradients at 32x32x16 / 16x16x32 / 8x8x64 take
+11.4 / 10.2 / 8.4 ms, against 15.7 / 11.3 / 9.0 for XLA's form and 41.1 / 14.6 / 11.8 for the
+matmuls over taps that this module used before; the stride-2 3x3 and 1x1 ones 10.7 / 7.6 ms as a
+convolution, 8.3 / 1.3 as tap matmuls. A whole ResNet-20 training step: 0.82x the time of the
+tap matmuls everywhere, 0.82x XLA's own gradients (docs/design.md, "Choices already measured").
 
 The input gradient is a convolution of dY with the kernel flipped in space and its in / out
 channels swapped, dY dilated by the stride (`lhs_dilation`): the same maths as XLA's transpose
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-LOWERINGS = ("auto", "xla", "shifted_matmul")
+LOWERINGS = ("auto", "xla", "cpu")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -68,30 +68,58 @@ def _matmul_over_rows(a: jax.Array, b: jax.Array) -> jax.Array:
                            (((0,), (0,)), ((), ())))
 
 
-def shifted_matmul_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
-                               strides: tuple[int, int], padding: Padding) -> jax.Array:
-    """The weight gradient as matmuls over kernel taps, operands in NHWC (see module doc)."""
+def tap_matmul_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
+                           strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """The weight gradient as one matmul per kernel tap on a strided slice of the input, operands
+    in NHWC (see module doc): the CPU form for strided and 1x1 convolutions."""
     kh, kw, cin, cout = kernel_shape
     batch, out_h, out_w, _ = dy.shape
+    sh, sw = strides
     x_pad = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    if strides != (1, 1) or kw == 1:
-        sh, sw = strides
-        taps = []
-        for i in range(kh):
-            for j in range(kw):
-                window = lax.slice(x_pad, (0, i, j, 0),
-                                   (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, cin),
-                                   (1, sh, sw, 1))
-                taps.append(_matmul_over_rows(window, dy))
-        return jnp.stack(taps).reshape(kh, kw, cin, cout)
-    # Stride 1: dY placed at column offset j of a row as wide as the padded input, so that row
-    # position w of the input meets dY[w - j]; the kw offsets side by side in one operand.
-    pad_w = x_pad.shape[2]
-    dy_cols = jnp.concatenate(
-        [jnp.pad(dy, ((0, 0), (0, 0), (j, pad_w - out_w - j), (0, 0))) for j in range(kw)], axis=-1)
-    rows = [_matmul_over_rows(lax.slice_in_dim(x_pad, i, i + out_h, axis=1), dy_cols)
-            for i in range(kh)]  # each (cin, kw * cout)
-    return jnp.stack(rows).reshape(kh, cin, kw, cout).transpose(0, 2, 1, 3)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(x_pad, (0, i, j, 0),
+                               (batch, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, cin),
+                               (1, sh, sw, 1))
+            taps.append(_matmul_over_rows(window, dy))
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+
+def _materialised_channels_first(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (C, H, W, B), by a matmul with the identity that XLA cannot fuse through.
+
+    A plain transpose here would let XLA fuse whatever produced `x` (batch norm and ReLU in a
+    ResNet) into it, recomputing it while reading its operands in transposed order: 35 ms per
+    32x32x16 conv at batch 128 on a Zen 4 core. Moving the batch next to the channels first
+    reads 64-byte rows; the matmul then writes the transposed layout at ~1.6 ms (module doc).
+    """
+    b, h, w, c = x.shape
+    rows = x.transpose(1, 2, 0, 3).reshape(h * w * b, c)
+    eye = jnp.eye(c, dtype=x.dtype)
+    return lax.dot_general(eye, rows, (((1,), (1,)), ((), ()))).reshape(c, h, w, b)
+
+
+def batch_conv_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
+                           strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """The weight gradient of a stride-1 conv as one convolution contracting over the batch (see
+    module doc): the input as (C, H, W, B) images of B channels, dY as a (H, W, B, O) kernel."""
+    if tuple(strides) != (1, 1):
+        raise ValueError(f"batch_conv_weight_grad is for stride-1 convolutions, got {strides}")
+    kh, kw, cin, cout = kernel_shape
+    images = _materialised_channels_first(x)
+    kernel = dy.transpose(1, 2, 0, 3)
+    out = lax.conv_general_dilated(images, kernel, (1, 1), padding, dimension_numbers=_NHWC)
+    return out.transpose(1, 2, 0, 3)  # (cin, kh, kw, cout) -> HWIO
+
+
+def cpu_weight_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
+                    strides: tuple[int, int], padding: Padding) -> jax.Array:
+    """The CPU weight gradient: one convolution over the batch for stride-1 kernels wider than
+    1x1, one matmul per tap otherwise (each the faster there; module doc)."""
+    if tuple(strides) == (1, 1) and tuple(kernel_shape[:2]) != (1, 1):
+        return batch_conv_weight_grad(x, dy, kernel_shape, strides, padding)
+    return tap_matmul_weight_grad(x, dy, kernel_shape, strides, padding)
 
 
 def xla_input_grad(dy: jax.Array, w: jax.Array, input_shape: Sequence[int],
@@ -123,7 +151,7 @@ def _lowered(lowering: str, xla: Callable, cpu: Callable, a, b, *static):
     chosen when the computation is lowered for a platform, not when it is traced)."""
     if lowering == "xla":
         return xla(a, b, *static)
-    if lowering == "shifted_matmul":
+    if lowering == "cpu":
         return cpu(a, b, *static)
     return lax.platform_dependent(a, b, cpu=lambda a, b: cpu(a, b, *static),
                                   default=lambda a, b: xla(a, b, *static))
@@ -142,7 +170,7 @@ def _conv2d_bwd(strides, padding, lowering, residuals, dy):
     x, w = residuals
     dx = _lowered(lowering, xla_input_grad, flipped_kernel_input_grad, dy, w, x.shape, strides,
                   padding)
-    dw = _lowered(lowering, xla_weight_grad, shifted_matmul_weight_grad, x, dy, w.shape, strides,
+    dw = _lowered(lowering, xla_weight_grad, cpu_weight_grad, x, dy, w.shape, strides,
                   padding)
     return dx, dw.astype(w.dtype)
 
