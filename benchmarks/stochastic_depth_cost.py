@@ -2,16 +2,17 @@
 
     taskset -c 0 python -m benchmarks.stochastic_depth_cost [--depth=32] [--final_drop=0.5]
 
-Three steps of the same ResNet, batch and optimiser, timed in interleaved rounds after
-compilation: the plain supervised step; the same step with stochastic depth
-(`model.stochastic_depth`: block l of L dropped for the batch with probability
-(l / L) * final_drop, `CifarResNet.drop_blocks`), each step drawing its own blocks, so its median
-is over many draws; a step with every block dropped (stem, projection shortcuts, classifier,
-loss and update only: the floor); and one with every block kept through the same conds (the
-conds' own cost: the share of the missing saving a kept block pays, not a dropped one). If a dropped block saves its share of the time, the
-stochastic-depth step takes floor + (plain - floor) x the expected share of block MACs that runs
-(`cost.block_costs`); `sd_time_saved_over_ideal` is the time saved over that ideal saving (1.0:
-in proportion). A reference that multiplies dropped blocks by zero saves nothing (0.0).
+Steps of the same ResNet, batch and optimiser, timed in interleaved rounds after compilation: the
+plain supervised step; the same step with stochastic depth (`model.stochastic_depth`: block l of
+L dropped for the batch with probability (l / L) * final_drop, `CifarResNet.drop_blocks`), each
+step drawing its own blocks, so its median is over many draws; a step with every block kept and
+one with every block dropped, each through the same conds (the pattern read at run time, as a
+draw is: what the conds cost a kept block, and what a dropped block still costs); and the floor,
+no block at all (stem, projection shortcuts, classifier, loss and update only). If a dropped
+block saves its share of the time, the stochastic-depth step takes floor + (plain - floor) x the
+expected share of block MACs that runs (`cost.block_costs`); `sd_time_saved_over_ideal` is the
+time saved over that ideal saving (1.0: in proportion). A reference that multiplies dropped
+blocks by zero saves nothing (0.0).
 
 Part 2 (`--conv_in_cond`, default on): the conv input gradient, XLA's transposed form against
 `nn.conv`'s flipped-kernel form, at the top level and inside a `lax.cond` branch (the 3x3 convs
@@ -74,14 +75,19 @@ def expected_block_share(model, final_drop: float) -> float:
     return float((survival * run + (1 - survival) * skip).sum() / run.sum())
 
 
-def fixed_keep_step(graphdef, tx, keep, **args):
-    """The supervised step through `drop_blocks` with one fixed `keep` pattern for every step:
-    no block kept is the floor no drop pattern can go under; every block kept is the plain
-    network run through the per-block `lax.cond`s (what the conds themselves cost)."""
-    keep = jnp.asarray(keep, bool)
-    survival = jnp.ones(keep.shape)
+def fixed_keep_step(graphdef, tx, keep, *, through_conds: bool, **args):
+    """The supervised step through `drop_blocks` with one fixed `keep` pattern for every step.
+
+    `through_conds`: the pattern is read through the step counter, as stochastic depth's draw
+    is, so every block runs or is dropped by its `lax.cond`. Otherwise the pattern is a
+    constant, and XLA replaces each `cond` by its branch: the network without the dropped
+    blocks, nothing of theirs left (with no block kept: the floor, stem and classifier only)."""
+    pattern = jnp.asarray(keep, bool)
+    survival = jnp.ones(pattern.shape)
 
     def loss(model, images, labels, key, step):
+        # step < 0 never holds: the pattern itself, but not a constant XLA could fold
+        keep = pattern != (step < 0) if through_conds else pattern
         logits = model.drop_blocks(images, keep, survival)
         value = steps.cross_entropy(logits, labels, args["num_classes"]).mean()
         return value, {"loss": value}
@@ -101,30 +107,35 @@ def main(argv):
     graphdef, state = steps.create_train_state(model, tx, 0)
     args = dict(num_classes=10, mean=mean, std=std)
     copy = lambda: jax.tree.map(jnp.copy, state)  # each step donates its own state
+    every = np.ones(model.spec.num_blocks, bool)
     runs = {"plain": [steps.make_train_step(graphdef, tx, **args), copy()],
             "sd": [steps.make_train_step(graphdef, tx, stochastic_depth=FLAGS.final_drop, **args),
                    copy()],
-            "kept": [fixed_keep_step(graphdef, tx, np.ones(model.spec.num_blocks, bool), **args),
-                     copy()],
-            "floor": [fixed_keep_step(graphdef, tx, np.zeros(model.spec.num_blocks, bool), **args),
+            "kept": [fixed_keep_step(graphdef, tx, every, through_conds=True, **args), copy()],
+            "dropped": [fixed_keep_step(graphdef, tx, ~every, through_conds=True, **args),
+                        copy()],
+            "floor": [fixed_keep_step(graphdef, tx, ~every, through_conds=False, **args),
                       copy()]}
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (FLAGS.batch_size, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (FLAGS.batch_size,)).astype(np.int32)
     med = common.interleaved_step_seconds(runs, images, labels, FLAGS.rounds, FLAGS.steps_per_round)
-    plain, sd, kept, floor = med["plain"], med["sd"], med["kept"], med["floor"]
+    plain, sd, kept, dropped, floor = (med[k] for k in ("plain", "sd", "kept", "dropped", "floor"))
     ideal = floor + (plain - floor) * share
     efficiency = (plain - sd) / (plain - ideal)
-    # Where the missing saving goes: if the conds cost a kept block its share of (kept - plain)
-    # and a dropped block nothing, stochastic depth would take floor + (kept - floor) x share.
-    ideal_from_kept = floor + (kept - floor) * share
+    # Where the missing saving goes: a kept block costs its share of (kept - dropped) over what
+    # the same block costs dropped, a dropped block its share of (dropped - floor): stochastic
+    # depth would take dropped + (kept - dropped) x share.
+    expected_from_conds = dropped + (kept - dropped) * share
     rows = [{"step": "plain", "s": plain, "ratio": 1.0},
             {"step": f"stochastic depth {FLAGS.final_drop:g}", "s": sd, "ratio": sd / plain},
             {"step": "  ideal (time in proportion to block MACs)", "s": ideal, "ratio": ideal / plain},
-            {"step": "  ideal from the kept-all step", "s": ideal_from_kept,
-             "ratio": ideal_from_kept / plain},
+            {"step": "  expected from the two cond rows", "s": expected_from_conds,
+             "ratio": expected_from_conds / plain},
             {"step": "every block kept, through the conds", "s": kept, "ratio": kept / plain},
-            {"step": "every block dropped (floor)", "s": floor, "ratio": floor / plain}]
+            {"step": "every block dropped, through the conds", "s": dropped,
+             "ratio": dropped / plain},
+            {"step": "no block at all (the floor)", "s": floor, "ratio": floor / plain}]
     text = report.format_table(rows, [("step", "train step", "s"), ("s", "s / step", ".3f"),
                                       ("ratio", "x plain", ".3f")])
     text += (f"\nexpected share of block MACs run: {share:.3f}; "
@@ -132,13 +143,15 @@ def main(argv):
     print(text)
     model_name = f"resnet{FLAGS.depth}_b{FLAGS.batch_size}"
     extra = {"final_drop": FLAGS.final_drop, "plain_s": round(plain, 4), "sd_s": round(sd, 4),
-             "kept_s": round(kept, 4), "floor_s": round(floor, 4),
+             "kept_s": round(kept, 4), "dropped_s": round(dropped, 4), "floor_s": round(floor, 4),
              "expected_block_share": round(share, 4)}
     figures = [{"metric": "sd_train_step_over_plain", "value": round(sd / plain, 4), "unit": "ratio",
                 "model": model_name, **extra},
                {"metric": "sd_time_saved_over_ideal", "value": round(efficiency, 4),
                 "unit": "ratio", "model": model_name, **extra},
                {"metric": "sd_kept_all_step_over_plain", "value": round(kept / plain, 4),
+                "unit": "ratio", "model": model_name, **extra},
+               {"metric": "sd_dropped_all_step_over_plain", "value": round(dropped / plain, 4),
                 "unit": "ratio", "model": model_name, **extra}]
     if FLAGS.conv_in_cond:
         conv_rows = []

@@ -247,7 +247,8 @@ class CifarResNet(nnx.Module):
         depth's survival probability, so that the plain network at inference, every block
         unscaled, sees the residual sums' expectation; 1 for a fixed plan). A dropped block
         outputs its shortcut and its convs do not run, forward or backward (`nnx.cond`), so it
-        saves its time and leaves its BN statistics alone."""
+        saves most of its time (with `keep` known only at run time its `cond` still writes the
+        zeros standing for its residuals: docs/zoo.md) and leaves its BN statistics alone."""
         check_images(images, self.spec.in_channels)
         if not self.training:
             raise ValueError("drop_blocks is a training forward: call model.train() first (in "
