@@ -17,12 +17,13 @@ convolution and writes the transposed input through a matmul with the identity i
 (`_materialised_channels_first`): XLA cannot fuse through a matmul, so the producer runs once in
 its own order and the matmul writes the (C, H, W, B) layout. Strided and 1x1 convs (the stage
 transitions, whose operands are 4x smaller) are faster as one matmul per kernel tap on a strided
-slice of the input, in NHWC (`tap_matmul_weight_grad`). Measured on a Zen 4 core (2026-12-06,
-batch 128, medians of 7): the stride-1 3x3 weight gradients at 32x32x16 / 16x16x32 / 8x8x64 take
-11.4 / 10.2 / 8.4 ms, against 15.7 / 11.3 / 9.0 for XLA's form and 41.1 / 14.6 / 11.8 for the
-matmuls over taps that this module used before; the stride-2 3x3 and 1x1 ones 10.7 / 7.6 ms as a
-convolution, 8.3 / 1.3 as tap matmuls. A whole ResNet-20 training step: 0.82x the time of the
-tap matmuls everywhere, 0.82x XLA's own gradients (docs/design.md, "Choices already measured").
+slice of the input, in NHWC (`tap_matmul_weight_grad`). Alone, with no producer to fuse, XLA's
+form and this one run even at stride 1 (11.0 / 10.1 / 8.4 ms against 11.1 / 12.2 / 8.7 at
+32x32x16 / 16x16x32 / 8x8x64, batch 128, a Zen 4 core, 2026-12-06; `python -m
+benchmarks.train_throughput`, part 2), and the tap matmuls win at stride 2 (7.7 / 0.8 ms against
+9.2 / 5.1 for the 3x3 / 1x1 at 32x32x16). In a training step the matmul is what counts: a
+ResNet-20 step takes 0.82x the time of XLA's own gradients, and 0.82x that of the tap matmuls at
+every stride that this module used before (docs/design.md, "Choices already measured").
 
 The input gradient is a convolution of dY with the kernel flipped in space and its in / out
 channels swapped, dY dilated by the stride (`lhs_dilation`): the same maths as XLA's transpose
