@@ -1,7 +1,9 @@
 """Train-step runners shared by the benchmarks: each returns `run(n) -> seconds for n steps`.
 
 adaptive_jax's compiled step (augmenting on device) and PyTorch eager on the identical ResNet
-(benchmarks/torch_resnet.py), both already compiled / warmed up.
+(benchmarks/torch_resnet.py), both already compiled / warmed up; and `fixed_keep_step`, the
+step through `drop_blocks` with one drop pattern (`benchmarks.stochastic_depth_cost`). No absl
+flags here, so tests import it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from adaptive_jax.models import CifarResNet, ResNetSpec
-from adaptive_jax.train import create_train_state, make_optimizer, make_train_step
+from adaptive_jax.train import create_train_state, make_optimizer, make_train_step, steps
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -90,3 +93,24 @@ def train_throughput(depth: int, batch: int, rounds: int, steps: int,
             rates[name].append(batch * steps / run(steps))
     return {name: (float(np.median(r)), float(np.min(r)), float(np.max(r)))
             for name, r in rates.items()}
+
+
+def fixed_keep_step(graphdef, tx, keep, *, through_conds: bool, **args):
+    """The supervised step through `drop_blocks` with one fixed `keep` pattern for every step.
+
+    `through_conds`: the pattern is read through the step counter, as stochastic depth's draw
+    is, so every block runs or is dropped by its `lax.cond`. Otherwise the pattern is a
+    constant, and XLA replaces each `cond` by its branch: the network without the dropped
+    blocks, nothing of theirs left (with no block kept: the floor, stem and classifier only)."""
+    pattern = jnp.asarray(keep, bool)
+    survival = jnp.ones(pattern.shape)
+
+    def loss(model, images, labels, key, step):
+        # step < 0 never holds: the pattern itself, but not a constant XLA could fold
+        keep = pattern != (step < 0) if through_conds else pattern
+        logits = model.drop_blocks(images, keep, survival)
+        value = steps.cross_entropy(logits, labels, args["num_classes"]).mean()
+        return value, {"loss": value}
+
+    return jax.jit(steps.make_step(graphdef, tx, loss, mean=args["mean"], std=args["std"]),
+                   donate_argnums=0)

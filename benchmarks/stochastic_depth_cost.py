@@ -32,6 +32,7 @@ from adaptive_jax.models.resnet import survival_probabilities
 from adaptive_jax.nn import conv
 from adaptive_jax.train import loop, steps
 from benchmarks import common
+from benchmarks.runners import fixed_keep_step
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("depth", 32, "CIFAR ResNet depth.")
@@ -73,27 +74,6 @@ def expected_block_share(model, final_drop: float) -> float:
     run = np.asarray(costs.run_macs, float)
     skip = np.asarray(costs.skip_macs, float)
     return float((survival * run + (1 - survival) * skip).sum() / run.sum())
-
-
-def fixed_keep_step(graphdef, tx, keep, *, through_conds: bool, **args):
-    """The supervised step through `drop_blocks` with one fixed `keep` pattern for every step.
-
-    `through_conds`: the pattern is read through the step counter, as stochastic depth's draw
-    is, so every block runs or is dropped by its `lax.cond`. Otherwise the pattern is a
-    constant, and XLA replaces each `cond` by its branch: the network without the dropped
-    blocks, nothing of theirs left (with no block kept: the floor, stem and classifier only)."""
-    pattern = jnp.asarray(keep, bool)
-    survival = jnp.ones(pattern.shape)
-
-    def loss(model, images, labels, key, step):
-        # step < 0 never holds: the pattern itself, but not a constant XLA could fold
-        keep = pattern != (step < 0) if through_conds else pattern
-        logits = model.drop_blocks(images, keep, survival)
-        value = steps.cross_entropy(logits, labels, args["num_classes"]).mean()
-        return value, {"loss": value}
-
-    return jax.jit(steps.make_step(graphdef, tx, loss, mean=args["mean"], std=args["std"]),
-                   donate_argnums=0)
 
 
 def main(argv):
